@@ -1,0 +1,1 @@
+"""Edge node: serves xiaozhi devices with local VAD, ASR, LLM and TTS."""

@@ -1,0 +1,27 @@
+"""Prometheus metrics of an edge node; names are what dashboards and alert rules use.
+
+Defined in one place so that every module (and ansible's alert rules) agrees on them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+CONNECTED_DEVICES = Gauge("xz_edge_connected_devices", "Devices with an open WebSocket session")
+ACTIVE_TURNS = Gauge("xz_edge_active_turns", "Turns being answered right now")
+TURNS = Counter("xz_edge_turns_total", "Finished turns", ["answered_by", "outcome"])
+STAGE_LATENCY = Histogram(
+    "xz_edge_stage_latency_seconds",
+    "Latency of each pipeline stage (vad_end_of_speech, asr, llm_first_token, tts_first_audio, first_audio)",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+ERRORS = Counter("xz_edge_errors_total", "Errors by kind", ["kind"])
+PROTOCOL_ERRORS = Counter("xz_edge_protocol_errors_total", "Bad device input by kind", ["kind"])
+ESCALATIONS = Counter("xz_edge_escalations_total", "Turns sent to the cloud, by rule that fired", ["reason"])
+CLOUD_FALLBACKS = Counter("xz_edge_cloud_fallbacks_total", "Escalated turns answered locally after all", ["cause"])
+CACHE_LOOKUPS = Counter("xz_edge_cache_lookups_total", "Cache lookups", ["cache", "result"])
+MODEL_LOADED = Gauge("xz_edge_model_loaded", "1 once a model is loaded", ["stage", "model"])
+AUDIO_FRAMES_OUT = Counter("xz_edge_audio_frames_out_total", "Opus frames sent to devices")

