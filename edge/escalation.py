@@ -1,0 +1,151 @@
+"""The edge's side of escalation: send a turn to the cloud and stream the answer back.
+
+The turn pipeline feeds the chunks straight into its sentence splitter, so an
+escalated turn starts speaking as soon as the first cloud sentence exists.
+Anything that would leave the device waiting raises :class:`EscalationFailed`
+fast, so the caller answers locally instead:
+
+- ``no_responders``: no worker is reachable (none running, or the leaf link to
+  the hub is down: the leaf then has no interest and NATS says so at once);
+- ``first_token_timeout`` / ``idle_timeout``: the worker is slow or died mid-stream;
+- ``deadline``: the request's deadline passed (before sending or while streaming);
+- ``worker_error``: the worker refused (``code``: busy, backend, bad_request, ...);
+- ``gap`` / ``bad_reply``: chunks missing, out of order, or undecodable;
+- ``disconnected``: this edge has no NATS connection.
+
+Leaving the stream early (device abort, task cancellation, a failure above)
+publishes a cancel message, so the worker stops generating within one token.
+
+One wildcard inbox subscription serves every stream of the client; a stream's
+replies are routed to it by the last subject token. That keeps a request to one
+publish, with no per-request subscription to propagate through the leaf node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from shared import subjects
+from shared.log import log_event
+from shared.wire import (CancelRequest, EscalationRequest, ReplyChunk, ReplyStreamChecker, StreamError, WireError,
+                         decode, encode, new_id)
+
+log = logging.getLogger("edge.escalation")
+
+_NO_RESPONDERS = "503"
+
+
+class EscalationFailed(Exception):
+    """The cloud could not answer this turn; ``cause`` says why (see the module docstring)."""
+
+    def __init__(self, cause: str, detail: str = "", code: str | None = None):
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+        self.cause = cause
+        self.detail = detail
+        self.code = code  # the worker's error code when cause == "worker_error"
+
+
+class EscalationClient:
+    """Streams escalated turns over one NATS connection (the site's leaf node)."""
+
+    def __init__(self, nc: NATS, edge_id: str, site: str, *, model_class: str = "large",
+                 idle_timeout_s: float = 2.0):
+        self.nc = nc
+        self.edge_id = edge_id
+        self.site = site
+        self.model_class = subjects.token(model_class, "model class")
+        self.idle_timeout_s = idle_timeout_s
+        self._prefix = nc.new_inbox()
+        self._sub = None
+        self._streams: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub_lock = asyncio.Lock()
+
+    async def _ensure_subscribed(self) -> None:
+        if self._sub is None:
+            async with self._sub_lock:
+                if self._sub is None:
+                    self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        queue = self._streams.get(msg.subject.rpartition(".")[2])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def cancel(self, request: EscalationRequest, reason: str = "abort") -> None:
+        """Tell the worker to stop this turn's generation (best effort: never raises)."""
+        if not request.cancel_subject:
+            return
+        with contextlib.suppress(Exception):
+            await self.nc.publish(request.cancel_subject, encode(CancelRequest(request.turn_id, reason)))
+
+    async def stream(self, request: EscalationRequest, *, first_token_timeout: float,
+                     model_class: str | None = None) -> AsyncIterator[ReplyChunk]:
+        """Yield the reply chunks in order, ending with the final one; EscalationFailed on any failure."""
+        request.edge_id = request.edge_id or self.edge_id
+        request.site = request.site or self.site
+        if request.remaining_ms() <= 0:
+            raise EscalationFailed("deadline", "the deadline passed before sending")
+        if not self.nc.is_connected:
+            raise EscalationFailed("disconnected", "no NATS connection")
+        try:
+            payload = encode(request)
+        except WireError as exc:
+            raise EscalationFailed("bad_request", str(exc)) from None
+        subject = subjects.escalate(model_class or self.model_class)
+        token = new_id()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._streams[token] = queue
+        checker = ReplyStreamChecker()
+        finished = False
+        cancel_reason = "abort"
+        got_text = False
+        try:
+            await self._ensure_subscribed()
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}")
+            while True:
+                wait = first_token_timeout if not got_text else self.idle_timeout_s
+                cause = "first_token_timeout" if not got_text else "idle_timeout"
+                left = request.remaining_ms() / 1000.0
+                if left < wait:
+                    wait, cause = max(left, 0.0), "deadline"
+                try:
+                    msg = await asyncio.wait_for(queue.get(), wait)
+                except asyncio.TimeoutError:
+                    cancel_reason = cause
+                    raise EscalationFailed(cause, f"no reply chunk within {wait * 1000:.0f} ms") from None
+                if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                    finished = True  # nobody got the request: nothing to cancel
+                    raise EscalationFailed("no_responders", f"no worker subscribed to {subject}")
+                try:
+                    chunk = checker.feed(decode(msg.data, ReplyChunk))
+                except StreamError as exc:
+                    cancel_reason = "gap"
+                    raise EscalationFailed("gap", str(exc)) from None
+                except WireError as exc:
+                    cancel_reason = "bad_reply"
+                    log_event(log, "bad reply chunk", logging.WARNING, error=str(exc))
+                    raise EscalationFailed("bad_reply", str(exc)) from None
+                if chunk.error:
+                    finished = True
+                    raise EscalationFailed("worker_error", chunk.detail or chunk.error, code=chunk.error)
+                got_text = got_text or bool(chunk.text) or bool(chunk.tool_calls)
+                finished = chunk.final
+                yield chunk
+                if finished:
+                    return
+        finally:
+            self._streams.pop(token, None)
+            if not finished:
+                await self.cancel(request, cancel_reason)
