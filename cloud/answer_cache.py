@@ -127,23 +127,20 @@ class AnswerCache:
         for key in [k for k, e in self._entries.items() if now - e.stored_at > self.ttl_s]:
             del self._entries[key]
 
-    async def _embed(self, text: str) -> np.ndarray:
+    async def embed(self, text: str) -> np.ndarray:
+        """The question's unit vector (computed in a thread); pass it to find() and put()."""
         vectors = await asyncio.get_running_loop().run_in_executor(None, self.embedder.embed, [text])
         return vectors[0]
 
-    async def lookup(self, question: str, context: str) -> CacheHit | None:
+    def find(self, vector: np.ndarray, context: str) -> CacheHit | None:
+        """The most similar stored answer in ``context`` at or above the threshold."""
         self._expire()
-        if not self._entries:
-            metrics.CACHE_LOOKUPS.labels(result="miss").inc()
-            return None
-        vector = await self._embed(question)
         best_key, best_sim = None, -1.0
         for key, entry in self._entries.items():
-            if entry.context != context:
-                continue
-            sim = float(np.dot(vector, entry.vector))
-            if sim > best_sim:
-                best_key, best_sim = key, sim
+            if entry.context == context:
+                sim = float(np.dot(vector, entry.vector))
+                if sim > best_sim:
+                    best_key, best_sim = key, sim
         if best_key is None or best_sim < self.threshold:
             metrics.CACHE_LOOKUPS.labels(result="miss").inc()
             return None
@@ -152,15 +149,20 @@ class AnswerCache:
         metrics.CACHE_LOOKUPS.labels(result="hit").inc()
         return CacheHit(entry.answer, entry.question, best_sim)
 
-    async def store(self, question: str, answer: str, context: str) -> None:
+    def put(self, question: str, vector: np.ndarray, answer: str, context: str) -> None:
         if not answer.strip():
             return
-        vector = await self._embed(question)
         key = f"{context}:{question.lower()}"
         self._entries[key] = _Entry(vector, question, answer, context, self.clock())
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_items:
             self._entries.popitem(last=False)
+
+    async def lookup(self, question: str, context: str) -> CacheHit | None:
+        return self.find(await self.embed(question), context)
+
+    async def store(self, question: str, answer: str, context: str) -> None:
+        self.put(question, await self.embed(question), answer, context)
 
     def hit_rate(self) -> float:
         """Hits / lookups since the process started (what the metric exports as counters)."""

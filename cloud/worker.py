@@ -193,8 +193,9 @@ class Worker:
                 cacheable = self.cache is not None and not req.tools and not req.tool_calls
                 question = AnswerCache.question_of(req.messages) if cacheable else None
                 context = AnswerCache.context_key(req.messages, req.language) if question else ""
-                if question:
-                    hit = await self.cache.lookup(question, context)
+                vector = await self.cache.embed(question) if question else None
+                if vector is not None:
+                    hit = self.cache.find(vector, context)
                     if hit is not None:
                         outcome = "cache_hit"
                         await send(text=hit.answer)
@@ -210,9 +211,9 @@ class Worker:
                     if delta.finish_reason:
                         final = {"finish_reason": delta.finish_reason, "tool_calls": delta.tool_calls,
                                  "usage": delta.usage}
+                if vector is not None and final["finish_reason"] == "stop":
+                    self.cache.put(question, vector, "".join(answer), context)  # before the edge can ask again
                 await send(**final)
-                if question and final["finish_reason"] == "stop":
-                    await self.cache.store(question, "".join(answer), context)
         except TimeoutError:
             outcome = "deadline"
             await self._send_error(send, "deadline", "deadline passed during generation")
