@@ -27,6 +27,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="disable the semantic answer cache")
     p.add_argument("--cache-threshold", type=float, default=0.85, help="cosine similarity for a cache hit")
     p.add_argument("--drain-timeout", type=float, default=10.0)
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="give up if NATS is not up by then")
     return p
 
 
@@ -68,7 +69,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         await pool.start()
         cache = None if args.no_cache else await AnswerCache.create(threshold=args.cache_threshold)
         try:
-            nc = await connect_nats(url, f"xz-worker-{spec.name}")
+            nc = await connect_nats(url, f"xz-worker-{spec.name}", args.connect_timeout)
         except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
             print(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ The edge client connects to the leaf, workers to the hub, as in a deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -117,10 +118,11 @@ async def test_cancel_on_abort_stops_the_worker_within_one_token(nats_hub, nats_
     await spy.flush()
     req = _request(max_tokens=200)
     seen = 0
-    async for chunk in client.stream(req, first_token_timeout=30):
-        seen += 1
-        if seen == 3:
-            break  # the device aborted: leaving the stream sends the cancel
+    async with contextlib.aclosing(client.stream(req, first_token_timeout=30)) as stream:
+        async for chunk in stream:
+            seen += 1
+            if seen == 3:
+                break  # the device aborted: leaving the stream sends the cancel
     cancelled = metrics.REQUESTS.labels(model_class="large", outcome="cancelled")
     before = cancelled._value.get()
     for _ in range(100):
@@ -133,6 +135,28 @@ async def test_cancel_on_abort_stops_the_worker_within_one_token(nats_hub, nats_
     assert len(texts) <= seen + 1, f"worker produced {len(texts) - seen} tokens after the cancel"
     assert len(texts) < 50  # far from the 200 asked for
     assert cancelled._value.get() >= max(before, 1)
+
+
+async def test_cancelling_the_turn_task_cancels_the_generation(nats_hub, nats_connect, start_worker):
+    worker = await start_worker(nats_hub.url)
+    client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "site-1")
+    got = asyncio.Event()
+
+    async def turn() -> None:
+        async for _ in client.stream(_request(max_tokens=300), first_token_timeout=30):
+            got.set()
+
+    task = asyncio.create_task(turn())
+    await asyncio.wait_for(got.wait(), 30)
+    assert worker.inflight == 1
+    task.cancel()  # e.g. the device disconnected
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if worker.inflight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert worker.inflight == 0
 
 
 async def test_deadline_fails_fast_before_and_during(nats_hub, nats_leaf, nats_connect, start_worker):
