@@ -16,6 +16,9 @@ fast, so the caller answers locally instead:
 Leaving the stream early (device abort, task cancellation, a failure above)
 publishes a cancel message, so the worker stops generating within one token.
 
+:class:`CloudHealthMonitor` follows the workers' heartbeats, so the policy can
+skip a cloud that is down or full without spending a request to find out.
+
 One wildcard inbox subscription serves every stream of the client; a stream's
 replies are routed to it by the last subject token. That keeps a request to one
 publish, with no per-request subscription to propagate through the leaf node.
@@ -26,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -34,7 +39,7 @@ from nats.aio.msg import Msg
 from shared import subjects
 from shared.log import log_event
 from shared.wire import (CancelRequest, EscalationRequest, ReplyChunk, ReplyStreamChecker, StreamError, WireError,
-                         decode, encode, new_id)
+                         WorkerHeartbeat, decode, encode, new_id)
 
 log = logging.getLogger("edge.escalation")
 
@@ -149,3 +154,53 @@ class EscalationClient:
             self._streams.pop(token, None)
             if not finished:
                 await self.cancel(request, cancel_reason)
+
+
+@dataclass
+class CloudHealth:
+    """What the edge knows of the cloud tier for one model class, from worker heartbeats."""
+
+    workers: int  # workers heard from recently
+    free_slots: int  # sum of (max_inflight - inflight) over them
+    backends_up: int
+
+    @property
+    def available(self) -> bool:
+        return self.workers > 0 and self.backends_up > 0 and self.free_slots > 0
+
+
+class CloudHealthMonitor:
+    """Follows worker heartbeats so the escalation policy can skip a cloud that is down or full
+    without spending a request (and its first-token timeout) to find out."""
+
+    def __init__(self, nc: NATS, model_class: str = "large", stale_after_s: float = 6.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.nc = nc
+        self.model_class = subjects.token(model_class, "model class")
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self._last: dict[str, tuple[float, WorkerHeartbeat]] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.heartbeat_class(self.model_class), cb=self._on_beat)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_beat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data, WorkerHeartbeat)
+        except WireError as exc:
+            log_event(log, "bad worker heartbeat", logging.WARNING, error=str(exc), subject=msg.subject)
+            return
+        self._last[beat.worker] = (self.clock(), beat)
+
+    def snapshot(self) -> CloudHealth:
+        now = self.clock()
+        fresh = [b for seen, b in self._last.values() if now - seen <= self.stale_after_s]
+        return CloudHealth(len(fresh), sum(max(0, b.max_inflight - b.inflight) for b in fresh),
+                           sum(b.backends_up for b in fresh))

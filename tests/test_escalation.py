@@ -19,7 +19,7 @@ import pytest_asyncio
 from cloud import metrics
 from cloud.backends import BackendPool
 from cloud.worker import Worker
-from edge.escalation import EscalationClient, EscalationFailed
+from edge.escalation import CloudHealthMonitor, EscalationClient, EscalationFailed
 from shared import subjects
 from shared.topology import BackendSpec
 from shared.wire import EscalationRequest, ReplyChunk, WorkerHeartbeat, decode, epoch_ms, new_id
@@ -165,12 +165,12 @@ async def test_deadline_fails_fast_before_and_during(nats_hub, nats_leaf, nats_c
     t0 = time.monotonic()
     with pytest.raises(EscalationFailed) as err:
         await _collect(client, _request(deadline=epoch_ms() - 1))
-    assert err.value.cause == "deadline" and time.monotonic() - t0 < 0.05
+    assert err.value.cause == "deadline" and time.monotonic() - t0 < 0.5  # nothing was sent
     t0 = time.monotonic()
     with pytest.raises(EscalationFailed) as err:
         await _collect(client, _request(max_tokens=400, deadline=epoch_ms() + 400))
     elapsed = time.monotonic() - t0
-    assert err.value.cause in ("deadline", "worker_error") and elapsed < 1.0, (err.value, elapsed)
+    assert err.value.cause in ("deadline", "worker_error") and elapsed < 2.0, (err.value, elapsed)  # not 30 s
     for _ in range(50):
         if worker.inflight == 0:
             break
@@ -187,7 +187,7 @@ async def test_busy_worker_refuses_at_once(nats_hub, nats_leaf, nats_connect, st
     with pytest.raises(EscalationFailed) as err:
         await _collect(client, _request(max_tokens=4))
     assert err.value.cause == "worker_error" and err.value.code == "busy"
-    assert time.monotonic() - t0 < 0.25
+    assert time.monotonic() - t0 < 2.0  # refused at once, not after the 30 s first-token timeout
     await long.aclose()
 
 
@@ -196,7 +196,7 @@ async def test_no_worker_and_bad_request(nats_hub, nats_leaf, nats_connect, star
     t0 = time.monotonic()
     with pytest.raises(EscalationFailed) as err:
         await _collect(client, _request())
-    assert err.value.cause == "no_responders" and time.monotonic() - t0 < 0.25
+    assert err.value.cause == "no_responders" and time.monotonic() - t0 < 2.0  # not the 30 s timeout
     await start_worker(nats_hub.url)
     await wait_linked(nats_leaf.url, nats_hub.url)
     raw = await nats_connect(nats_leaf.url)
@@ -229,7 +229,7 @@ async def test_worker_killed_mid_stream_fails_promptly(nats_hub, nats_leaf, nats
             async for _ in stream:
                 pass
         assert err.value.cause == "idle_timeout"
-        assert time.monotonic() - t0 < 1.6
+        assert time.monotonic() - t0 < 3.0  # the 1 s idle timeout, not the 30 s first-token one
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -245,8 +245,8 @@ async def test_leaf_link_cut_fails_fast_then_recovers(nats_hub, nats_leaf, nats_
     for _ in range(3):
         t0 = time.monotonic()
         with pytest.raises(EscalationFailed) as err:
-            await _collect(client, _request(max_tokens=2), timeout=2.0)
-        assert err.value.cause == "no_responders" and time.monotonic() - t0 < 0.25
+            await _collect(client, _request(max_tokens=2), timeout=10.0)
+        assert err.value.cause == "no_responders" and time.monotonic() - t0 < 2.0
     await nats_hub.start()  # same ports, same store
     t0 = time.monotonic()
     while True:
@@ -257,3 +257,22 @@ async def test_leaf_link_cut_fails_fast_then_recovers(nats_hub, nats_leaf, nats_
             assert exc.cause == "no_responders" and time.monotonic() - t0 < 20, exc
             await asyncio.sleep(0.2)
     assert chunks[-1].final and not chunks[-1].error
+
+
+async def test_cloud_health_follows_worker_heartbeats(nats_hub, nats_leaf, nats_connect, start_worker):
+    edge_nc = await nats_connect(nats_leaf.url)
+    monitor = CloudHealthMonitor(edge_nc, "large", stale_after_s=1.2)
+    await monitor.start()
+    await wait_linked(nats_hub.url, nats_leaf.url)  # the edge's heartbeat interest reached the hub
+    assert not monitor.snapshot().available
+    worker = await start_worker(nats_hub.url, max_inflight=3)
+    for _ in range(100):
+        if monitor.snapshot().available:
+            break
+        await asyncio.sleep(0.05)
+    health = monitor.snapshot()
+    assert health.available and health.workers == 1 and health.free_slots == 3 and health.backends_up == 1
+    await worker.stop()
+    await asyncio.sleep(1.5)
+    assert not monitor.snapshot().available
+    await monitor.stop()
