@@ -95,6 +95,23 @@ class EscalationClient:
         with contextlib.suppress(Exception):
             await self.nc.publish(request.cancel_subject, encode(CancelRequest(request.turn_id, reason)))
 
+    async def start(self, request: EscalationRequest, *, first_token_timeout: float,
+                    model_class: str | None = None) -> EscalatedAnswer:
+        """Send the request and wait for its first text (or tool call, or final chunk).
+
+        EscalationFailed here means nothing was said yet: answer locally."""
+        chunks = self.stream(request, first_token_timeout=first_token_timeout, model_class=model_class)
+        try:
+            while True:
+                first = await chunks.__anext__()
+                if first.text or first.tool_calls or first.final:
+                    return EscalatedAnswer(chunks, first)
+        except StopAsyncIteration:
+            raise EscalationFailed("bad_reply", "the stream ended without a final chunk") from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+
     async def stream(self, request: EscalationRequest, *, first_token_timeout: float,
                      model_class: str | None = None) -> AsyncIterator[ReplyChunk]:
         """Yield the reply chunks in order, ending with the final one; EscalationFailed on any failure."""
@@ -154,6 +171,48 @@ class EscalationClient:
             self._streams.pop(token, None)
             if not finished:
                 await self.cancel(request, cancel_reason)
+
+
+class EscalatedAnswer:
+    """An escalation whose first text has arrived: iterate for the text deltas (first one included).
+
+    Made by :meth:`EscalationClient.start`, which raises EscalationFailed *before*
+    any text exists, so the caller can still answer locally with nothing spoken.
+    A failure later (worker died mid-answer) raises EscalationFailed from the
+    iteration; ``text`` then holds what was already received, so the caller can
+    finish the answer locally. ``final`` is the last chunk once the stream ended.
+    """
+
+    def __init__(self, chunks: AsyncIterator[ReplyChunk], first: ReplyChunk):
+        self._chunks = chunks
+        self.first = first
+        self.parts: list[str] = [first.text] if first.text else []
+        self.tool_calls = list(first.tool_calls)
+        self.final: ReplyChunk | None = first if first.final else None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            if self.first.text:
+                yield self.first.text
+            if self.final is not None:
+                return
+            async for chunk in self._chunks:
+                self.tool_calls += chunk.tool_calls
+                if chunk.final:
+                    self.final = chunk
+                if chunk.text:
+                    self.parts.append(chunk.text)
+                    yield chunk.text
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the escalation (sends the cancel if it has not finished)."""
+        await self._chunks.aclose()
 
 
 @dataclass

@@ -220,15 +220,15 @@ async def test_worker_killed_mid_stream_fails_promptly(nats_hub, nats_leaf, nats
         beat = await asyncio.wait_for(beats.get(), 60)
         assert beat.worker == "worker-1" and beat.backends_up == 1
         client = await _edge(nats_connect, nats_leaf.url, nats_hub.url, idle_timeout_s=1.0)
-        stream = client.stream(_request(max_tokens=300), first_token_timeout=30)
-        first = await stream.__anext__()
-        assert first.seq == 0 and first.worker == "worker-1"
+        answer = await client.start(_request(max_tokens=300), first_token_timeout=30)
+        assert answer.first.seq == 0 and answer.first.worker == "worker-1"
         proc.send_signal(signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(EscalationFailed) as err:
-            async for _ in stream:
+            async for _ in answer:
                 pass
         assert err.value.cause == "idle_timeout"
+        assert answer.text.startswith(answer.first.text) and answer.final is None  # what to finish locally
         assert time.monotonic() - t0 < 3.0  # the 1 s idle timeout, not the 30 s first-token one
     finally:
         if proc.returncode is None:
@@ -276,3 +276,16 @@ async def test_cloud_health_follows_worker_heartbeats(nats_hub, nats_leaf, nats_
     await asyncio.sleep(1.5)
     assert not monitor.snapshot().available
     await monitor.stop()
+
+
+async def test_start_waits_for_first_text_then_streams_the_rest(nats_hub, nats_connect, start_worker):
+    await start_worker(nats_hub.url)
+    client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "site-1")
+    answer = await client.start(_request(max_tokens=10), first_token_timeout=30)
+    assert answer.first.text
+    texts = [t async for t in answer]
+    assert texts[0] == answer.first.text and "".join(texts) == answer.text
+    assert answer.final is not None and answer.final.finish_reason in ("stop", "length")
+    with pytest.raises(EscalationFailed) as err:  # nobody serves this class: fails before any text
+        await client.start(_request(), first_token_timeout=30, model_class="huge")
+    assert err.value.cause == "no_responders"
