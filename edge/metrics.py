@@ -25,3 +25,8 @@ CLOUD_FALLBACKS = Counter("xz_edge_cloud_fallbacks_total", "Escalated turns answ
 CACHE_LOOKUPS = Counter("xz_edge_cache_lookups_total", "Cache lookups", ["cache", "result"])
 MODEL_LOADED = Gauge("xz_edge_model_loaded", "1 once a model is loaded", ["stage", "model"])
 AUDIO_FRAMES_OUT = Counter("xz_edge_audio_frames_out_total", "Opus frames sent to devices")
+ESCALATION_FIRST_TOKEN = Histogram(
+    "xz_edge_escalation_first_token_seconds", "Escalation sent to first cloud text", buckets=_LATENCY_BUCKETS
+)
+CLOUD_LINK_UP = Gauge("xz_edge_cloud_link_up", "1 while the edge's NATS link reaches cloud workers")
+POLICY_REVISION = Gauge("xz_edge_policy_revision", "Revision of the escalation policy in force")
