@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "XZ_CFG__"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "topology.yaml"
@@ -38,6 +38,15 @@ class SecretRef(_Model):
     env: str | None = None
     file: str | None = None
     default: str | None = None  # lab default; production leaves it out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("secrets are given by reference only: {env: VAR} or {file: PATH}, never inline")
+        if not data.get("env") and not data.get("file"):
+            raise ValueError("a secret reference needs `env` or `file`")
+        return data
 
     def resolve(self) -> str:
         if self.env and os.environ.get(self.env):
@@ -87,12 +96,18 @@ class WorkerSpec(_Model):
     host: str
     model_class: str = "large"
     max_inflight: int = Field(8, gt=0)
+    port: int = Field(9108, gt=0, lt=65536)  # /health and /metrics (cloud worker --http-port)
+    nats_password: SecretRef | None = None  # this worker's own NATS user (provisioning)
     backends: list[BackendSpec] = Field(min_length=1)
 
 
 class ConsulSpec(_Model):
+    """Consul servers (hosts, provisioned by ansible) and the agent URL clients talk to."""
+
     servers: list[str] = []
     url: str = "http://127.0.0.1:8500"
+    datacenter: str = "xz"
+    token: SecretRef | None = None
 
 
 class CloudSpec(_Model):
@@ -111,14 +126,18 @@ class Location(_Model):
 class NatsLeaf(_Model):
     host: str
     client_port: int = Field(4223, gt=0, lt=65536)
+    password: SecretRef | None = None  # the site's own hub user (provisioning); user name = site name
 
 
 class EdgeHost(_Model):
     name: str
     host: str
     port: int = Field(8000, gt=0, lt=65536)
-    capacity: int = Field(150, gt=0)
-    tier: str | None = None
+    capacity: int = Field(150, gt=0)  # devices
+    tier: str | None = None  # a name from edge/tiers.py, "auto" (edge doctor decides) or unset (site's)
+
+    def url(self, scheme: str = "ws", path: str = "/xiaozhi/v1/") -> str:
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
 
 class SiteSpec(_Model):
@@ -126,7 +145,12 @@ class SiteSpec(_Model):
     region: str
     location: Location
     nats_leaf: NatsLeaf
+    tier: str = "auto"  # model tier of this site's edges unless an edge pins its own
     edges: list[EdgeHost] = Field(min_length=1)
+
+    @property
+    def capacity(self) -> int:
+        return sum(e.capacity for e in self.edges)
 
 
 class DeviceOverride(_Model):
@@ -135,12 +159,37 @@ class DeviceOverride(_Model):
 
 
 class DeviceAssignment(_Model):
+    """Which site a device belongs to: the longest matching id prefix, else its region's default."""
+
+    fleet_size: int | None = Field(None, gt=0)  # informational: devices expected in total
     default_site: dict[str, str] = {}
     overrides: list[DeviceOverride] = []
 
 
 class DiscoverySpec(_Model):
     backend: Literal["static", "consul"] = "static"
+    edge_service: str = "xz-edge"
+    worker_service: str = "xz-cloud-worker"
+    refresh_s: float = Field(10.0, gt=0)  # how often registrations update their load metadata
+    cache_s: float = Field(2.0, ge=0)  # how long a Consul health answer is reused
+    timeout_s: float = Field(2.0, gt=0)  # a slower Consul counts as unreachable
+    snapshot_file: str | None = None  # last good Consul answer survives restarts here
+
+
+class AlertSpec(_Model):
+    first_audio_p95_s: float = Field(1.5, gt=0)
+    error_rate: float = Field(0.05, gt=0, le=1)  # errors per finished turn
+    for_: str = Field("5m", alias="for")
+
+
+class MonitoringSpec(_Model):
+    """Where Prometheus and Grafana run; the alert thresholds ansible renders into rules."""
+
+    host: str = "127.0.0.1"
+    prometheus_port: int = Field(9090, gt=0, lt=65536)
+    grafana_port: int = Field(3000, gt=0, lt=65536)
+    scrape_interval_s: int = Field(15, gt=0)
+    alerts: AlertSpec = AlertSpec()
 
 
 # ---------------------------------------------------------------- edge node settings
@@ -229,6 +278,7 @@ class Topology(_Model):
     sites: list[SiteSpec] = Field(min_length=1)
     devices: DeviceAssignment = DeviceAssignment()
     discovery: DiscoverySpec = DiscoverySpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     edge: EdgeSettings
     source: str | None = Field(default=None, exclude=True)
 
@@ -250,6 +300,22 @@ class Topology(_Model):
                 return s
         raise TopologyError([f"--site {name}: no such site (have: {', '.join(s.name for s in self.sites)})"])
 
+    def region_names(self) -> list[str]:
+        return [r.name for r in self.regions]
+
+    def edges(self) -> list[tuple[SiteSpec, EdgeHost]]:
+        """Every edge host with its site, in document order."""
+        return [(s, e) for s in self.sites for e in s.edges]
+
+    def assigned_site(self, device_id: str, region: str | None = None) -> str | None:
+        """The site a device belongs to: longest override prefix, else the region's default site."""
+        matches = [o for o in self.devices.overrides if device_id.startswith(o.prefix)]
+        if matches:
+            return max(matches, key=lambda o: len(o.prefix)).site
+        if region is not None:
+            return self.devices.default_site.get(region)
+        return self.devices.default_site.get(self.regions[0].name)
+
     def hub_url(self) -> str:
         node = self.cloud.nats.hub[0]
         return f"nats://{node.host}:{node.client_port}"
@@ -265,6 +331,64 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "<root>"
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    """Pydantic's message, reworded where an operator would read it differently."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "greater_than" and ctx.get("gt") == 0:
+        return "must be a positive integer" if isinstance(value, int) else "must be positive"
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg']} (got {value!r})" if isinstance(value, (str, int, float)) else err["msg"]
+
+
+def _duplicates(values: list[str]) -> set[str]:
+    return {v for v in values if values.count(v) > 1}
+
+
+def _cross_check(t: Topology) -> list[str]:
+    """References between sections: what pydantic cannot see field by field."""
+    errors: list[str] = []
+    regions = t.region_names()
+    sites = {s.name for s in t.sites}
+    for name in sorted(_duplicates(regions)):
+        errors.append(f"regions: region {name!r} is defined twice")
+    if t.cloud.region not in regions:
+        errors.append(f"cloud.region: unknown region {t.cloud.region!r} (regions: {', '.join(regions)})")
+    for i, s in enumerate(t.sites):
+        if s.region not in regions:
+            errors.append(f"sites[{i}].region: unknown region {s.region!r} (regions: {', '.join(regions)})")
+    edge_names = [e.name for _, e in t.edges()]
+    for i, s in enumerate(t.sites):
+        for j, e in enumerate(s.edges):
+            if e.name in _duplicates(edge_names):
+                errors.append(f"sites[{i}].edges[{j}].name: edge name {e.name!r} is used more than once")
+    for name in sorted(_duplicates([w.name for w in t.cloud.workers])):
+        errors.append(f"cloud.workers: worker name {name!r} is used more than once")
+    for region, site in t.devices.default_site.items():
+        if region not in regions:
+            errors.append(f"devices.default_site.{region}: unknown region {region!r}")
+        if site not in sites:
+            errors.append(f"devices.default_site.{region}: unknown site {site!r}")
+        elif t.site(site).region != region:
+            errors.append(f"devices.default_site.{region}: site {site!r} is in region {t.site(site).region!r}")
+    for i, o in enumerate(t.devices.overrides):
+        if o.site not in sites:
+            errors.append(f"devices.overrides[{i}].site: unknown site {o.site!r}")
+        if not o.prefix:
+            errors.append(f"devices.overrides[{i}].prefix: must not be empty")
+    fleet = t.devices.fleet_size
+    total = sum(s.capacity for s in t.sites)
+    if fleet is not None and fleet > total:
+        errors.append(f"devices.fleet_size: {fleet} devices exceed the total edge capacity {total}")
+    return errors
 
 
 def _apply_env_overrides(doc: dict, environ: dict[str, str]) -> None:
@@ -293,7 +417,10 @@ def parse_topology(doc: Any, source: str = "<memory>", environ: dict[str, str] |
     try:
         topo = Topology.model_validate(doc)
     except ValidationError as exc:
-        raise TopologyError([f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+        raise TopologyError([f"{_format_loc(e['loc'])}: {_friendly(e)}" for e in exc.errors()]) from None
+    errors = _cross_check(topo)
+    if errors:
+        raise TopologyError(errors)
     topo.source = source
     return topo
 
@@ -335,3 +462,11 @@ def resolve_model_path(ref: str) -> Path:
     if not path.exists():
         raise ModelNotFound(f"model file {path} does not exist")
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    from shared.topology_cli import main
+
+    sys.exit(main(sys.argv[1:]))
