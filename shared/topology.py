@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "XZ_CFG__"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "topology.yaml"
@@ -282,15 +282,6 @@ class Topology(_Model):
     edge: EdgeSettings
     source: str | None = Field(default=None, exclude=True)
 
-    @field_validator("sites")
-    @classmethod
-    def _unique_site_names(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
-        names = [s.name for s in sites]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"site names must be unique, repeated: {sorted(dup)}")
-        return sites
-
     def site(self, name: str | None = None) -> SiteSpec:
         """The named site, or the first one (the embedded default has one)."""
         if name is None:
@@ -353,40 +344,64 @@ def _duplicates(values: list[str]) -> set[str]:
     return {v for v in values if values.count(v) > 1}
 
 
-def _cross_check(t: Topology) -> list[str]:
-    """References between sections: what pydantic cannot see field by field."""
+def _list(doc: Any, key: str) -> list[Any]:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _names(items: list[Any]) -> list[str]:
+    return [i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)]
+
+
+def _cross_check(doc: dict[str, Any]) -> list[str]:
+    """References between sections, which pydantic cannot see field by field.
+
+    Works on the raw document, so these errors are reported together with the field errors;
+    malformed parts are skipped here (the field validation reports them).
+    """
     errors: list[str] = []
-    regions = t.region_names()
-    sites = {s.name for s in t.sites}
+    regions = _names(_list(doc, "regions"))
+    sites_raw = [s for s in _list(doc, "sites") if isinstance(s, dict)]
+    site_region = {s["name"]: s.get("region") for s in sites_raw if isinstance(s.get("name"), str)}
+    known = ", ".join(regions) or "none"
     for name in sorted(_duplicates(regions)):
         errors.append(f"regions: region {name!r} is defined twice")
-    if t.cloud.region not in regions:
-        errors.append(f"cloud.region: unknown region {t.cloud.region!r} (regions: {', '.join(regions)})")
-    for i, s in enumerate(t.sites):
-        if s.region not in regions:
-            errors.append(f"sites[{i}].region: unknown region {s.region!r} (regions: {', '.join(regions)})")
-    edge_names = [e.name for _, e in t.edges()]
-    for i, s in enumerate(t.sites):
-        for j, e in enumerate(s.edges):
-            if e.name in _duplicates(edge_names):
-                errors.append(f"sites[{i}].edges[{j}].name: edge name {e.name!r} is used more than once")
-    for name in sorted(_duplicates([w.name for w in t.cloud.workers])):
+    for name in sorted(_duplicates(_names(sites_raw))):
+        errors.append(f"sites: site name {name!r} is used more than once")
+    cloud = doc.get("cloud") if isinstance(doc.get("cloud"), dict) else {}
+    if isinstance(cloud.get("region"), str) and cloud["region"] not in regions:
+        errors.append(f"cloud.region: unknown region {cloud['region']!r} (regions: {known})")
+    for name in sorted(_duplicates(_names(_list(cloud, "workers")))):
         errors.append(f"cloud.workers: worker name {name!r} is used more than once")
-    for region, site in t.devices.default_site.items():
+    edge_names = [n for s in sites_raw for n in _names(_list(s, "edges"))]
+    for i, s in enumerate(_list(doc, "sites")):
+        if not isinstance(s, dict):
+            continue
+        if isinstance(s.get("region"), str) and s["region"] not in regions:
+            errors.append(f"sites[{i}].region: unknown region {s['region']!r} (regions: {known})")
+        for j, e in enumerate(_list(s, "edges")):
+            if isinstance(e, dict) and e.get("name") in _duplicates(edge_names):
+                errors.append(f"sites[{i}].edges[{j}].name: edge name {e['name']!r} is used more than once")
+    devices = doc.get("devices") if isinstance(doc.get("devices"), dict) else {}
+    defaults = devices.get("default_site") if isinstance(devices.get("default_site"), dict) else {}
+    for region, site in defaults.items():
         if region not in regions:
-            errors.append(f"devices.default_site.{region}: unknown region {region!r}")
-        if site not in sites:
+            errors.append(f"devices.default_site.{region}: unknown region {region!r} (regions: {known})")
+        if site not in site_region:
             errors.append(f"devices.default_site.{region}: unknown site {site!r}")
-        elif t.site(site).region != region:
-            errors.append(f"devices.default_site.{region}: site {site!r} is in region {t.site(site).region!r}")
-    for i, o in enumerate(t.devices.overrides):
-        if o.site not in sites:
-            errors.append(f"devices.overrides[{i}].site: unknown site {o.site!r}")
-        if not o.prefix:
+        elif site_region[site] != region:
+            errors.append(f"devices.default_site.{region}: site {site!r} is in region {site_region[site]!r}")
+    for i, o in enumerate(_list(devices, "overrides")):
+        if isinstance(o, dict) and isinstance(o.get("site"), str) and o["site"] not in site_region:
+            errors.append(f"devices.overrides[{i}].site: unknown site {o['site']!r}")
+        if isinstance(o, dict) and o.get("prefix") == "":
             errors.append(f"devices.overrides[{i}].prefix: must not be empty")
-    fleet = t.devices.fleet_size
-    total = sum(s.capacity for s in t.sites)
-    if fleet is not None and fleet > total:
+    fleet = devices.get("fleet_size")
+    try:
+        total = sum(int(e.get("capacity", 150)) for s in sites_raw for e in _list(s, "edges") if isinstance(e, dict))
+    except (TypeError, ValueError):
+        total = None
+    if isinstance(fleet, int) and total is not None and fleet > total:
         errors.append(f"devices.fleet_size: {fleet} devices exceed the total edge capacity {total}")
     return errors
 
@@ -414,11 +429,12 @@ def parse_topology(doc: Any, source: str = "<memory>", environ: dict[str, str] |
     if not isinstance(doc, dict):
         raise TopologyError([f"{source}: the document must be a mapping"])
     _apply_env_overrides(doc, dict(os.environ) if environ is None else environ)
+    errors: list[str] = []
     try:
         topo = Topology.model_validate(doc)
     except ValidationError as exc:
-        raise TopologyError([f"{_format_loc(e['loc'])}: {_friendly(e)}" for e in exc.errors()]) from None
-    errors = _cross_check(topo)
+        errors = [f"{_format_loc(e['loc'])}: {_friendly(e)}" for e in exc.errors()]
+    errors += _cross_check(doc)
     if errors:
         raise TopologyError(errors)
     topo.source = source
