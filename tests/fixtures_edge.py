@@ -1,1 +1,212 @@
-"""Fixtures: edge."""
+"""Fixtures: edge.
+
+``fake_engine``: a deterministic stand-in for ``edge.engine.EdgeEngine`` (energy VAD,
+an answer of real Opus frames of a tone), so protocol and session tests need no
+models. ``edge_server``: runs ``edge.server.create_app`` on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp import web
+
+from edge.opus import encode_pcm
+from edge.tokens import TokenIssuer
+from shared.topology import DEFAULT_PATH, Topology, parse_topology
+
+# edge.vad, edge.turn and edge.server are imported where used: this plugin loads for every
+# test of the suite, which must not depend on the edge pipeline's modules importing.
+
+ASR_RATE = 16000
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def make_topology(edge: dict | None = None) -> Topology:
+    """The repository's topology.yaml with ``edge`` settings merged in (environment ignored)."""
+    doc = yaml.safe_load(DEFAULT_PATH.read_text())
+    _merge(doc["edge"], copy.deepcopy(edge or {}))
+    return parse_topology(doc, "tests", environ={})
+
+
+def tone(ms: int, rate: int = ASR_RATE, freq: float = 440.0, amplitude: int = 8000) -> np.ndarray:
+    t = np.arange(rate * ms // 1000) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+# ---------------------------------------------------------------- stand-in engine
+class EnergyVadStream:
+    """Speech = 60 ms chunks louder than ``rms``; same events as edge.vad, shorter windows."""
+
+    def __init__(self, rms: float = 500.0, start_ms: float = 120, pause_ms: float = 180, end_ms: float = 360):
+        self.rms, self.start_ms, self.pause_ms, self.end_ms = rms, start_ms, pause_ms, end_ms
+        self._reset()
+
+    def _reset(self) -> None:
+        self.in_speech = False
+        self.started = self.paused = False
+        self.speech_ms = self.silence_ms = 0.0
+        self.buf: list[np.ndarray] = []
+
+    async def feed(self, pcm16k: np.ndarray) -> list[Any]:
+        from edge.vad import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
+
+        events: list[Any] = []
+        ms = pcm16k.size * 1000 / ASR_RATE
+        loud = pcm16k.size > 0 and float(np.sqrt(np.mean(pcm16k.astype(np.float64) ** 2))) > self.rms
+        if loud:
+            self.in_speech = True
+            self.buf.append(pcm16k)
+            self.speech_ms += ms
+            self.silence_ms = 0.0
+            if self.paused:
+                self.paused = False
+                events.append(SpeechResumed())
+            if not self.started and self.speech_ms >= self.start_ms:
+                self.started = True
+                events.append(SpeechStarted())
+        elif self.in_speech:
+            self.buf.append(pcm16k)
+            self.silence_ms += ms
+            if not self.paused and self.silence_ms >= self.pause_ms:
+                self.paused = True
+                events.append(SpeechPaused(np.concatenate(self.buf)))
+            if self.silence_ms >= self.end_ms:
+                events.append(SpeechEnded(np.concatenate(self.buf)))
+                self._reset()
+        return events
+
+
+class FakeVad:
+    def new_stream(self) -> EnergyVadStream:
+        return EnergyVadStream()
+
+
+class FakeAsr:
+    def __init__(self) -> None:
+        self.prefetched: list[int] = []
+
+    def prefetch(self, pcm16k: np.ndarray) -> None:
+        self.prefetched.append(pcm16k.size)
+
+
+@dataclass
+class FakeEngine:
+    """``EdgeEngine``'s interface; ``run_turn`` speaks ``reply_ms`` of tone in two sentences."""
+
+    reply_ms: int = 1200
+    fail_turns: bool = False
+    ready: bool = True
+    vad: FakeVad = field(default_factory=FakeVad)
+    asr: FakeAsr = field(default_factory=FakeAsr)
+    requests: list[Any] = field(default_factory=list)
+    finished: int = 0
+    cancelled: int = 0
+    turn_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+
+    def health(self) -> dict:
+        return {"ready": self.ready, "site": "fake"}
+
+    async def run_turn(self, req, out):
+        from edge.turn import TurnResult
+
+        self.requests.append(req)
+        self.turn_started.set()
+        try:
+            if self.fail_turns:
+                await out.send_json({"type": "tts", "state": "start"})
+                raise RuntimeError("engine exploded")
+            heard = req.text if req.kind != "speech" else f"heard {round(req.pcm16k.size * 1000 / ASR_RATE)} ms"
+            await out.send_json({"type": "stt", "text": heard})
+            await out.send_json({"type": "llm", "emotion": "happy", "text": "😀", "answered_by": "fake"})
+            await out.send_json({"type": "tts", "state": "start"})
+            frames = encode_pcm(tone(self.reply_ms, out.sample_rate), out.sample_rate, out.frame_ms)
+            half = len(frames) // 2
+            for text, part in (("First sentence.", frames[:half]), ("Second sentence.", frames[half:])):
+                await out.send_json({"type": "tts", "state": "sentence_start", "text": text})
+                await out.send_audio(part)
+            await out.drain()
+            await out.send_json({"type": "tts", "state": "stop"})
+            self.finished += 1
+            return TurnResult(heard, "First sentence. Second sentence.", "fake", {})
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+# ---------------------------------------------------------------- server on a free port
+@dataclass
+class EdgeHandle:
+    base_url: str
+    app: web.Application
+    topology: Topology
+    engine: Any
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/xiaozhi/v1/"
+
+    @property
+    def ota_url(self) -> str:
+        return self.base_url + "/xiaozhi/ota/"
+
+    @property
+    def sessions(self) -> set:
+        from edge.server import SESSIONS_KEY
+
+        return self.app[SESSIONS_KEY]
+
+    def token(self, device_id: str, **kw) -> str:
+        return TokenIssuer.from_topology(self.topology).issue(device_id, **kw)
+
+
+TEST_EDGE = {"session": {"hello_timeout_s": 2, "idle_timeout_s": 30}}
+
+
+@pytest_asyncio.fixture
+async def edge_server() -> Callable[..., Awaitable[EdgeHandle]]:
+    """``await edge_server(engine, edge={...overrides}, choose_edge=None)`` -> EdgeHandle (stopped at teardown)."""
+    from edge.server import create_app
+
+    runners: list[web.AppRunner] = []
+
+    async def start(engine: Any, edge: dict | None = None, choose_edge=None) -> EdgeHandle:
+        topo = make_topology(_merge(copy.deepcopy(TEST_EDGE), edge or {}))
+        app = create_app(topo, None, engine, choose_edge=choose_edge)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return EdgeHandle(f"http://127.0.0.1:{port}", app, topo, engine)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

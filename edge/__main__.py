@@ -1,0 +1,122 @@
+"""``python -m edge serve|doctor``: run an edge node, or check that it could run.
+
+``serve`` listens at once (``/health`` answers 503 while the models load, so a
+load balancer or ``make run`` can wait on it) and loads the engine in the
+background. Configuration and model problems end the process with one readable
+line on stderr: exit code 2 for a bad configuration, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from shared.log import log_event, setup_logging
+from shared.topology import ModelNotFound, Topology, TopologyError, load_topology
+
+log = logging.getLogger("edge.main")
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+class StartupError(Exception):
+    """Startup failed; the message is the one line shown to the operator."""
+
+
+async def serve(topology: Topology, site: str | None, host: str, port: int) -> int:
+    from edge.engine import EdgeEngine  # heavy (model libraries): only when serving
+    from edge.server import create_app
+
+    engine = EdgeEngine(topology, site)
+    app = create_app(topology, site, engine)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starter: asyncio.Task | None = None
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        log_event(log, "edge listening", host=host, port=port, site=topology.site(site).name)
+        starter = asyncio.create_task(engine.start())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if starter.done() and starter.exception() is not None:
+            exc = starter.exception()
+            if isinstance(exc, (ModelNotFound, TopologyError)):
+                raise exc
+            raise StartupError(f"engine failed to start: {type(exc).__name__}: {exc}")
+        await stopper
+        return 0
+    finally:
+        log_event(log, "edge stopping")
+        if starter is not None and not starter.done():
+            starter.cancel()
+            await asyncio.gather(starter, return_exceptions=True)
+        await runner.cleanup()
+        try:
+            await engine.stop()
+        except Exception as exc:  # stopping must finish even if a component misbehaves
+            log_event(log, "engine stop failed", logging.WARNING, error=str(exc))
+
+
+def _doctor(argv: list[str]) -> int:
+    if importlib.util.find_spec("edge.doctor") is None:
+        print("edge doctor: not available in this build", file=sys.stderr)
+        return EXIT_RUNTIME
+    from edge.doctor import main as doctor_main
+
+    return doctor_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "doctor":
+        return _doctor(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m edge", description="xiaozhi-edge edge node")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="serve devices: OTA, WebSocket, /health, /metrics")
+    p.add_argument("--config", default=os.environ.get("XZ_TOPOLOGY"), help="topology.yaml (default: the repo's)")
+    p.add_argument("--site", default=None, help="site name in the topology (default: the first)")
+    p.add_argument("--host", default=None, help="listen address (default: the site's first edge host)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: the site's first edge port)")
+    sub.add_parser("doctor", help="check models, ports and connectivity")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        topology = load_topology(args.config)
+        edge = topology.site(args.site).edges[0]
+    except TopologyError as exc:
+        print(f"edge: bad configuration: {'; '.join(exc.errors)}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(serve(topology, args.site, args.host or edge.host, args.port or edge.port))
+    except ModelNotFound as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TopologyError as exc:
+        print(f"edge: bad configuration: {'; '.join(exc.errors)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImportError as exc:
+        print(f"edge: missing component: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except StartupError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The OTA endpoint: where a xiaozhi device learns, at every boot, which edge to talk to.
+
+The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
+``websocket {url, token, version}`` and ``server_time``. We never answer
+``mqtt`` (that would switch the device to MQTT+UDP) nor ``activation`` (devices
+need no pairing code here). Which edge a device goes to is a pluggable
+``choose_edge(device_id, request)`` so federation can assign devices to sites.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Awaitable, Callable, Union
+
+from aiohttp import web
+
+from edge import metrics
+from edge.tokens import TokenIssuer
+from shared.log import log_event
+from shared.topology import Topology
+
+log = logging.getLogger("edge.ota")
+
+WS_PATH = "/xiaozhi/v1/"
+ChooseEdge = Callable[[str, web.Request], Union[str, Awaitable[str]]]
+
+
+def json_error(status: int, kind: str, message: str) -> web.Response:
+    """Errors as JSON, so firmware logs and operators both get a readable line."""
+    return web.json_response({"error": kind, "message": message}, status=status)
+
+
+def request_ws_url(request: web.Request) -> str:
+    """This edge's WebSocket URL as the device reached it (honours a TLS-terminating proxy)."""
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    scheme = "wss" if proto in ("https", "wss") else "ws"
+    host = request.headers.get("X-Forwarded-Host", request.host)
+    return f"{scheme}://{host}{WS_PATH}"
+
+
+def own_edge_chooser(topology: Topology) -> ChooseEdge:
+    """Default: every device stays on this edge (``edge.public_url``, else the request's host)."""
+    public = topology.edge.public_url
+
+    def choose(device_id: str, request: web.Request) -> str:
+        return public or request_ws_url(request)
+
+    return choose
+
+
+def server_time() -> dict[str, int]:
+    """Devices set their clock from this (needed for TLS); offset in minutes east of UTC."""
+    offset = datetime.now().astimezone().utcoffset()
+    return {"timestamp": int(time.time() * 1000),
+            "timezone_offset": int(offset.total_seconds() // 60) if offset else 0}
+
+
+class OtaHandler:
+    """``POST /xiaozhi/ota/`` and ``POST /xiaozhi/ota/activate``."""
+
+    def __init__(self, topology: Topology, tokens: TokenIssuer, choose_edge: ChooseEdge | None = None,
+                 ws_version: int = 1):
+        self.tokens = tokens
+        self.choose_edge = choose_edge or own_edge_chooser(topology)
+        self.ws_version = ws_version
+
+    def add_routes(self, app: web.Application) -> None:
+        for path in ("/xiaozhi/ota/", "/xiaozhi/ota"):
+            app.router.add_route("POST", path, self.ota)
+            app.router.add_route("GET", path, self.ota)  # firmware without system info uses GET
+        for path in ("/xiaozhi/ota/activate", "/xiaozhi/ota/activate/"):
+            app.router.add_post(path, self.activate)
+
+    async def _system_info(self, request: web.Request) -> dict | None:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def ota(self, request: web.Request) -> web.Response:
+        device_id = request.headers.get("Device-Id", "").strip()
+        if not device_id:
+            metrics.PROTOCOL_ERRORS.labels(kind="ota_no_device_id").inc()
+            return json_error(400, "missing_device_id", "the Device-Id header is required")
+        info = await self._system_info(request)
+        if info is None:
+            metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
+            return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
+        url = self.choose_edge(device_id, request)
+        if inspect.isawaitable(url):
+            url = await url
+        app = info.get("application") if isinstance(info.get("application"), dict) else {}
+        log_event(log, "ota check", device=device_id, client=request.headers.get("Client-Id"),
+                  user_agent=request.headers.get("User-Agent"), firmware=app.get("version"), ws_url=url)
+        return web.json_response({
+            "server_time": server_time(),
+            "websocket": {"url": url, "token": self.tokens.issue(device_id), "version": self.ws_version},
+        })
+
+    async def activate(self, request: web.Request) -> web.Response:
+        """No activation codes here: every device is accepted at once (200 = done)."""
+        await request.read()
+        return web.json_response({"status": "ok"})
