@@ -215,7 +215,7 @@ def parse_policy(doc: Any) -> Policy:
     except ValidationError as exc:
         errors = []
         for e in exc.errors():
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             errors.append(f"{format_loc(e['loc'])}: {msg}")
         raise PolicyError(errors) from None
 
@@ -295,11 +295,20 @@ class TurnFeatures:
         """Build from a trace record; unknown keys are ignored, a bad record raises ValueError."""
         if not isinstance(d, dict) or not isinstance(d.get("text"), str):
             raise ValueError("features need a 'text' string")
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        f = cls(**known)
-        if "word_count" not in d:
-            f.word_count = count_words(f.text)
-        return f
+        try:
+            conf = d.get("local_confidence")
+            return cls(
+                text=d["text"],
+                language=str(d.get("language", "en")),
+                word_count=int(d["word_count"]) if "word_count" in d else count_words(d["text"]),
+                needs_tools=bool(d.get("needs_tools", False)),
+                local_confidence=None if conf is None else float(conf),
+                queue_depth=int(d.get("queue_depth", 0)),
+                active_turns=int(d.get("active_turns", 0)),
+                cloud_healthy=bool(d.get("cloud_healthy", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad features: {exc}") from None
 
 
 @dataclass(frozen=True)
