@@ -180,15 +180,15 @@ class ConsulAddress:
     token: str | None
 
 
-def consul_address(topology: Topology, environ: dict[str, str] | None = None) -> ConsulAddress:
+def consul_address(topology: Topology | None = None, environ: dict[str, str] | None = None) -> ConsulAddress:
     """Consul's HTTP API address: ``CONSUL_HTTP_ADDR``/``CONSUL_HTTP_TOKEN`` (as the consul CLI) or topology."""
     env = os.environ if environ is None else environ
-    raw = env.get("CONSUL_HTTP_ADDR") or topology.cloud.consul.url
+    raw = env.get("CONSUL_HTTP_ADDR") or (topology.cloud.consul.url if topology else "http://127.0.0.1:8500")
     if "://" not in raw:
         raw = f"http://{raw}"
     parts = urlsplit(raw)
     token = env.get("CONSUL_HTTP_TOKEN")
-    ref: SecretRef | None = topology.cloud.consul.token
+    ref: SecretRef | None = topology.cloud.consul.token if topology else None
     if token is None and ref is not None:
         token = ref.resolve()
     return ConsulAddress(parts.hostname or "127.0.0.1", parts.port or 8500, parts.scheme or "http", token)
@@ -199,7 +199,7 @@ def consul_client(addr: ConsulAddress, timeout_s: float) -> Any:
     import consul.aio
 
     return consul.aio.Consul(host=addr.host, port=addr.port, scheme=addr.scheme, token=addr.token,
-                             connections_timeout=timeout_s)
+                             verify=addr.scheme == "https", connections_timeout=timeout_s)
 
 
 def _meta_float(meta: dict[str, str], key: str, default: float) -> float:

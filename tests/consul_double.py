@@ -207,3 +207,27 @@ class ConsulDouble:
                 self.index += 1
             check.status, check.output = status, output
             await asyncio.sleep(check.interval)
+
+
+class HealthEndpoint:
+    """A stand-in service's ``/health`` (what the edge server and cloud worker expose) with a settable status."""
+
+    def __init__(self, status: int = 200):
+        self.status = status
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": self.status == 200}, status=self.status)
