@@ -1,0 +1,118 @@
+"""Cut streamed LLM text into sentences for TTS, as early as is safe.
+
+Speech starts when the first sentence is synthesized, so the splitter hands out a
+sentence the moment it is known to be complete, and the very first chunk may end
+at a comma once it is long enough. A '.' only ends a sentence when whitespace
+follows it, which keeps "3.5", "example.com" and "e.g." whole while tokens still
+stream in; known abbreviations and initials never end one. Fragments shorter than
+``min_chars`` are merged into the next sentence (one clip instead of two tiny ones),
+and text with no boundary is cut at a space once it reaches ``max_chars``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ENDS = ".!?…"
+_CJK_ENDS = "。！？；"
+_CLOSERS = "\"')]}”’»」』）"
+_COMMAS = ",;:"
+_CJK_COMMAS = "，、：；"
+
+# Lower-cased words that are followed by '.' without ending a sentence.
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs mt ft no approx dept est fig inc ltd co corp jan feb mar apr jun jul aug "
+    "sep sept oct nov dec mon tue wed thu fri sat sun e.g i.e a.m p.m u.s u.k u.n cf al".split()
+)
+_WORD_BEFORE = re.compile(r"([^\s\"'(\[{“‘]+)$")
+
+
+@dataclass
+class SplitterConfig:
+    min_chars: int = 8  # shorter pieces are merged into the next sentence
+    first_clause_chars: int = 24  # the first chunk may end at a comma once this long (0: never)
+    max_chars: int = 200  # no boundary by then: cut at the last space
+
+
+class SentenceSplitter:
+    """Feed LLM deltas, get whole sentences back; ``flush()`` at the end of the answer for the rest."""
+
+    def __init__(self, config: SplitterConfig | None = None):
+        self.config = config or SplitterConfig()
+        self._buf = ""
+        self._emitted = 0
+
+    def feed(self, delta: str) -> list[str]:
+        self._buf += delta
+        out: list[str] = []
+        while (piece := self._next()) is not None:
+            out.append(piece)
+        return out
+
+    def flush(self) -> list[str]:
+        out = self.feed("")
+        rest = self._buf.strip()
+        self._buf = ""
+        if rest:
+            out.append(rest)
+        return out
+
+    def _next(self) -> str | None:
+        """Take one complete sentence off the front of the buffer, if there is one."""
+        buf, cfg = self._buf, self.config
+        n = len(buf)
+        i = 0
+        while i < n:
+            ch = buf[i]
+            end: int | None = None
+            if ch == "\n":
+                end = i + 1
+            elif ch in _CJK_ENDS:
+                end = _skip(buf, i + 1, _CJK_ENDS + _CLOSERS)
+            elif ch in _ENDS:
+                j = _skip(buf, i + 1, _ENDS)
+                j = _skip(buf, j, _CLOSERS)
+                if j >= n:
+                    return None  # can't tell yet ("3." may become "3.5"): wait for the next token
+                if buf[j].isspace() and not (ch == "." and j == i + 1 and _is_abbreviation(buf[:i])):
+                    end = j
+                i = j - 1
+            elif self._emitted == 0 and cfg.first_clause_chars and (ch in _COMMAS or ch in _CJK_COMMAS):
+                if ch in _COMMAS and (i + 1 >= n or not buf[i + 1].isspace()):
+                    if i + 1 >= n:
+                        return None  # "1," may become "1,000"
+                elif len(buf[: i + 1].strip()) >= cfg.first_clause_chars:
+                    end = i + 1
+            if end is not None and len(buf[:end].strip()) >= cfg.min_chars:
+                return self._cut(end)
+            i += 1
+        if n >= cfg.max_chars:
+            space = buf.rfind(" ", cfg.min_chars, cfg.max_chars)
+            return self._cut(space if space > 0 else cfg.max_chars)
+        return None
+
+    def _cut(self, end: int) -> str:
+        piece, self._buf = self._buf[:end].strip(), self._buf[end:].lstrip()
+        self._emitted += 1
+        return piece
+
+
+def _skip(text: str, i: int, chars: str) -> int:
+    while i < len(text) and text[i] in chars:
+        i += 1
+    return i
+
+
+def _is_abbreviation(before: str) -> bool:
+    """Does the word right before a '.' make it an abbreviation ("Mr", "e.g", "U.S", an initial)?"""
+    m = _WORD_BEFORE.search(before)
+    if not m:
+        return False
+    word = m.group(1)
+    if word.lower() in ABBREVIATIONS:
+        return True
+    if len(word) == 1 and word.isalpha() and word.isupper():
+        return True  # an initial: "J. R. R. Tolkien"
+    parts = word.split(".")
+    return len(parts) > 1 and all(len(p) == 1 and p.isalpha() for p in parts)

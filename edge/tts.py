@@ -1,0 +1,375 @@
+"""Text to speech for the device: text -> PCM (piper / espeak-ng / edge-tts) -> device rate -> Opus frames.
+
+One ``TtsService`` per edge process serves every session. Synthesis, resampling and
+Opus encoding run in a small dedicated thread pool, never on the event loop, so a
+long sentence does not stall other devices' audio. Finished clips go into the phrase
+cache (edge.tts_cache): a repeated phrase costs neither synthesis nor encoding.
+
+Backends share one tiny interface, ``synthesize(text) -> (int16 pcm, rate)``:
+- ``piper``: local neural voice (ONNX); its language comes from its ``.onnx.json``.
+- ``espeak``: espeak-ng CLI; robotic but speaks ~100 languages, so it is the fallback
+  voice for any language the main voice lacks, and the last resort if it fails.
+- ``edge-tts``: Microsoft's online voices; needs internet. With no network it fails
+  within a short timeout (at load or first use), logs one line and the service
+  falls back for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import threading
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge import metrics
+from edge.emotion import strip_emoji
+from edge.opus import encode_pcm, resample
+from edge.tts_cache import CacheKey, PhraseCache
+from shared.log import log_event
+from shared.topology import AudioSpec, ModelNotFound, TtsSpec, resolve_model_path
+
+log = logging.getLogger("edge.tts")
+
+_POOL_WORKERS = 2
+_ESPEAK_TIMEOUT_S = 30.0
+_EDGE_TTS_TIMEOUT_S = 4.0
+
+
+class TtsError(RuntimeError):
+    """A backend could not produce speech (missing binary, unknown voice, no network...)."""
+
+
+@dataclass
+class SpeechClip:
+    """One sentence of speech, ready to send: Opus packets of ``frame_ms`` each at ``sample_rate``."""
+
+    text: str
+    frames: list[bytes]
+    sample_rate: int
+    frame_ms: int
+    duration_ms: int
+    cached: bool
+    voice: str
+
+
+class TtsBackend(Protocol):
+    name: str
+    voice_id: str  # stable id for cache keys: backend and voice
+    language: str  # primary language subtag ("en"), "" if unknown
+
+    def load(self) -> None: ...
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]: ...
+
+
+# ---------------------------------------------------------------- text normalisation
+
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_BLOCK = re.compile(r"^\s*(?:#+|>+|[-+*]|\d+[.)])\s+", re.MULTILINE)  # headings, quotes, list bullets
+_MD_INLINE = re.compile(r"[*`~#]+|__+")
+_SPACES = re.compile(r"\s+")
+_SPEAKABLE = re.compile(r"\w")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def normalize_text(text: str) -> str:
+    """What is worth saying: no markdown marks, emoji or runs of whitespace; "" if nothing speakable."""
+    text = _MD_LINK.sub(r"\1", text or "")
+    text = _MD_INLINE.sub("", _MD_BLOCK.sub("", strip_emoji(text))).replace("_", " ")
+    text = _SPACES.sub(" ", text).strip()
+    return text if _SPEAKABLE.search(text) else ""
+
+
+def _lang(code: str | None) -> str:
+    """"en_US" / "en-us" / "EN" -> "en"."""
+    return re.split(r"[-_]", code or "", maxsplit=1)[0].lower()
+
+
+# ---------------------------------------------------------------- backends
+
+
+class PiperBackend:
+    """piper-tts 1.8 voice: ``<voice>.onnx`` with ``<voice>.onnx.json`` beside it."""
+
+    name = "piper"
+
+    def __init__(self, voice_ref: str):
+        self.voice_ref = voice_ref
+        self.voice_id = f"piper:{voice_ref.rsplit('/', 1)[-1].removesuffix('.onnx')}"
+        self.language = ""
+        self._voice = None
+
+    def load(self) -> None:
+        from piper import PiperVoice
+
+        path = resolve_model_path(self.voice_ref)
+        config = path.with_name(path.name + ".json")
+        if not config.exists():
+            raise ModelNotFound(f"piper voice {self.voice_ref}: config {config} is missing")
+        meta = json.loads(config.read_text(encoding="utf-8"))
+        lang = meta.get("language", {})
+        self.language = _lang(lang.get("family") or lang.get("code") or meta.get("espeak", {}).get("voice"))
+        self._voice = PiperVoice.load(path, config_path=config)
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        chunks = [c.audio_int16_array for c in self._voice.synthesize(text)]
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        return pcm, self._voice.config.sample_rate
+
+
+class EspeakBackend:
+    """espeak-ng CLI (``--stdout`` WAV); text goes in on stdin so nothing in it is read as an option."""
+
+    name = "espeak"
+
+    def __init__(self, voice: str):
+        self.voice = voice
+        self.voice_id = f"espeak:{voice}"
+        self.language = _lang(voice)
+
+    def load(self) -> None:
+        if shutil.which("espeak-ng") is None:
+            raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
+        if self.voice not in espeak_languages():
+            raise TtsError(f"espeak-ng has no voice {self.voice!r}")
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        try:
+            proc = subprocess.run(["espeak-ng", "--stdout", "-v", self.voice], input=text.encode(),
+                                  capture_output=True, timeout=_ESPEAK_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TtsError(f"espeak-ng failed: {exc}") from None
+        if proc.returncode != 0 or not proc.stdout:
+            raise TtsError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()}")
+        with wave.open(io.BytesIO(proc.stdout)) as w:  # espeak's streamed header sizes are bogus; wave copes
+            rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return pcm, rate
+
+
+_espeak_langs: set[str] | None = None
+
+
+def espeak_languages() -> set[str]:
+    """Voice/language names espeak-ng accepts for ``-v`` (language column and its aliases)."""
+    global _espeak_langs
+    if _espeak_langs is None:
+        out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, timeout=10).stdout
+        langs: set[str] = set()
+        for line in out.splitlines()[1:]:
+            cols = line.split()
+            if len(cols) >= 2:
+                langs.add(cols[1].lower())
+            langs.update(m.lower() for m in re.findall(r"\(([\w-]+) \d+\)", line))
+        _espeak_langs = langs
+    return _espeak_langs
+
+
+class EdgeTtsBackend:
+    """Microsoft Edge online voices through ``edge-tts``; MP3 decoded with PyAV. Bounded by a short timeout."""
+
+    name = "edge-tts"
+
+    def __init__(self, voice: str, timeout_s: float = _EDGE_TTS_TIMEOUT_S):
+        self.voice = voice
+        self.voice_id = f"edge-tts:{voice}"
+        self.language = _lang(voice)
+        self.timeout_s = timeout_s
+
+    def load(self) -> None:
+        import edge_tts  # noqa: F401  (fail at load if the package is missing)
+
+        self.synthesize("Hello.")  # proves the service is reachable, within the timeout
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        try:
+            mp3 = asyncio.run(asyncio.wait_for(self._fetch(text), self.timeout_s))
+        except Exception as exc:  # noqa: BLE001  (DNS, TLS, HTTP, timeout: all mean "unavailable")
+            raise TtsError(f"edge-tts unavailable: {type(exc).__name__}: {exc}".strip(": ")) from None
+        if not mp3:
+            raise TtsError("edge-tts returned no audio")
+        return _decode_mp3(mp3)
+
+    async def _fetch(self, text: str) -> bytes:
+        import edge_tts
+
+        t = max(1, int(self.timeout_s))
+        comm = edge_tts.Communicate(text, self.voice, connect_timeout=t, receive_timeout=t)
+        buf = bytearray()
+        async for chunk in comm.stream():
+            if chunk["type"] == "audio":
+                buf += chunk["data"]
+        return bytes(buf)
+
+
+def _decode_mp3(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=stream.rate)
+        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(stream) for f in resampler.resample(frame)]
+        rate = stream.rate
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)), rate
+
+
+# ---------------------------------------------------------------- service
+
+
+class TtsService:
+    """Speaks sentences for devices; the main voice, a fallback voice for other languages, and the phrase cache."""
+
+    def __init__(self, spec: TtsSpec, audio: AudioSpec, max_workers: int = _POOL_WORKERS):
+        self.spec = spec
+        self.audio = audio
+        self.sample_rate = audio.downstream_sample_rate
+        self.frame_ms = audio.frame_ms
+        self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir)
+        self.primary: TtsBackend | None = None
+        self.fallback: EspeakBackend | None = None
+        self.synth_calls = 0  # backend synthesize() calls (cache hits never count)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tts")
+        self._lock = threading.Lock()
+        self._espeak_by_lang: dict[str, EspeakBackend] = {}
+
+    # -- lifecycle
+
+    async def load(self) -> None:
+        """Load the voices (in the pool) and pre-warm the configured phrases."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load_sync)
+        await self.prewarm()
+
+    def _load_sync(self) -> None:
+        spec = self.spec
+        if spec.fallback == "espeak" or spec.backend == "espeak":
+            voice = spec.espeak_voice
+            self.fallback = EspeakBackend(voice)
+            self.fallback.load()
+        candidates: list[TtsBackend] = []
+        if spec.backend == "edge-tts":
+            candidates.append(EdgeTtsBackend(spec.edge_tts_voice))
+        if spec.backend in ("edge-tts", "piper"):
+            candidates.append(PiperBackend(spec.voice))
+        for backend in candidates:
+            try:
+                backend.load()
+            except TtsError as exc:
+                log_event(log, "tts backend unavailable, falling back", level=logging.WARNING,
+                          backend=backend.name, error=str(exc))
+                continue
+            except ModelNotFound:
+                if backend is not candidates[-1] or self.fallback is None:
+                    raise
+                log_event(log, "tts: piper voice missing, using espeak-ng", level=logging.WARNING)
+                continue
+            self.primary = backend
+            break
+        if self.primary is None:
+            if self.fallback is None:
+                raise TtsError(f"no TTS backend could be loaded (backend={spec.backend}, fallback=none)")
+            self.primary = self.fallback
+        metrics.MODEL_LOADED.labels(stage="tts", model=self.primary.voice_id).set(1)
+        log_event(log, "tts loaded", voice=self.primary.voice_id, language=self.primary.language,
+                  fallback=self.fallback.voice_id if self.fallback else None)
+
+    async def prewarm(self, phrases: list[str] | None = None) -> int:
+        """Make sure the configured (and given) phrases are cached in the main voice; returns how many were synthesized."""
+        made = 0
+        for text in dict.fromkeys([*self.spec.cache.prewarm, *(phrases or [])]):
+            norm = normalize_text(text)
+            if norm and not self.cache.contains(self._key(self._require_primary(), norm)):
+                await self.speak(text)
+                made += 1
+        if made:
+            log_event(log, "tts cache pre-warmed", synthesized=made)
+        return made
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- speaking
+
+    async def speak(self, text: str, language: str | None = None) -> SpeechClip:
+        """One sentence -> Opus frames at the device rate; empty frames if there is nothing to say."""
+        norm = normalize_text(text)
+        backend = self._route(norm, language)
+        if not norm:
+            return SpeechClip(text, [], self.sample_rate, self.frame_ms, 0, False, backend.voice_id)
+        loop = asyncio.get_running_loop()
+        key = self._key(backend, norm)
+        frames = await loop.run_in_executor(None, self.cache.get, key)  # default pool: never queued behind synthesis
+        metrics.CACHE_LOOKUPS.labels(cache="tts", result="hit" if frames is not None else "miss").inc()
+        if frames is not None:
+            return self._clip(text, frames, True, backend.voice_id)
+        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm)
+        return self._clip(text, frames, False, voice)
+
+    def _render(self, backend: TtsBackend, text: str) -> tuple[list[bytes], str]:
+        """Synthesize, resample, encode, cache (pool thread). A failing online backend is dropped for good."""
+        t0 = time.perf_counter()
+        try:
+            pcm, rate = self._synthesize(backend, text)
+        except TtsError as exc:
+            if backend is self.fallback or self.fallback is None:
+                raise
+            with self._lock:
+                if self.primary is backend and backend.name == "edge-tts":
+                    self.primary = self.fallback
+                    log_event(log, "tts backend failed, falling back for good", level=logging.WARNING,
+                              backend=backend.name, error=str(exc), fallback=self.fallback.voice_id)
+                else:
+                    log_event(log, "tts synthesis failed, using fallback voice", level=logging.WARNING,
+                              backend=backend.name, error=str(exc))
+            backend = self.fallback
+            pcm, rate = self._synthesize(backend, text)
+        frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms)
+        metrics.STAGE_LATENCY.labels(stage="tts").observe(time.perf_counter() - t0)
+        self.cache.put(self._key(backend, text), frames)
+        return frames, backend.voice_id
+
+    def _synthesize(self, backend: TtsBackend, text: str) -> tuple[np.ndarray, int]:
+        with self._lock:
+            self.synth_calls += 1
+        return backend.synthesize(text)
+
+    def _route(self, text: str, language: str | None) -> TtsBackend:
+        """The main voice, unless the text's language is one it lacks and espeak-ng speaks it."""
+        primary = self._require_primary()
+        lang = _lang(language)
+        if not lang and _CJK.search(text) and primary.language not in ("zh", "ja", "ko", "cmn", "yue"):
+            lang = "zh"
+        if not lang or lang == primary.language or not primary.language or self.fallback is None:
+            return primary
+        if lang == self.fallback.language:
+            return self.fallback
+        if lang not in espeak_languages():
+            return primary
+        return self._espeak_for(lang)
+
+    def _espeak_for(self, lang: str) -> EspeakBackend:
+        with self._lock:
+            if lang not in self._espeak_by_lang:
+                self._espeak_by_lang[lang] = EspeakBackend(lang)
+            return self._espeak_by_lang[lang]
+
+    def _require_primary(self) -> TtsBackend:
+        if self.primary is None:
+            raise RuntimeError("TtsService.load() has not run")
+        return self.primary
+
+    def _key(self, backend: TtsBackend, norm: str) -> CacheKey:
+        return CacheKey(backend.voice_id, norm, self.sample_rate, self.frame_ms)
+
+    def _clip(self, text: str, frames: list[bytes], cached: bool, voice: str) -> SpeechClip:
+        return SpeechClip(text, frames, self.sample_rate, self.frame_ms, len(frames) * self.frame_ms, cached, voice)

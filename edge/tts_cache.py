@@ -1,0 +1,155 @@
+"""Phrase cache: ready-to-send Opus frames for text already spoken, in memory and on disk.
+
+Assistants say the same things again and again (greetings, apologies, "one moment"),
+and a hit skips both synthesis and encoding. Entries are keyed by everything that
+changes the bytes: voice, normalized text, sample rate and frame length. The disk
+tier survives restarts: one msgpack file per key under a hashed name, written to a
+temp file and renamed so that a crash never leaves a half-written entry; a file
+that does not decode is removed and counts as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from shared.log import log_event
+
+log = logging.getLogger("edge.tts_cache")
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    voice: str
+    text: str  # already normalized for speech
+    sample_rate: int
+    frame_ms: int
+
+    def digest(self) -> str:
+        raw = "\x1f".join((self.voice, self.text, str(self.sample_rate), str(self.frame_ms)))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    disk_hits: int = 0
+    corrupt: int = 0
+
+
+class PhraseCache:
+    """Bounded LRU in memory in front of an optional directory; safe to call from several threads."""
+
+    def __init__(self, memory_items: int = 512, disk_dir: str | Path | None = None):
+        self.memory_items = memory_items
+        self.disk_dir = Path(disk_dir).expanduser() if disk_dir else None
+        self.stats = CacheStats()
+        self._mem: OrderedDict[CacheKey, list[bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        if self.disk_dir is not None:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._mem)
+
+    def get(self, key: CacheKey) -> list[bytes] | None:
+        with self._lock:
+            frames = self._mem.get(key)
+            if frames is not None:
+                self._mem.move_to_end(key)
+                self.stats.hits += 1
+                return frames
+        frames = self._read(key)
+        with self._lock:
+            if frames is None:
+                self.stats.misses += 1
+                return None
+            self.stats.hits += 1
+            self.stats.disk_hits += 1
+            self._remember(key, frames)
+        return frames
+
+    def put(self, key: CacheKey, frames: list[bytes]) -> None:
+        frames = list(frames)
+        with self._lock:
+            self._remember(key, frames)
+        self._write(key, frames)
+
+    def contains(self, key: CacheKey) -> bool:
+        """In memory or on disk (without counting a lookup)."""
+        with self._lock:
+            if key in self._mem:
+                return True
+        return self._path(key) is not None and self._path(key).exists()
+
+    def _remember(self, key: CacheKey, frames: list[bytes]) -> None:
+        if self.memory_items <= 0:
+            return
+        self._mem[key] = frames
+        self._mem.move_to_end(key)
+        while len(self._mem) > self.memory_items:
+            self._mem.popitem(last=False)
+
+    def _path(self, key: CacheKey) -> Path | None:
+        if self.disk_dir is None:
+            return None
+        digest = key.digest()
+        return self.disk_dir / digest[:2] / f"{digest}.msgpack"
+
+    def _read(self, key: CacheKey) -> list[bytes] | None:
+        path = self._path(key)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log_event(log, "tts cache: unreadable entry", level=logging.WARNING, path=str(path), error=str(exc))
+            return None
+        try:
+            entry = msgpack.unpackb(data, raw=False)
+            if (entry["v"], entry["voice"], entry["text"], entry["rate"], entry["frame_ms"]) != (
+                _FORMAT, key.voice, key.text, key.sample_rate, key.frame_ms
+            ):
+                raise ValueError("entry does not match its key")
+            frames = entry["frames"]
+            if not isinstance(frames, list) or not all(isinstance(f, bytes) and f for f in frames):
+                raise ValueError("bad frames")
+            return frames
+        except Exception as exc:  # any undecodable file is dropped, never served
+            with self._lock:
+                self.stats.corrupt += 1
+            log_event(log, "tts cache: corrupt entry removed", level=logging.WARNING, path=str(path), error=str(exc))
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write(self, key: CacheKey, frames: list[bytes]) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        entry = {"v": _FORMAT, "voice": key.voice, "text": key.text, "rate": key.sample_rate,
+                 "frame_ms": key.frame_ms, "frames": frames}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".msgpack")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(msgpack.packb(entry, use_bin_type=True))
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:  # a full or read-only disk costs the disk tier, not the answer
+            log_event(log, "tts cache: write failed", level=logging.WARNING, path=str(path), error=str(exc))
