@@ -1,0 +1,235 @@
+"""Escalation policy: validation with field paths, each rule kind, budget window, two phases, trace file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.turn_trace import TurnTrace, read_trace
+from shared.policy import (
+    DEFAULT_POLICY,
+    Decision,
+    PolicyError,
+    PolicyState,
+    TurnFeatures,
+    count_words,
+    evaluate,
+    load_policy,
+    loads_policy,
+    parse_policy,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def one_rule(match: dict, action: str = "escalate", default: str = "local") -> dict:
+    return {"rules": [{"name": "r", "match": match, "action": action}], "default_action": default,
+            "budget": {"max_share": 1.0}}
+
+
+def decide(doc: dict, text: str = "x", **feats) -> Decision:
+    return evaluate(TurnFeatures.from_text(text, **feats), PolicyState(), parse_policy(doc))
+
+
+def errors_of(doc) -> list[str]:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(doc)
+    return exc.value.errors
+
+
+# ---------------------------------------------------------------- validation
+def test_good_documents_round_trip():
+    for path in ("policy.yaml", "policy-local-only.yaml"):
+        p = load_policy(EXAMPLES / path)
+        assert loads_policy(p.to_yaml()) == p
+        assert loads_policy(p.to_json()) == p
+    assert loads_policy(DEFAULT_POLICY.to_yaml()) == DEFAULT_POLICY
+    assert parse_policy({}).rules == ()
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"rules": [{"name": "a", "action": "local"}, {"name": "b", "action": "local"},
+                {"name": "c", "action": "escalate", "match": {"pattern": "why(("}}]},
+     "rules[2].match.pattern: invalid regex: missing ), unterminated subpattern"),
+    ({"rules": [{"name": "a", "action": "escalte"}]}, "rules[0].action: Input should be 'escalate' or 'local'"),
+    ({"rules": [{"name": "a", "action": "local", "match": {"min_word": 3}}]}, "rules[0].match.min_word: unknown field"),
+    ({"rules": [{"name": "a", "action": "local", "match": {"min_words": 9, "max_words": 2}}]},
+     "rules[0].match: min_words (9) is greater than max_words (2)"),
+    ({"rules": [{"name": "a", "action": "local"}, {"name": "a", "action": "local"}]},
+     "rules: rule names must be unique, repeated: ['a']"),
+    ({"rules": [{"name": "has space", "action": "local"}]}, "rules[0].name: String should match pattern"),
+    ({"rules": [{"name": "a", "action": "local", "match": {"keywords": ["ok", " "]}}]},
+     "rules[0].match.keywords: keyword 1 is empty"),
+    ({"rules": [{"name": "a", "action": "local", "match": {"confidence_below": 0.5}}]},
+     "rules[0].match.confidence_below: Input should be less than or equal to 0"),
+    ({"budget": {"max_share": 1.5}}, "budget.max_share: Input should be less than or equal to 1"),
+    ({"budget": {"window_s": 0}}, "budget.window_s: Input should be greater than 0"),
+    ({"settings": {"first_token_timeout_ms": -1}}, "settings.first_token_timeout_ms: Input should be greater than 0"),
+    ({"settings": {"model_class": "Large Model"}}, "settings.model_class: String should match pattern"),
+    ({"version": 2}, "version: Input should be 1"),
+    ({"default_action": "cloud"}, "default_action: Input should be 'escalate' or 'local'"),
+    ([1, 2], "<root>: the policy must be a mapping"),
+])
+def test_bad_field_is_named_by_path(doc, expected):
+    errors = errors_of(doc)
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(PolicyError) as exc:
+        load_policy(EXAMPLES / "policy-invalid.yaml")
+    paths = [e.split(":")[0] for e in exc.value.errors]
+    assert paths == ["budget.max_share", "rules[0].match.pattern", "rules[1].match.min_word", "rules[1].action"]
+
+
+def test_unparseable_text_and_missing_file(tmp_path):
+    with pytest.raises(PolicyError, match="not valid YAML/JSON"):
+        loads_policy("rules: [unclosed")
+    with pytest.raises(PolicyError, match="No such file"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------- rule kinds
+def test_keywords_whole_words_and_cjk():
+    doc = one_rule({"keywords": ["hi", "thank you", "你好"]}, action="local", default="escalate")
+    assert decide(doc, "Hi there").rule == "r"
+    assert decide(doc, "well, THANK YOU!").rule == "r"
+    assert decide(doc, "这是你好吗").rule == "r"  # CJK: substring, no word boundaries
+    d = decide(doc, "this is a test")  # "hi" inside "this" must not match
+    assert (d.rule, d.escalate) == ("default", True)
+
+
+def test_pattern_language_length():
+    assert decide(one_rule({"pattern": r"^why\b"}), "Why is the sky blue").escalate
+    assert not decide(one_rule({"pattern": r"^why\b"}), "tell me why").escalate
+    assert decide(one_rule({"languages": ["zh", "ja"]}), "x", language="zh").escalate
+    assert not decide(one_rule({"languages": ["zh"]}), "x", language="en").escalate
+    assert decide(one_rule({"min_words": 3}), "one two three").escalate
+    assert not decide(one_rule({"min_words": 3}), "one two").escalate
+    assert decide(one_rule({"max_words": 2}), "one two").escalate
+    assert decide(one_rule({"min_chars": 5, "max_chars": 6}), "abcde").escalate
+    assert not decide(one_rule({"min_chars": 5, "max_chars": 6}), "abcdefg").escalate
+    assert count_words("你好 世界 hello") == 5 and count_words("what is this?") == 3
+
+
+def test_tools_load_and_cloud_health():
+    assert decide(one_rule({"needs_tools": True}), needs_tools=True).escalate
+    assert not decide(one_rule({"needs_tools": True}), needs_tools=False).escalate
+    assert decide(one_rule({"min_queue_depth": 4}), queue_depth=4).escalate
+    assert not decide(one_rule({"min_queue_depth": 4}), queue_depth=3).escalate
+    assert decide(one_rule({"min_active_turns": 2, "max_active_turns": 5}), active_turns=3).escalate
+    assert not decide(one_rule({"max_active_turns": 5}), active_turns=6).escalate
+    down = one_rule({"cloud_healthy": False}, action="local", default="escalate")
+    assert decide(down, cloud_healthy=False).rule == "r"
+    assert decide(down, cloud_healthy=True).escalate
+
+
+def test_conditions_are_anded_and_first_match_wins():
+    doc = {"budget": {"max_share": 1}, "rules": [
+        {"name": "short-why", "match": {"pattern": "why", "max_words": 3}, "action": "local"},
+        {"name": "why", "match": {"pattern": "why"}, "action": "escalate"}]}
+    assert decide(doc, "why so").rule == "short-why"
+    d = decide(doc, "why is the sky blue", )
+    assert (d.rule, d.escalate) == ("why", True)
+
+
+def test_default_policy_behaviour():
+    s = PolicyState()
+    ev = lambda text, **kw: evaluate(TurnFeatures.from_text(text, **kw), s)  # noqa: E731
+    assert ev("hello there").rule == "greeting" and not ev("hello there").escalate
+    assert ev("why is the sky blue").rule == "hard-question"
+    assert ev("how does a rocket engine work").escalate
+    long_q = "tell me about the history of the roman empire and the reasons for its fall please"
+    assert ev(long_q).rule == "long-question"
+    d = ev("why is the sky blue", cloud_healthy=False)
+    assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
+    assert ev("turn on the lights", needs_tools=True).rule == "needs-tools"
+
+
+# ---------------------------------------------------------------- two phases
+def test_confidence_rule_is_decided_after_the_first_tokens():
+    doc = {"budget": {"max_share": 1}, "rules": [
+        {"name": "greet", "match": {"keywords": ["hello"]}, "action": "local"},
+        {"name": "unsure", "match": {"confidence_below": -2.0, "max_words": 10}, "action": "escalate"},
+        {"name": "long", "match": {"min_words": 5}, "action": "escalate"}]}
+    policy = parse_policy(doc)
+    state = PolicyState()
+    # A rule before the confidence rule decides in phase 1.
+    assert evaluate(TurnFeatures.from_text("hello you"), state, policy).rule == "greet"
+    # Phase 1 reaches the confidence rule: wait for the local model's first tokens.
+    f = TurnFeatures.from_text("what is a quark exactly")
+    first = evaluate(f, state, policy, revision=7)
+    assert first.needs_confidence and not first.escalate and first.rule == "unsure" and first.revision == 7
+    f.local_confidence = -3.1
+    assert evaluate(f, state, policy).escalate and evaluate(f, state, policy).rule == "unsure"
+    f.local_confidence = -0.4  # confident: the next rule in order decides
+    d = evaluate(f, state, policy)
+    assert (d.rule, d.escalate, d.needs_confidence) == ("long", True, False)
+    # Other conditions of the confidence rule fail: no need to wait.
+    d = evaluate(TurnFeatures.from_text("one two three four five six seven eight nine ten eleven"), state, policy)
+    assert (d.rule, d.needs_confidence) == ("long", False)
+
+
+def test_pending_decisions_do_not_count_in_the_budget():
+    policy = parse_policy({"budget": {"max_share": 0.5, "min_turns": 1},
+                           "rules": [{"name": "u", "match": {"confidence_below": -1}, "action": "escalate"}]})
+    state = PolicyState()
+    for _ in range(5):
+        assert evaluate(TurnFeatures.from_text("x"), state, policy, now=0).needs_confidence
+    assert state.counts(0, 60) == (0, 0)
+
+
+# ---------------------------------------------------------------- budget
+def test_budget_caps_the_escalated_share_in_a_sliding_window():
+    policy = parse_policy({"budget": {"max_share": 0.5, "window_s": 60, "min_turns": 4},
+                           "rules": [{"name": "all", "action": "escalate"}]})
+    state = PolicyState()
+    got = [evaluate(TurnFeatures.from_text("q"), state, policy, now=t) for t in range(10)]
+    escalated = [d.escalate for d in got]
+    # min_turns=4 allows 2 right away; then at most half of the window's turns.
+    assert escalated[:2] == [True, True] and not escalated[2]
+    assert sum(escalated) == 5, escalated
+    refused = next(d for d in got if not d.escalate)
+    assert refused.budget_limited and refused.rule == "all" and refused.reason.startswith("budget:")
+    # A minute later the window has slid past them: escalating again.
+    assert evaluate(TurnFeatures.from_text("q"), state, policy, now=100).escalate
+    assert state.counts(100, 60) == (1, 1)
+
+
+def test_budget_zero_never_escalates_and_one_always_does():
+    for share, expect in ((0.0, False), (1.0, True)):
+        policy = parse_policy({"budget": {"max_share": share}, "rules": [{"name": "all", "action": "escalate"}]})
+        state = PolicyState()
+        assert all(evaluate(TurnFeatures.from_text("q"), state, policy, now=t).escalate is expect for t in range(30))
+
+
+# ---------------------------------------------------------------- features and trace
+def test_features_from_trace_records():
+    f = TurnFeatures.from_text("why not", language="en", local_confidence=-1.5, queue_depth=2)
+    assert TurnFeatures.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+    assert TurnFeatures.from_dict({"text": "a b c"}).word_count == 3
+    for bad in ({"text": 3}, {"nope": 1}, {"text": "a", "word_count": "many"}, "str"):
+        with pytest.raises(ValueError):
+            TurnFeatures.from_dict(bad)
+
+
+async def test_turn_trace_appends_lines_and_rotates(tmp_path):
+    path = tmp_path / "trace" / "turns.jsonl"
+    trace = TurnTrace(path, max_bytes=4000, backups=2)
+    state = PolicyState()
+    for i in range(60):
+        f = TurnFeatures.from_text(f"why is number {i} so interesting")
+        trace.record(f, evaluate(f, state), "cloud", turn_id=f"t{i}", device_id="dev")
+    trace.close()
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["turns.jsonl", "turns.jsonl.1", "turns.jsonl.2"]
+    assert all(p.stat().st_size <= 4000 for p in path.parent.iterdir())
+    lines = path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["turn"] == "t59" and last["answered_by"] == "cloud" and last["decision"]["rule"] == "hard-question"
+    turns, skipped = read_trace(path)
+    assert skipped == 0 and turns[-1][1].text == "why is number 59 so interesting" and turns[-1][0] > 0
+    path.write_text(path.read_text() + "not json\n{\"features\": {\"x\": 1}}\n")
+    assert read_trace(path)[1] == 2
