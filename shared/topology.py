@@ -252,6 +252,20 @@ class TtsSpec(_Model):
     cache: TtsCacheSpec = TtsCacheSpec()
 
 
+class EscalationSpec(_Model):
+    """How an edge reaches the cloud tier; the policy itself lives in NATS KV (cloud operators own it)."""
+
+    enabled: bool = True
+    nats_url: str | None = None  # default: the site's leaf node
+    deadline_ms: int = Field(15000, gt=0)  # an escalated answer older than this is useless
+    max_tokens: int = Field(160, gt=0)
+    # Ask the local model for token log-probabilities when a policy rule needs its confidence.
+    # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
+    # server, so the embedded default leaves it off (confidence rules then never fire).
+    measure_confidence: bool = False
+    trace_path: str | None = ".cache/turns.jsonl"  # per-turn features for `cloud policy dry-run`
+
+
 class EdgeSettings(_Model):
     public_url: str = ""
     auth: AuthSpec = AuthSpec()
@@ -261,6 +275,7 @@ class EdgeSettings(_Model):
     asr: AsrSpec
     llm: LlmSpec
     tts: TtsSpec
+    escalation: EscalationSpec = EscalationSpec()
 
 
 class Region(_Model):
