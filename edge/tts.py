@@ -121,6 +121,7 @@ class PiperBackend:
         lang = meta.get("language", {})
         self.language = _lang(lang.get("family") or lang.get("code") or meta.get("espeak", {}).get("voice"))
         self._voice = PiperVoice.load(path, config_path=config)
+        self.synthesize("Hello.")  # onnxruntime's first run is slow; pay it at load, not on the first answer
 
     def synthesize(self, text: str) -> tuple[np.ndarray, int]:
         chunks = [c.audio_int16_array for c in self._voice.synthesize(text)]
@@ -181,8 +182,9 @@ class EdgeTtsBackend:
 
     name = "edge-tts"
 
-    def __init__(self, voice: str, timeout_s: float = _EDGE_TTS_TIMEOUT_S):
+    def __init__(self, voice: str, timeout_s: float = _EDGE_TTS_TIMEOUT_S, proxy: str | None = None):
         self.voice = voice
+        self.proxy = proxy
         self.voice_id = f"edge-tts:{voice}"
         self.language = _lang(voice)
         self.timeout_s = timeout_s
@@ -205,7 +207,7 @@ class EdgeTtsBackend:
         import edge_tts
 
         t = max(1, int(self.timeout_s))
-        comm = edge_tts.Communicate(text, self.voice, connect_timeout=t, receive_timeout=t)
+        comm = edge_tts.Communicate(text, self.voice, connect_timeout=t, receive_timeout=t, proxy=self.proxy)
         buf = bytearray()
         async for chunk in comm.stream():
             if chunk["type"] == "audio":
@@ -236,8 +238,9 @@ class TtsService:
         self.sample_rate = audio.downstream_sample_rate
         self.frame_ms = audio.frame_ms
         self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir)
-        self.primary: TtsBackend | None = None
-        self.fallback: EspeakBackend | None = None
+        self.fallback: EspeakBackend | None = None  # voice for other languages and the last resort
+        self.edge_tts_proxy: str | None = None  # e.g. http://proxy:3128 for the online backend
+        self._chain: list[TtsBackend] = []  # loaded backends, most preferred first
         self.synth_calls = 0  # backend synthesize() calls (cache hits never count)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tts")
         self._lock = threading.Lock()
@@ -251,37 +254,44 @@ class TtsService:
         await self.prewarm()
 
     def _load_sync(self) -> None:
+        """Load the backends in order of preference; those that fail are skipped with one log line.
+
+        A missing piper model is a configuration error when piper is the chosen backend (it raises);
+        edge-tts offline is expected and falls back.
+        """
         spec = self.spec
-        if spec.fallback == "espeak" or spec.backend == "espeak":
-            voice = spec.espeak_voice
-            self.fallback = EspeakBackend(voice)
-            self.fallback.load()
-        candidates: list[TtsBackend] = []
+        wanted: list[TtsBackend] = []
         if spec.backend == "edge-tts":
-            candidates.append(EdgeTtsBackend(spec.edge_tts_voice))
+            wanted.append(EdgeTtsBackend(spec.edge_tts_voice, proxy=self.edge_tts_proxy))
         if spec.backend in ("edge-tts", "piper"):
-            candidates.append(PiperBackend(spec.voice))
-        for backend in candidates:
+            wanted.append(PiperBackend(spec.voice))
+        if spec.fallback == "espeak" or spec.backend == "espeak":
+            self.fallback = EspeakBackend(spec.espeak_voice)
+            wanted.append(self.fallback)
+        chain: list[TtsBackend] = []
+        for backend in wanted:
             try:
                 backend.load()
-            except TtsError as exc:
+            except (TtsError, ModelNotFound) as exc:
+                if isinstance(exc, ModelNotFound) and backend.name == spec.backend:
+                    raise
+                if backend is self.fallback:
+                    self.fallback = None
                 log_event(log, "tts backend unavailable, falling back", level=logging.WARNING,
                           backend=backend.name, error=str(exc))
                 continue
-            except ModelNotFound:
-                if backend is not candidates[-1] or self.fallback is None:
-                    raise
-                log_event(log, "tts: piper voice missing, using espeak-ng", level=logging.WARNING)
-                continue
-            self.primary = backend
-            break
-        if self.primary is None:
-            if self.fallback is None:
-                raise TtsError(f"no TTS backend could be loaded (backend={spec.backend}, fallback=none)")
-            self.primary = self.fallback
+            chain.append(backend)
+        if not chain:
+            raise TtsError(f"no TTS backend could be loaded (backend={spec.backend}, fallback={spec.fallback})")
+        self._chain = chain
         metrics.MODEL_LOADED.labels(stage="tts", model=self.primary.voice_id).set(1)
         log_event(log, "tts loaded", voice=self.primary.voice_id, language=self.primary.language,
-                  fallback=self.fallback.voice_id if self.fallback else None)
+                  backups=[b.voice_id for b in chain[1:]])
+
+    @property
+    def primary(self) -> TtsBackend | None:
+        """The voice answers are spoken in (first working backend)."""
+        return self._chain[0] if self._chain else None
 
     async def prewarm(self, phrases: list[str] | None = None) -> int:
         """Make sure the configured (and given) phrases are cached in the main voice; returns how many were synthesized."""
@@ -316,27 +326,37 @@ class TtsService:
         return self._clip(text, frames, False, voice)
 
     def _render(self, backend: TtsBackend, text: str) -> tuple[list[bytes], str]:
-        """Synthesize, resample, encode, cache (pool thread). A failing online backend is dropped for good."""
+        """Synthesize, resample, encode, cache (pool thread); a failing backend hands over to the next one."""
         t0 = time.perf_counter()
-        try:
-            pcm, rate = self._synthesize(backend, text)
-        except TtsError as exc:
-            if backend is self.fallback or self.fallback is None:
-                raise
-            with self._lock:
-                if self.primary is backend and backend.name == "edge-tts":
-                    self.primary = self.fallback
-                    log_event(log, "tts backend failed, falling back for good", level=logging.WARNING,
-                              backend=backend.name, error=str(exc), fallback=self.fallback.voice_id)
-                else:
-                    log_event(log, "tts synthesis failed, using fallback voice", level=logging.WARNING,
-                              backend=backend.name, error=str(exc))
-            backend = self.fallback
-            pcm, rate = self._synthesize(backend, text)
+        while True:
+            try:
+                pcm, rate = self._synthesize(backend, text)
+                break
+            except TtsError as exc:
+                backup = self._next_after(backend)
+                if backup is None:
+                    raise
+                with self._lock:
+                    for_good = backend.name == "edge-tts" and backend in self._chain
+                    if for_good:  # offline: don't pay its timeout again on every sentence
+                        self._chain.remove(backend)
+                log_event(log, "tts synthesis failed, falling back", level=logging.WARNING, backend=backend.voice_id,
+                          error=str(exc), fallback=backup.voice_id, for_good=for_good)
+                backend = backup
         frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms)
         metrics.STAGE_LATENCY.labels(stage="tts").observe(time.perf_counter() - t0)
         self.cache.put(self._key(backend, text), frames)
         return frames, backend.voice_id
+
+    def _next_after(self, backend: TtsBackend) -> TtsBackend | None:
+        """The backend to try when ``backend`` failed: the next in the chain, else the espeak fallback."""
+        with self._lock:
+            chain = list(self._chain)
+        if backend in chain and chain.index(backend) + 1 < len(chain):
+            return chain[chain.index(backend) + 1]
+        if backend is not self.fallback and backend.name != "espeak":
+            return self.fallback
+        return None
 
     def _synthesize(self, backend: TtsBackend, text: str) -> tuple[np.ndarray, int]:
         with self._lock:
