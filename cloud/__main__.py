@@ -34,7 +34,8 @@ def _worker_parser() -> argparse.ArgumentParser:
 async def run_worker(args: argparse.Namespace) -> int:
     from cloud.answer_cache import AnswerCache
     from cloud.backends import BackendPool
-    from cloud.worker import Worker, connect_nats, serve_http
+    from cloud.worker import Worker, serve_http
+    from shared.nats_conn import connect_nats
     from shared.llama_server import LlamaServer, LlamaServerError
     from shared.topology import ModelNotFound, TopologyError, load_topology
 

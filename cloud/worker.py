@@ -23,7 +23,7 @@ import logging
 import time
 from collections import OrderedDict
 
-import nats
+
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -276,26 +276,3 @@ async def serve_http(worker: Worker, host: str, port: int) -> web.AppRunner:
     await web.TCPSite(runner, host, port).start()
     return runner
 
-
-async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0) -> NATS:
-    """A NATS connection that reconnects forever once up (a hub restart must not end the worker);
-    the first connection gives up after ``connect_timeout_s`` with ConnectionError."""
-    try:
-        return await asyncio.wait_for(
-            nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
-                         allow_reconnect=True, error_cb=_log_nats_error, disconnected_cb=_log_disconnected,
-                         reconnected_cb=_log_reconnected), connect_timeout_s)
-    except asyncio.TimeoutError:
-        raise ConnectionError(f"no NATS server answered at {url} within {connect_timeout_s:.0f}s") from None
-
-
-async def _log_nats_error(exc: Exception) -> None:
-    log_event(log, "nats error", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
-
-
-async def _log_disconnected() -> None:
-    log_event(log, "nats disconnected", logging.WARNING)
-
-
-async def _log_reconnected() -> None:
-    log_event(log, "nats reconnected")

@@ -251,6 +251,11 @@ class AsrService:
         log_event(log, "asr model loaded", model=backend.description, language=self.spec.language,
                   load_ms=round((time.monotonic() - t0) * 1000))
 
+    @property
+    def queue_depth(self) -> int:
+        """Utterances waiting for the model (the escalation policy's edge-load signal)."""
+        return len(self._queue)
+
     def prefetch(self, pcm16k: np.ndarray) -> None:
         """Start transcribing now; a later ``transcribe`` of the same samples reuses the result."""
         self._submit(pcm16k)

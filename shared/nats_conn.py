@@ -1,0 +1,48 @@
+"""One way to connect to NATS for every long-running process (edge node, cloud worker).
+
+Once up, a connection reconnects forever: a hub restart or a cut leaf link must
+never end a process, only pause what crosses the link. Connection changes are
+logged as structured events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client as NATS
+
+from shared.log import log_event
+
+log = logging.getLogger("shared.nats")
+
+
+
+async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0, on_change=None) -> NATS:
+    """A NATS connection that reconnects forever once up; the first connection gives up after
+    ``connect_timeout_s`` with ConnectionError. ``on_change(connected: bool)`` hears link changes."""
+
+    async def error_cb(exc: Exception) -> None:
+        log_event(log, "nats error", logging.WARNING, name=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def disconnected_cb() -> None:
+        log_event(log, "nats disconnected", logging.WARNING, name=name)
+        if on_change:
+            on_change(False)
+
+    async def reconnected_cb() -> None:
+        log_event(log, "nats reconnected", name=name)
+        if on_change:
+            on_change(True)
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+                         allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
+                         reconnected_cb=reconnected_cb), connect_timeout_s)
+    except asyncio.TimeoutError:
+        raise ConnectionError(f"no NATS server answered at {url} within {connect_timeout_s:.0f}s") from None
+    if on_change:
+        on_change(True)
+    return nc

@@ -1,0 +1,136 @@
+"""End to end with the real models: a simulated xiaozhi device talks to a real edge node.
+
+Spoken question synthesized with the piper voice at test time -> real Opus ->
+WebSocket -> Silero VAD -> Whisper -> SmolLM2 (llama.cpp server) -> piper -> Opus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from edge.engine import EdgeEngine
+from edge.opus import decode_packets
+from edge.server import create_app
+from scripts.device_sim import DeviceSimulator
+from shared.nats_runtime import free_port
+from shared.topology import load_topology
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    norm = lambda s: "".join(c for c in s.lower() if c.isalnum() or c.isspace()).split()  # noqa: E731
+    ref, hyp = norm(reference), norm(hypothesis)
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)] / max(len(ref), 1)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def edge_url(tmp_path_factory):
+    """A real edge node (all bundled models) on a free port; yields its base http URL."""
+    llm_port, http_port = free_port(), free_port()
+    env = {**os.environ,
+           "XZ_CFG__edge__llm__url": f"http://127.0.0.1:{llm_port}/v1",
+           "XZ_CFG__edge__tts__cache__disk_dir": str(tmp_path_factory.mktemp("tts-cache")),
+           "XZ_CFG__edge__auth__allow_anonymous": "false"}
+    topo = load_topology(environ=env)
+    engine = EdgeEngine(topo)
+    await engine.start()
+    runner = web.AppRunner(create_app(topo, None, engine))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", http_port).start()
+    try:
+        yield f"http://127.0.0.1:{http_port}"
+    finally:
+        await runner.cleanup()
+        await engine.stop()
+
+
+async def _device(edge_url: str, **kw) -> DeviceSimulator:
+    sim = await DeviceSimulator.from_ota(f"{edge_url}/xiaozhi/ota/", device_id="02:00:00:00:e2:e2", **kw)
+    await sim.connect()
+    return sim
+
+
+@pytest.mark.parametrize("protocol_version", [1, 3])
+async def test_spoken_question_is_answered_with_speech(edge_url, speak, protocol_version):
+    question = "What is the capital of France?"
+    sim = await _device(edge_url, protocol_version=protocol_version)
+    try:
+        report = await sim.run_turn(speak(question))
+    finally:
+        await sim.close()
+
+    assert report.stt is not None and word_error_rate(question, report.stt) <= 0.34, report.stt
+    assert report.reply.strip(), "no reply text"
+    assert report.answered_by == "edge"
+    assert report.sample_rate == 24000
+    pcm = decode_packets(report.packets, report.sample_rate)
+    assert report.frames >= 5
+    assert pcm.size == report.frames * report.sample_rate * 60 // 1000  # every frame is 60 ms at 24 kHz
+    assert np.abs(pcm.astype(np.int32)).mean() > 100, "reply audio is silent"
+
+    kinds = [(m["type"], m.get("state")) for m in report.messages]
+    first = {k: kinds.index(k) for k in [("stt", None), ("llm", None), ("tts", "start"),
+                                          ("tts", "sentence_start"), ("tts", "stop")]}
+    assert first[("stt", None)] < first[("llm", None)] < first[("tts", "start")] \
+        < first[("tts", "sentence_start")] < first[("tts", "stop")] == len(kinds) - 1
+    # audio comes between the first sentence_start and the stop, paced at about playback speed
+    t = report.timings_ms
+    assert t["stt"] <= t["first_audio"] <= t["tts_stop"]
+    audio_ms = report.frames * 60
+    spread_ms = (report.frame_times[-1] - report.frame_times[0]) * 1000
+    assert spread_ms >= audio_ms * 0.5, "audio was dumped at once, not paced"
+
+
+async def test_barge_in_stops_audio_quickly(edge_url, speak):
+    sim = await _device(edge_url)
+    try:
+        report = await sim.run_turn(speak("Tell me a long story about a dragon and a knight."), abort_after_ms=300)
+        assert report.aborted
+        assert report.tts_stop, "no tts stop after abort"
+        # frames already on the wire may still arrive, none later than 100 ms after the abort
+        assert report.abort_to_last_frame_ms is None or report.abort_to_last_frame_ms <= 100
+        # the session survives the barge-in: the next turn is answered
+        again = await sim.run_turn(speak("Hello there."))
+        assert again.stt and again.frames > 0
+    finally:
+        await sim.close()
+
+
+async def test_wake_word_is_greeted_from_the_cache(edge_url):
+    sim = await _device(edge_url)
+    try:
+        await sim.listen("detect", text="你好小智")
+        got = []
+        while (ev := await sim.next_event(10)) is not None:
+            got.append(ev)
+            if ev[1] == "json" and ev[2].get("type") == "tts" and ev[2].get("state") == "stop":
+                break
+        texts = [e[2] for e in got if e[1] == "json"]
+        assert {"type": "stt", "text": "你好小智"}.items() <= texts[0].items()
+        assert any(m.get("state") == "sentence_start" for m in texts)
+        assert any(e[1] == "audio" for e in got)
+    finally:
+        await sim.close()
+
+
+async def test_two_devices_at_once(edge_url, speak):
+    a, b = await _device(edge_url), await _device(edge_url)
+    try:
+        ra, rb = await asyncio.gather(a.run_turn(speak("Hello there.")), b.run_turn(speak("Good morning.")))
+        assert ra.frames > 0 and rb.frames > 0
+        assert ra.stt and rb.stt
+    finally:
+        await a.close()
+        await b.close()
