@@ -91,7 +91,8 @@ class PhraseCache:
         with self._lock:
             if key in self._mem:
                 return True
-        return self._path(key) is not None and self._path(key).exists()
+        path = self._path(key)
+        return path is not None and path.exists()
 
     def _remember(self, key: CacheKey, frames: list[bytes]) -> None:
         if self.memory_items <= 0:
