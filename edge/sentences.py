@@ -26,11 +26,12 @@ ABBREVIATIONS = frozenset(
     "sep sept oct nov dec mon tue wed thu fri sat sun e.g i.e a.m p.m u.s u.k u.n cf al".split()
 )
 _WORD_BEFORE = re.compile(r"([^\s\"'(\[{“‘]+)$")
+_WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 @dataclass
 class SplitterConfig:
-    min_chars: int = 8  # shorter pieces are merged into the next sentence
+    min_chars: int = 8  # shorter pieces are merged into the next sentence (CJK characters count twice)
     first_clause_chars: int = 24  # the first chunk may end at a comma once this long (0: never)
     max_chars: int = 200  # no boundary by then: cut at the last space
 
@@ -82,9 +83,9 @@ class SentenceSplitter:
                 if ch in _COMMAS and (i + 1 >= n or not buf[i + 1].isspace()):
                     if i + 1 >= n:
                         return None  # "1," may become "1,000"
-                elif len(buf[: i + 1].strip()) >= cfg.first_clause_chars:
+                elif _weight(buf[: i + 1]) >= cfg.first_clause_chars:
                     end = i + 1
-            if end is not None and len(buf[:end].strip()) >= cfg.min_chars:
+            if end is not None and _weight(buf[:end]) >= cfg.min_chars:
                 return self._cut(end)
             i += 1
         if n >= cfg.max_chars:
@@ -96,6 +97,12 @@ class SentenceSplitter:
         piece, self._buf = self._buf[:end].strip(), self._buf[end:].lstrip()
         self._emitted += 1
         return piece
+
+
+def _weight(text: str) -> int:
+    """Length for the min/first-clause thresholds; a CJK character says about as much as two Latin ones."""
+    text = text.strip()
+    return len(text) + len(_WIDE.findall(text))
 
 
 def _skip(text: str, i: int, chars: str) -> int:
