@@ -28,6 +28,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from shared.nats_runtime import JS_DOMAIN
 from shared.policy import DEFAULT_POLICY, Policy, PolicyError, PolicyState, evaluate, load_policy
 from shared.policy_store import PolicyStore, PolicyStoreError
 from shared.topology import TopologyError, load_topology
@@ -227,9 +228,11 @@ async def _run(args: argparse.Namespace) -> int:
     async with _store(url) as store:
         try:
             return await COMMANDS[args.command](store, args)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            raise CliError(f"NATS at {url} has no JetStream (domain {JS_DOMAIN!r}) for the policy bucket", 2) from None
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             detail = str(exc) or type(exc).__name__
-            raise CliError(f"NATS at {url} did not answer (is JetStream on the hub?): {detail}", 2) from None
+            raise CliError(f"NATS at {url} did not answer: {detail}", 2) from None
         except PolicyError as exc:  # the stored value itself is invalid
             raise CliError(f"stored policy is invalid: {exc.errors[0]}", 1) from None
 

@@ -93,16 +93,18 @@ class PolicyWatcher:
             self._watch_task = asyncio.create_task(self._watch_once())
             try:
                 await self._watch_task
-                backoff = 0.2
+                log_event(log, "policy watch ended; restarting", level=logging.DEBUG)
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():  # stop() rather than a restart from _resync
                     self._watch_task.cancel()
                     raise
+                backoff = 0.2
+                continue  # _resync asked for a fresh watch: start it now
             except Exception as exc:
                 log_event(log, "policy watch failed; keeping the current policy", level=logging.WARNING,
                           revision=self._snapshot.revision, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _watch_once(self) -> None:
         async for policy, revision in self._store.watch():

@@ -19,6 +19,7 @@ the budget refuses becomes ``local`` (the rule is still named, the reason says w
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -48,6 +49,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
 def _keyword_regex(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
     """Whole-word match for words in spaced scripts, substring match for CJK and the like."""
     if not keywords:
@@ -77,8 +84,7 @@ class Match(_Model):
     max_active_turns: int | None = Field(None, ge=0)
     cloud_healthy: bool | None = None  # link up and breaker closed
 
-    _pattern: re.Pattern[str] | None = PrivateAttr(None)
-    _keywords: re.Pattern[str] | None = PrivateAttr(None)
+    _describe: str = PrivateAttr("")
 
     @field_validator("pattern")
     @classmethod
@@ -107,10 +113,6 @@ class Match(_Model):
                 raise ValueError(f"{lo} ({a}) is greater than {hi} ({b})")
         return self
 
-    def model_post_init(self, _ctx: Any) -> None:
-        self._pattern = re.compile(self.pattern, re.IGNORECASE) if self.pattern is not None else None
-        self._keywords = _keyword_regex(self.keywords)
-
     @property
     def tests_confidence(self) -> bool:
         return self.confidence_below is not None
@@ -119,8 +121,8 @@ class Match(_Model):
         """Every condition except the confidence one holds."""
         chars = len(f.text)
         checks = (
-            self._keywords is None or bool(self._keywords.search(f.text)),
-            self._pattern is None or bool(self._pattern.search(f.text)),
+            not self.keywords or bool(_keyword_regex(self.keywords).search(f.text)),
+            self.pattern is None or bool(_regex(self.pattern).search(f.text)),
             not self.languages or f.language in self.languages,
             self.min_words is None or f.word_count >= self.min_words,
             self.max_words is None or f.word_count <= self.max_words,
@@ -136,7 +138,12 @@ class Match(_Model):
         return all(checks)
 
     def describe(self) -> str:
-        """The conditions that are set, for decision reasons and summaries."""
+        """The conditions that are set, for decision reasons and summaries (computed once)."""
+        if not self._describe:
+            self._describe = self._conditions_text()
+        return self._describe
+
+    def _conditions_text(self) -> str:
         text = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(mode="json", exclude_defaults=True).items())
         return (text[:117] + "...") if len(text) > 120 else (text or "always")
 
@@ -328,21 +335,24 @@ class Decision:
 
 @dataclass
 class PolicyState:
-    """Per-edge memory the policy needs across turns: the budget's sliding window."""
+    """Per-edge memory the policy needs across turns: the budget's sliding window (O(1) per turn)."""
 
     _turns: deque[tuple[float, bool]] = field(default_factory=deque)
+    _escalated: int = 0
 
     def _trim(self, now: float, window_s: float) -> None:
         while self._turns and self._turns[0][0] <= now - window_s:
-            self._turns.popleft()
+            _, escalated = self._turns.popleft()
+            self._escalated -= escalated
 
     def counts(self, now: float, window_s: float) -> tuple[int, int]:
         """(turns, escalated turns) in the window ending at ``now``."""
         self._trim(now, window_s)
-        return len(self._turns), sum(1 for _, e in self._turns if e)
+        return len(self._turns), self._escalated
 
     def record(self, now: float, escalated: bool) -> None:
         self._turns.append((now, escalated))
+        self._escalated += escalated
 
 
 def evaluate(
