@@ -220,7 +220,6 @@ class VadService:
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self._session = None
         self._pending: list[_Request] = []
-        self._flushing = False
         self._flush_task: asyncio.Task | None = None
         self.onnx_calls = 0  # session.run calls so far (batching makes this grow slowly)
         self.frames_processed = 0
@@ -258,8 +257,8 @@ class VadService:
         loop = asyncio.get_running_loop()
         req = _Request(stream, stream.generation, frames, loop.create_future())
         self._pending.append(req)
-        if not self._flushing:
-            self._flushing = True
+        task = self._flush_task
+        if task is None or task.done() or task.get_loop() is not loop:
             # the task's first step runs after the callbacks already queued: this tick's other feeds
             self._flush_task = loop.create_task(self._flush())
         return await req.future
@@ -270,26 +269,26 @@ class VadService:
         Batches run one at a time, so stream state is only touched here, on the event loop.
         """
         loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    probs, states = await loop.run_in_executor(self._executor, self._infer, batch)
-                except Exception as exc:  # a broken model reaches every caller, never hangs them
-                    for req in batch:
-                        if not req.future.done():
-                            req.future.set_exception(exc)
-                    continue
-                for st, (state, context, generation) in states.items():
-                    if generation == st.generation:
-                        st._state, st._context = state, context
-                for req, p in zip(batch, probs):
-                    if req.future.done():
-                        continue
+        while self._pending:
+            # requests left behind by a closed event loop (a test's, a crashed server's) are dropped
+            batch = [r for r in self._pending if r.future.get_loop() is loop and not r.future.done()]
+            self._pending = []
+            if not batch:
+                continue
+            try:
+                probs, states = await loop.run_in_executor(self._executor, self._infer, batch)
+            except Exception as exc:  # a broken model reaches every caller, never hangs them
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                continue
+            for st, (state, context, generation) in states.items():
+                if generation == st.generation:
+                    st._state, st._context = state, context
+            for req, p in zip(batch, probs):
+                if not req.future.done():
                     stale = req.generation != req.stream.generation
                     req.future.set_result([] if stale else req.stream._advance(req.frames, p))
-        finally:
-            self._flushing = False
 
     def _infer(self, batch: list[_Request]) -> tuple[list[np.ndarray], dict]:
         """Step all streams together: step s runs the s-th pending frame of every stream.

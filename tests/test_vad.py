@@ -149,3 +149,17 @@ async def test_streams_fed_together_are_batched(models_topology, speak):
             assert (p1 is None) == (p2 is None) and (p1 is None or np.array_equal(p1, p2))
     assert batch_svc.frames_processed == solo_svc.frames_processed
     assert batch_svc.onnx_calls * 4 <= solo_calls  # 8 streams per call instead of 1
+
+
+@pytest.mark.timeout(30)
+def test_service_survives_an_abandoned_event_loop(vad_service, question_pcm):
+    """A loop that dies mid-feed (test teardown, crashed server) must not wedge the shared service."""
+
+    async def abandon() -> None:
+        asyncio.get_running_loop().create_task(vad_service.new_stream().feed(question_pcm))
+        await asyncio.sleep(0)  # the feed is submitted, its flush not yet run
+
+    asyncio.run(abandon())
+    audio = np.concatenate([silence(500), question_pcm, silence(1000)])
+    events = asyncio.run(feed_all(vad_service.new_stream(), audio))
+    assert kinds(events) == ["SpeechStarted", "SpeechPaused", "SpeechEnded"]
