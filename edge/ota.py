@@ -94,9 +94,14 @@ class OtaHandler:
         if info is None:
             metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
             return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
-        url = self.choose_edge(device_id, request)
-        if inspect.isawaitable(url):
-            url = await url
+        try:
+            url = self.choose_edge(device_id, request)
+            if inspect.isawaitable(url):
+                url = await url
+        except Exception as exc:  # e.g. discovery unreachable: the device retries with back-off
+            metrics.ERRORS.labels(kind="ota_choose_edge").inc()
+            log_event(log, "no edge for device", logging.ERROR, device=device_id, error=f"{type(exc).__name__}: {exc}")
+            return json_error(503, "no_edge", "no edge available for this device right now")
         app = info.get("application") if isinstance(info.get("application"), dict) else {}
         log_event(log, "ota check", device=device_id, client=request.headers.get("Client-Id"),
                   user_agent=request.headers.get("User-Agent"), firmware=app.get("version"), ws_url=url)

@@ -93,6 +93,13 @@ async def test_public_url_and_pluggable_chooser(edge_server, fake_engine):
     _, body = await _post(edge2.ota_url, json=SYSTEM_INFO, headers={**FIRMWARE_HEADERS, "Device-Id": "x:y:z:42"})
     assert body["websocket"]["url"].startswith("ws://site-42.")
 
+    def broken(device_id, request):
+        raise LookupError("discovery is down")
+
+    edge3 = await edge_server(fake_engine, choose_edge=broken)
+    status, body = await _post(edge3.ota_url, json=SYSTEM_INFO, headers=FIRMWARE_HEADERS)
+    assert status == 503 and body["error"] == "no_edge"
+
 
 async def test_activate_is_accepted(edge_server, fake_engine):
     edge = await edge_server(fake_engine)
