@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.topology import _format_loc as format_loc
 
@@ -84,7 +84,6 @@ class Match(_Model):
     max_active_turns: int | None = Field(None, ge=0)
     cloud_healthy: bool | None = None  # link up and breaker closed
 
-    _describe: str = PrivateAttr("")
 
     @field_validator("pattern")
     @classmethod
@@ -139,13 +138,16 @@ class Match(_Model):
 
     def describe(self) -> str:
         """The conditions that are set, for decision reasons and summaries (computed once)."""
-        if not self._describe:
-            self._describe = self._conditions_text()
-        return self._describe
+        return _describe(self)
 
     def _conditions_text(self) -> str:
         text = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(mode="json", exclude_defaults=True).items())
         return (text[:117] + "...") if len(text) > 120 else (text or "always")
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(match: Match) -> str:
+    return match._conditions_text()
 
 
 class Rule(_Model):

@@ -146,6 +146,7 @@ def test_default_policy_behaviour():
     d = ev("why is the sky blue", cloud_healthy=False)
     assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
     assert ev("turn on the lights", needs_tools=True).rule == "needs-tools"
+    assert loads_policy(DEFAULT_POLICY.to_yaml()) == DEFAULT_POLICY  # evaluating leaves the document unchanged
 
 
 # ---------------------------------------------------------------- two phases
