@@ -27,7 +27,7 @@ import unicodedata
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -277,6 +277,16 @@ def count_words(text: str) -> int:
         rest = any(ch.isalnum() and not (unicodedata.east_asian_width(ch) in ("W", "F")) for ch in token)
         words += wide + (1 if rest else 0)
     return words
+
+
+def mean_logprob(logprobs: Sequence[float], n: int) -> float | None:
+    """The confidence the policy tests: mean log-probability of the first ``n`` generated tokens.
+
+    OpenAI-compatible servers (llama.cpp, vLLM) return per-token ``logprobs`` when asked;
+    None until at least one token exists.
+    """
+    head = list(logprobs[:n])
+    return sum(head) / len(head) if head else None
 
 
 @dataclass

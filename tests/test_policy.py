@@ -18,6 +18,7 @@ from shared.policy import (
     evaluate,
     load_policy,
     loads_policy,
+    mean_logprob,
     parse_policy,
 )
 
@@ -171,6 +172,12 @@ def test_confidence_rule_is_decided_after_the_first_tokens():
     # Other conditions of the confidence rule fail: no need to wait.
     d = evaluate(TurnFeatures.from_text("one two three four five six seven eight nine ten eleven"), state, policy)
     assert (d.rule, d.needs_confidence) == ("long", False)
+
+
+def test_confidence_is_the_mean_logprob_of_the_first_tokens():
+    assert mean_logprob([-1.0, -3.0, -100.0], 2) == -2.0
+    assert mean_logprob([-0.5], 8) == -0.5
+    assert mean_logprob([], 8) is None
 
 
 def test_pending_decisions_do_not_count_in_the_budget():
