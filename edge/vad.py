@@ -111,7 +111,8 @@ class VadStream:
         self._rest = buf[n * FRAME:].copy()
         if n == 0:
             return []
-        return await self._svc._submit(self, buf[: n * FRAME].reshape(n, FRAME))
+        # a copy: the caller may reuse its buffer, and utterance audio is kept by reference
+        return await self._svc._submit(self, buf[: n * FRAME].reshape(n, FRAME).copy())
 
     # -- called by the service on the event loop with each frame's speech probability
     def _advance(self, frames: np.ndarray, probs: np.ndarray) -> list[VadEvent]:

@@ -183,3 +183,23 @@ async def test_sherpa_onnx_backend_reports_missing_models(models_topology, tmp_p
     (model_dir / "tokens.txt").write_text("a 0\n")
     with pytest.raises(ModelNotFound, match="no encoder/decoder/joiner or model .onnx"):
         await AsrService(base.model_copy(update={"model": str(model_dir)})).load()
+
+
+async def test_vad_pause_prefetch_is_reused_at_speech_end(vad_service, asr_service, speak):
+    """The edge's speculative path: prefetch on SpeechPaused, the SpeechEnded transcription reuses it."""
+    from edge.vad import SpeechEnded, SpeechPaused
+
+    phrase = "Set a timer for ten minutes."
+    stream = vad_service.new_stream()
+    audio = np.concatenate([silence(400), speak(phrase), silence(1000)])
+    runs = asr_service.inference_runs
+    ended = None
+    for i in range(0, audio.size, 960):
+        for ev in await stream.feed(audio[i : i + 960]):
+            if isinstance(ev, SpeechPaused):
+                asr_service.prefetch(ev.pcm)
+            elif isinstance(ev, SpeechEnded):
+                ended = await asr_service.transcribe(ev.pcm)
+    assert ended is not None and ended.reused
+    assert asr_service.inference_runs == runs + 1
+    assert wer(phrase, ended.text) <= 0.34, ended.text
