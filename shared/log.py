@@ -45,6 +45,9 @@ def setup_logging(level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("XZ_LOG_LEVEL", "INFO")).upper())
+    # HTTP clients log every request (health checks every few seconds) at INFO: keep them for debugging.
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields) -> None:
