@@ -294,7 +294,7 @@ class TtsService:
         return self._chain[0] if self._chain else None
 
     async def prewarm(self, phrases: list[str] | None = None) -> int:
-        """Make sure the configured (and given) phrases are cached in the main voice; returns how many were synthesized."""
+        """Cache the configured (and given) phrases in the main voice; returns how many had to be synthesized."""
         made = 0
         for text in dict.fromkeys([*self.spec.cache.prewarm, *(phrases or [])]):
             norm = normalize_text(text)
