@@ -125,8 +125,12 @@ class BackendPool:
 
     # ------------------------------------------------------------ health
     async def check_health(self) -> None:
-        results = await asyncio.gather(*(ep.client.health() for ep in self.endpoints))
-        for ep, ok in zip(self.endpoints, results):
+        # An endpoint busy generating is probed by its streams (failures open its breaker);
+        # single-threaded servers such as llama-cpp-python's do not answer probes while
+        # generating, and that must not mark a working endpoint down.
+        probed = [ep for ep in self.endpoints if ep.inflight == 0]
+        results = await asyncio.gather(*(ep.client.health() for ep in probed))
+        for ep, ok in zip(probed, results):
             if ok != ep.healthy:
                 log_event(log, "backend health changed", logging.WARNING if not ok else logging.INFO,
                           backend=ep.name, healthy=ok)

@@ -91,10 +91,14 @@ class AnswerPlanner:
         self.queue_depth = queue_depth
         self.state = PolicyState()
 
-    def cloud_healthy(self) -> bool:
+    def cloud_healthy(self, model_class: str) -> bool:
         if self.escalation is None or not self.escalation.nc.is_connected:
             return False
-        return self.health is None or self.health.snapshot().available
+        # The monitor follows the class the edge started with; a policy that moved to another
+        # class is trusted until its escalations fail (they fall back within the timeout anyway).
+        if self.health is None or self.health.model_class != model_class:
+            return True
+        return self.health.snapshot().available
 
     def policy(self) -> PolicySnapshot:
         return self.watcher.current() if self.watcher else PolicySnapshot(DEFAULT_POLICY, 0)
@@ -104,7 +108,7 @@ class AnswerPlanner:
         settings = snapshot.policy.settings
         features = TurnFeatures.from_text(
             user_text, queue_depth=self.queue_depth(), active_turns=int(metrics.ACTIVE_TURNS._value.get()),
-            cloud_healthy=self.cloud_healthy())
+            cloud_healthy=self.cloud_healthy(settings.model_class))
         decision = snapshot.evaluate(features, self.state)
         local: LocalAnswer | None = None
         if decision.needs_confidence:
@@ -126,7 +130,8 @@ class AnswerPlanner:
                 max_tokens=self.spec.max_tokens, temperature=self.llm_spec.temperature)
             started = monotonic_ms()
             try:
-                cloud = await self.escalation.start(request, first_token_timeout=settings.first_token_timeout_ms / 1000)
+                cloud = await self.escalation.start(request, first_token_timeout=settings.first_token_timeout_ms / 1000,
+                                                    model_class=settings.model_class)
             except EscalationFailed as exc:
                 metrics.CLOUD_FALLBACKS.labels(cause=exc.cause).inc()
                 log_event(log, "cloud fallback", logging.WARNING, cause=exc.cause, detail=exc.detail)

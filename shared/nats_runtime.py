@@ -160,7 +160,7 @@ async def start_leaf(
     lines = [
         f'server_name: "{name}"',
         f'listen: "{host}:{port}"',
-        f'leafnodes {{ reconnect: 1, remotes: [ {{ url: "{hub_leafnode_url}" }} ] }}',
+        f'leafnodes {{ reconnect: "1s", remotes: [ {{ url: "{hub_leafnode_url}" }} ] }}',
     ]
     cfg = wd / f"{name}.conf"
     cfg.write_text("\n".join(lines) + "\n")
