@@ -98,6 +98,7 @@ class EdgeEngine:
         if self._llama is not None:
             await self._llama.stop()
         self.asr.close()
+        self.tts.close()
 
     async def _connect_cloud(self) -> None:
         """Connect to the site's leaf node (retrying until it answers), then enable escalation."""

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Literal, P
 import numpy as np
 
 from edge import metrics
-from edge.emotion import pick_emotion, strip_emoji
+from edge.emotion import pick_emotion
 from edge.sentences import SentenceSplitter
+from edge.tts import normalize_text
 from shared.log import log_event, monotonic_ms, turn_id_var
 
 if TYPE_CHECKING:
@@ -195,9 +196,8 @@ class TurnRunner:
 
         async def synthesize() -> None:
             while (sentence := await sentences.get()) is not _END:
-                text = strip_emoji(sentence).strip()
-                if text:
-                    await clips.put((sentence, await self.tts.speak(text)))
+                if normalize_text(sentence):
+                    await clips.put((sentence, await self.tts.speak(sentence)))
             await clips.put(_END)
 
         async def play() -> None:
@@ -210,7 +210,7 @@ class TurnRunner:
                                          "answered_by": answer.answered_by})
                     await out.send_json({"type": "tts", "state": "start"})
                     started = True
-                text = strip_emoji(sentence).strip()
+                text = normalize_text(sentence)
                 await out.send_json({"type": "tts", "state": "sentence_start", "text": text})
                 spoken.append(text)
                 if clip.frames:
