@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -48,6 +49,11 @@ DEFAULT_TOOLS = [
      "inputSchema": {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}},
                      "required": ["volume"]}},
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def _silence_packet() -> bytes:
+    return OpusEncoder(UPSTREAM_RATE, FRAME_MS).encode(np.zeros(FRAME_SAMPLES, dtype=np.int16))[0]
 
 
 class SimError(Exception):
@@ -220,7 +226,8 @@ class DeviceSimulator:
             await self.send_opus(packet)
 
     def silence(self, seconds: float) -> list[bytes]:
-        return self._encoder.encode(np.zeros(int(seconds * UPSTREAM_RATE), dtype=np.int16))
+        """Silence frames: one packet repeated (encoding them all would cost CPU for nothing)."""
+        return [_silence_packet()] * round(seconds * 1000 / FRAME_MS)
 
     # ------------------------------------------------------------ receiving
     async def _read(self) -> None:
@@ -293,12 +300,16 @@ class DeviceSimulator:
         await self.send_json({"type": "mcp", "payload": {"jsonrpc": "2.0", "id": rid, "result": result}})
 
     # ------------------------------------------------------------ one turn
-    async def run_turn(self, pcm16k: np.ndarray, abort_after_ms: float | None = None) -> TurnReport:
-        """Say ``pcm16k`` (int16 16 kHz) and collect the answer until ``tts stop`` (or the turn timeout)."""
+    def encode(self, pcm16k: np.ndarray) -> list[bytes]:
+        """An utterance as the packets run_turn sends (benchmarks encode once, reuse for many devices)."""
+        return self._encoder.encode(pcm16k.astype(np.int16)) + self._encoder.flush()
+
+    async def run_turn(self, pcm16k: np.ndarray | list[bytes], abort_after_ms: float | None = None) -> TurnReport:
+        """Say ``pcm16k`` (int16 16 kHz, or its packets) and collect the answer until ``tts stop`` (or timeout)."""
         while not self._events.empty():  # leftovers of an earlier turn
             self._events.get_nowait()
         report = TurnReport(sample_rate=self.sample_rate)
-        speech = self._encoder.encode(pcm16k.astype(np.int16)) + self._encoder.flush()
+        speech = pcm16k if isinstance(pcm16k, list) else self.encode(pcm16k)
         await self.listen("start", self.mode)
         await self._stream(speech)
         speech_end = time.monotonic()
@@ -345,7 +356,7 @@ class DeviceSimulator:
                 report.frames += 1
                 report.frame_times.append(t)
                 report.packets.append(obj)
-                if report.aborted:
+                if report.aborted and t > seen["abort"]:  # (frames already queued before it don't count)
                     report.frames_after_abort += 1
                     report.abort_to_last_frame_ms = round((t - seen["abort"]) * 1000, 1)
                 if abort_after_ms is not None and abort_at is None:
