@@ -30,12 +30,17 @@ class StartupError(Exception):
     """Startup failed; the message is the one line shown to the operator."""
 
 
-async def serve(topology: Topology, site: str | None, host: str, port: int) -> int:
+async def serve(topology: Topology, site: str | None, host: str, port: int, edge_name: str | None = None) -> int:
     from edge.engine import EdgeEngine  # heavy (model libraries): only when serving
-    from edge.server import create_app
+    from edge.registration import edge_registration
+    from edge.server import SESSIONS_KEY, create_app
 
     engine = EdgeEngine(topology, site)
     app = create_app(topology, site, engine)
+    sessions = app[SESSIONS_KEY]
+    # discovery (Consul) learns about this edge only once it can serve; a no-op with static discovery
+    registration = edge_registration(topology, lambda: len(sessions), site, edge_name)
+    registered = False
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -57,10 +62,17 @@ async def serve(topology: Topology, site: str | None, host: str, port: int) -> i
             if isinstance(exc, (ModelNotFound, TopologyError)):
                 raise exc
             raise StartupError(f"engine failed to start: {type(exc).__name__}: {exc}")
+        await registration.start()
+        registered = True
         await stopper
         return 0
     finally:
         log_event(log, "edge stopping")
+        if registered:
+            try:
+                await registration.stop()
+            except Exception as exc:  # deregistration is best effort: the health check expires anyway
+                log_event(log, "deregistration failed", logging.WARNING, error=str(exc))
         if starter is not None and not starter.done():
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)
@@ -89,19 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve devices: OTA, WebSocket, /health, /metrics")
     p.add_argument("--config", default=os.environ.get("XZ_TOPOLOGY"), help="topology.yaml (default: the repo's)")
     p.add_argument("--site", default=None, help="site name in the topology (default: the first)")
-    p.add_argument("--host", default=None, help="listen address (default: the site's first edge host)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default: the site's first edge port)")
+    p.add_argument("--edge", default=None, help="which edge of the site this is (default: its first)")
+    p.add_argument("--host", default=None, help="listen address (default: the edge's host)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: the edge's port)")
     sub.add_parser("doctor", help="check models, ports and connectivity")
     args = parser.parse_args(argv)
     setup_logging()
     try:
         topology = load_topology(args.config)
-        edge = topology.site(args.site).edges[0]
+        edges = topology.site(args.site).edges
+        edge = next((e for e in edges if e.name == args.edge), None) if args.edge else edges[0]
+        if edge is None:
+            raise TopologyError([f"--edge {args.edge}: no such edge (have: {', '.join(e.name for e in edges)})"])
     except TopologyError as exc:
         print(f"edge: bad configuration: {'; '.join(exc.errors)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(serve(topology, args.site, args.host or edge.host, args.port or edge.port))
+        return asyncio.run(serve(topology, args.site, args.host or edge.host, args.port or edge.port, edge.name))
     except ModelNotFound as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -27,6 +27,7 @@ log = logging.getLogger("edge.server")
 
 ENGINE_KEY = web.AppKey("engine", object)
 SESSIONS_KEY = web.AppKey("sessions", set)
+SERVER_KEY = web.AppKey("server", object)
 TEXT_MAX_BYTES = 256 * 1024  # JSON (e.g. an MCP tools page); binary frames are limited by max_frame_bytes
 
 
@@ -102,6 +103,7 @@ def create_app(topology: Topology, site_name: str | None = None, engine: Any = N
     app = web.Application()
     app[ENGINE_KEY] = engine
     app[SESSIONS_KEY] = server.sessions
+    app[SERVER_KEY] = server
     server.ota.add_routes(app)
     for path in (WS_PATH, WS_PATH.rstrip("/")):
         app.router.add_get(path, server.websocket)
