@@ -320,9 +320,12 @@ class DeviceSimulator:
                 await self.listen("stop")
             else:
                 min_frames = int(self.silence_s * 1000 / FRAME_MS)
-                await self._stream(self.silence(self.max_silence_s),
-                                   until=lambda: "stt" in seen or "tts_start" in seen or collector.done(),
-                                   min_count=min_frames)
+                if self.mode == "realtime":  # full duplex: the microphone keeps streaming while the answer plays
+                    await self._stream(self.silence(self.turn_timeout_s), until=collector.done, min_count=0)
+                else:  # auto: the firmware streams until the answer starts (it then stops listening)
+                    await self._stream(self.silence(self.max_silence_s),
+                                       until=lambda: "stt" in seen or "tts_start" in seen or collector.done(),
+                                       min_count=min_frames)
             await collector
         finally:
             collector.cancel()

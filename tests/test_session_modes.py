@@ -182,3 +182,16 @@ async def test_audio_is_paced_at_playback_speed(edge_server, fake_engine):
     # tts stop comes once the device has played the last frame, not when it was sent
     stop = report.timings_ms["tts_stop"] - report.timings_ms["first_audio"]
     assert stop >= 2400 - 100
+
+
+async def test_realtime_mode_full_duplex_turn_completes(edge_server, fake_engine):
+    """In realtime the device streams (echo-cancelled) silence during the answer: no false barge-in."""
+    edge = await edge_server(fake_engine)
+    sim = await _sim(edge, mode="realtime")
+    try:
+        report = await sim.run_turn(tone(600))
+        again = await sim.run_turn(tone(600))
+    finally:
+        await sim.close()
+    assert report.tts_stop and report.frames == 20 and again.frames == 20
+    assert fake_engine.cancelled == 0 and fake_engine.finished == 2
