@@ -7,19 +7,13 @@ WebSocket -> Silero VAD -> Whisper -> SmolLM2 (llama.cpp server) -> piper -> Opu
 from __future__ import annotations
 
 import asyncio
-import os
-
 import numpy as np
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
-from edge.engine import EdgeEngine
 from edge.opus import decode_packets
-from edge.server import create_app
 from scripts.device_sim import DeviceSimulator
-from shared.nats_runtime import free_port
-from shared.topology import load_topology
+from tests.edge_node import running_edge
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,23 +31,9 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def edge_url(tmp_path_factory):
-    """A real edge node (all bundled models) on a free port; yields its base http URL."""
-    llm_port, http_port = free_port(), free_port()
-    env = {**os.environ,
-           "XZ_CFG__edge__llm__url": f"http://127.0.0.1:{llm_port}/v1",
-           "XZ_CFG__edge__tts__cache__disk_dir": str(tmp_path_factory.mktemp("tts-cache")),
-           "XZ_CFG__edge__auth__allow_anonymous": "false"}
-    topo = load_topology(environ=env)
-    engine = EdgeEngine(topo)
-    await engine.start()
-    runner = web.AppRunner(create_app(topo, None, engine))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", http_port).start()
-    try:
-        yield f"http://127.0.0.1:{http_port}"
-    finally:
-        await runner.cleanup()
-        await engine.stop()
+    """A real edge node (all bundled models, no cloud) on a free port; yields its base http URL."""
+    async with running_edge(tmp_path_factory.mktemp("edge")) as (url, _engine):
+        yield url
 
 
 async def _device(edge_url: str, **kw) -> DeviceSimulator:
