@@ -307,3 +307,26 @@ async def _confinement(rendered: dict) -> None:
 
 def test_rendered_nats_confines_a_site_to_its_subjects(rendered):
     asyncio.run(_confinement(rendered))
+
+
+def test_multi_region_example_renders_a_hub_cluster_and_a_user_per_site(tmp_path):
+    """The example's NATS layer (3 hub nodes, 7 leaves): valid configs, routes, one confined user per site."""
+    env = ansible_env(TMP=str(tmp_path), XZ_TOPOLOGY=str(ROOT / "examples" / "multi-region.yaml"))
+    extra = {"xz_root": str(tmp_path / "root"), "xz_secrets_dir": str(tmp_path / "secrets"),
+             "ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    out = run([str(PLAYBOOK), "site.yml", "--tags", "nats", "-e", json.dumps(extra)], env, timeout=400)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    confs = sorted((tmp_path / "root").rglob("*.conf"))
+    assert len(confs) == 3 + 7
+    for conf in confs:
+        t = subprocess.run([str(NATS_SERVER), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+        assert t.returncode == 0, f"{conf}: {t.stdout}{t.stderr}"
+    hub2 = (tmp_path / "root/hub-2/etc/nats/nats-hub.conf").read_text()
+    assert "nats-route://10.0.0.11:6222" in hub2 and "nats-route://10.0.0.13:6222" in hub2
+    assert "nats-route://10.0.0.12" not in hub2  # no route to itself
+    for site in ("ams", "fra", "par", "mad", "nyc", "chi", "sfo"):
+        assert f'user: "leaf-{site}"' in hub2 and f'"_INBOX.{site}.>"' in hub2
+        leaf = (tmp_path / f"root/{site}-leaf/etc/nats/nats-leaf.conf").read_text()
+        assert f"nats-leaf://leaf-{site}:" in leaf and leaf.count("nats-leaf://") == 3
+    passwords = {(tmp_path / "secrets" / f"nats-leaf-{s}").read_text() for s in ("ams", "fra", "par")}
+    assert len(passwords) == 3  # every site has its own secret
