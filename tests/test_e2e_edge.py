@@ -14,19 +14,9 @@ import pytest_asyncio
 from edge.opus import decode_packets
 from scripts.device_sim import DeviceSimulator
 from tests.edge_node import running_edge
+from tests.test_asr import wer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    norm = lambda s: "".join(c for c in s.lower() if c.isalnum() or c.isspace()).split()  # noqa: E731
-    ref, hyp = norm(reference), norm(hypothesis)
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[len(hyp)] / max(len(ref), 1)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -51,7 +41,7 @@ async def test_spoken_question_is_answered_with_speech(edge_url, speak, protocol
     finally:
         await sim.close()
 
-    assert report.stt is not None and word_error_rate(question, report.stt) <= 0.34, report.stt
+    assert report.stt is not None and wer(question, report.stt) <= 0.34, report.stt
     assert report.reply.strip(), "no reply text"
     assert report.answered_by == "edge"
     assert report.sample_rate == 24000
