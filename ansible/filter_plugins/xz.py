@@ -25,10 +25,19 @@ def xz_secret(ref: dict | None, name: str, secrets_dir: str) -> str:
         raise AnsibleFilterError(f"secret {name}: neither {ref} is set and no xz_secrets_dir to generate it in")
     path = Path(secrets_dir) / name
     if not path.is_file():
+        # forks render templates in parallel: write a complete temp file, then link it into place
+        # atomically; whoever links first wins and everyone reads the same value
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(24))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip()
 
 
