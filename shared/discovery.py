@@ -225,7 +225,8 @@ def edge_from_consul(topology: Topology, entry: dict[str, Any]) -> EdgeStatus | 
     region = meta.get("region") or (site.region if site else "")
     capacity = int(_meta_float(meta, "capacity", 0)) or next(
         (e.capacity for e in (site.edges if site else []) if e.name == edge_name), 1)
-    load = int(_meta_float(meta, "load", 0))
+    load = max(0, int(_meta_float(meta, "load", 0)))
+    capacity = max(1, capacity)
     return EdgeStatus(site_name, region, edge_name, url, lat, lon, capacity, load)
 
 
@@ -277,7 +278,8 @@ class ConsulDiscovery(Discovery):
         try:
             _, entries = await asyncio.wait_for(
                 self._client.health.service(self.service, passing=True), self.timeout_s)
-        except Exception as exc:  # unreachable, timeout, 5xx, bad JSON: all mean "use the snapshot"
+            edges = [e for e in (edge_from_consul(self.topology, x) for x in entries or []) if e is not None]
+        except Exception as exc:  # unreachable, timeout, 5xx, bad JSON or shape: all mean "use the snapshot"
             if self.consul_ok or self._snapshot_at == 0.0:
                 log_event(log, "consul unreachable, serving the last good snapshot", level=logging.WARNING,
                           consul=f"{self.address.host}:{self.address.port}", error=repr(exc),
@@ -286,7 +288,6 @@ class ConsulDiscovery(Discovery):
             metrics.DISCOVERY_CONSUL_UP.set(0)
             self._update_age()
             return False
-        edges = [e for e in (edge_from_consul(self.topology, x) for x in entries or []) if e is not None]
         edges.sort(key=lambda e: (e.site, e.edge))
         if not self.consul_ok:
             log_event(log, "consul answering", healthy_edges=len(edges))

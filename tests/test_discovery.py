@@ -199,3 +199,36 @@ async def test_discovery_uses_the_passing_filter(consul: ConsulUnderTest, tmp_pa
     await disc.start()
     await disc.stop()
     assert ("GET", "/v1/health/service/xz-edge") in consul.double.requests
+
+
+def test_consul_entries_are_read_defensively(topo):
+    from shared.discovery import edge_from_consul
+
+    good = {"Node": {"Address": "10.9.9.9"},
+            "Service": {"ID": "xz-edge-x", "Port": 8100, "Meta": {"site": "fra", "edge": "fra-edge-9",
+                                                                "capacity": "oops", "load": "-3"}}}
+    e = edge_from_consul(topo, good)
+    assert (e.site, e.region, e.url, e.load, e.capacity) == ("fra", "eu", "ws://10.9.9.9:8100/xiaozhi/v1/", 0, 1)
+    assert (e.lat, e.lon) == (50.11, 8.68)  # location from the document
+    assert edge_from_consul(topo, {"Service": {"Meta": {}}}) is None  # not one of ours
+
+
+async def test_garbage_from_consul_keeps_the_snapshot(tmp_path):
+    class Garbage:
+        class health:  # noqa: N801 - the shape of py-consul's client
+            @staticmethod
+            async def service(name, passing):
+                return "1", "not a list of entries"
+
+        async def close(self):
+            pass
+
+    topo = consul_topology(tmp_path, {})
+    disc = ConsulDiscovery(topo, address=ConsulAddress("127.0.0.1", 1, "http", None),
+                           client_factory=lambda addr, timeout: Garbage())
+    await disc.start()
+    try:
+        assert disc.consul_ok is False
+        assert disc.choose_edge("00:00:00:00:00:01").site == "ams"
+    finally:
+        await disc.stop()
