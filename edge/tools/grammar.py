@@ -41,20 +41,27 @@ NO_TOOL_EXAMPLES = ("who wrote romeo and juliet", "good morning to you", "can yo
 
 ROUTER_PROMPT = ("You decide which tool a voice assistant must call for the user's request. Tools:\n{tools}\n"
                  "- none: no tool fits (questions, chat, anything else).\n"
-                 "Reply with JSON: the tool and its arguments.")
+                 "Reply with JSON naming the tool.")
 
 
 def _examples(tool: Tool) -> tuple[tuple[str, dict[str, Any]], ...]:
     return tool.examples or FIRMWARE_EXAMPLES.get(tool.name, ())
 
 
-def decision_schema(registry: ToolRegistry) -> dict[str, Any]:
-    """``{"tool": <name>, "arguments": {...}}`` for each tool, or ``{"tool": "none"}``."""
-    options: list[dict[str, Any]] = [
-        {"type": "object", "properties": {"tool": {"const": llm_name(t.name)}, "arguments": t.parameters},
-         "required": ["tool", "arguments"]} for t in registry]
-    options.append({"type": "object", "properties": {"tool": {"const": NO_TOOL}}, "required": ["tool"]})
-    return {"anyOf": options}
+def choice_schema(registry: ToolRegistry) -> dict[str, Any]:
+    """Stage 1: ``{"tool": <one of the names or "none">}`` (a small grammar: fast to sample)."""
+    return {"type": "object", "properties": {"tool": {"enum": [llm_name(t.name) for t in registry] + [NO_TOOL]}},
+            "required": ["tool"]}
+
+
+def arguments_messages(tool: Tool, user_text: str) -> list[dict[str, str]]:
+    """Stage 2: the chosen tool's arguments, with its examples as few-shot turns."""
+    msgs = [{"role": "system", "content": f"Fill in the JSON arguments of the tool {llm_name(tool.name)}: "
+                                          f"{tool.description.splitlines()[0] if tool.description else ''}"}]
+    for text, args in _examples(tool)[:2]:
+        msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(args)}]
+    msgs.append({"role": "user", "content": user_text})
+    return msgs
 
 
 def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, str]]:
@@ -64,9 +71,9 @@ def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, st
     shots: list[tuple[str, dict[str, Any]]] = []
     for tool in registry:
         for text, args in _examples(tool)[:1]:
-            shots.append((text, {"tool": llm_name(tool.name), "arguments": args}))
-    shots[1:1] = [(NO_TOOL_EXAMPLES[0], {"tool": NO_TOOL})]
-    shots.append((NO_TOOL_EXAMPLES[1], {"tool": NO_TOOL}))
+            shots.append((text, {"tool": llm_name(tool.name)}))
+    # tiny models copy the most recent example: "none" examples go first, tools after them
+    shots[0:0] = [(text, {"tool": NO_TOOL}) for text in NO_TOOL_EXAMPLES[:2]]
     for text, answer in shots:
         msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(answer)}]
     msgs.append({"role": "user", "content": user_text})
@@ -74,18 +81,24 @@ def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, st
 
 
 def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation with tool rounds rewritten as text, for chat templates without tool roles."""
+    """The conversation without tool rounds, for chat templates that have no tool roles.
+
+    Small models answer best when the tool results read as facts in the system
+    prompt and the user's request stays the last message.
+    """
+    facts = [f"- {m.get('content', '')}" for m in messages if m.get("role") == "tool"]
     out: list[dict[str, Any]] = []
     for m in messages:
-        if m.get("role") == "assistant" and m.get("tool_calls"):
-            done = ", ".join(f"{c['function']['name']}({c['function'].get('arguments') or ''})"
-                             for c in m["tool_calls"])
-            out.append({"role": "assistant", "content": f"(I used {done}.)"})
-        elif m.get("role") == "tool":
-            out.append({"role": "system", "content": f"Tool result: {m.get('content', '')}\n"
-                                                     "Tell the user the outcome in one short sentence."})
+        if m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls")):
+            continue
+        out.append({"role": m["role"], "content": m.get("content") or ""})
+    if facts:
+        note = ("Results of the actions you just took for this request:\n" + "\n".join(facts) +
+                "\nTell the user the outcome in one short sentence.")
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n" + note}
         else:
-            out.append({"role": m["role"], "content": m.get("content") or ""})
+            out.insert(0, {"role": "system", "content": note})
     return out
 
 
@@ -134,13 +147,19 @@ class GrammarToolCaller:
 
     async def decide(self, messages: list[dict[str, Any]], registry: ToolRegistry) -> ToolCall | None:
         """The forced decision for the last user request: a ToolCall, or None for "no tool"."""
-        doc = await self.json.complete(router_messages(registry, last_user_text(messages)),
-                                       decision_schema(registry), self.decision_max_tokens)
+        user_text = last_user_text(messages)
+        doc = await self.json.complete(router_messages(registry, user_text), choice_schema(registry), 24)
         name = doc.get("tool") if isinstance(doc, dict) else None
-        log_event(log, "tool decision", decision=doc)
-        if not isinstance(name, str) or name == NO_TOOL:
+        tool = registry.get(name) if isinstance(name, str) and name != NO_TOOL else None
+        if tool is None:
+            log_event(log, "tool decision", tool=None)
             return None
-        return ToolCall(new_id(), name, json.dumps(doc.get("arguments") or {}))
+        args: Any = {}
+        if tool.parameters.get("properties"):
+            args = await self.json.complete(arguments_messages(tool, user_text), tool.parameters,
+                                            self.decision_max_tokens)
+        log_event(log, "tool decision", tool=tool.name, arguments=args)
+        return ToolCall(new_id(), llm_name(tool.name), json.dumps(args if args is not None else {}))
 
     async def step(self, messages: list[dict[str, Any]], registry: ToolRegistry | None, *, max_tokens: int,
                    temperature: float) -> AsyncIterator[ChatDelta]:
