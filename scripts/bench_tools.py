@@ -21,6 +21,7 @@ import asyncio
 import csv
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -187,5 +188,10 @@ async def main() -> int:
     return 0
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the run like Ctrl-C: launched llama.cpp servers are stopped
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(asyncio.run(main()))

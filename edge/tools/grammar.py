@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, AsyncIterator
 
 from edge.tools.registry import Tool, ToolRegistry, llm_name
@@ -35,7 +36,7 @@ FIRMWARE_EXAMPLES: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "self.light.turn_on": (("switch the lamp on", {}),),
     "self.light.turn_off": (("lights off please", {}),),
     "self.battery.get_level": (("how much charge is left", {}),),
-    "self.get_device_status": (("what is the current volume", {}),),
+    "self.get_device_status": (("give me a status report of the device", {}),),
 }
 NO_TOOL_EXAMPLES = ("who wrote romeo and juliet", "good morning to you", "can you sing me something")
 
@@ -64,18 +65,35 @@ def arguments_messages(tool: Tool, user_text: str) -> list[dict[str, str]]:
     return msgs
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the to of is it me my please what whats i you can do set get turn make self".split())
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def _similarity(request: set[str], text: str, tool_name: str) -> float:
+    """Word overlap of the request with an example (and the tool's name): orders the few-shot turns."""
+    words = _words(text) | _words(tool_name.replace("_", " ").replace(".", " "))
+    return len(request & words) / (len(words) or 1)
+
+
 def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, str]]:
-    """System prompt listing the tools, few-shot turns, then the request."""
+    """System prompt listing the tools, few-shot turns, then the request.
+
+    Tiny models lean on the most recent example, so the examples are ordered by
+    word overlap with the request, the most similar one last (dynamic few-shot).
+    """
     lines = [f"- {llm_name(t.name)}: {t.description.splitlines()[0] if t.description else ''}" for t in registry]
     msgs = [{"role": "system", "content": ROUTER_PROMPT.format(tools="\n".join(lines))}]
-    shots: list[tuple[str, dict[str, Any]]] = []
+    shots: list[tuple[str, str]] = [(text, NO_TOOL) for text in NO_TOOL_EXAMPLES]
     for tool in registry:
-        for text, args in _examples(tool)[:1]:
-            shots.append((text, {"tool": llm_name(tool.name)}))
-    # tiny models copy the most recent example: "none" examples go first, tools after them
-    shots[0:0] = [(text, {"tool": NO_TOOL}) for text in NO_TOOL_EXAMPLES[:2]]
-    for text, answer in shots:
-        msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(answer)}]
+        shots += [(text, llm_name(tool.name)) for text, _ in _examples(tool)[:1]]
+    request = _words(user_text)
+    shots.sort(key=lambda shot: _similarity(request, shot[0], shot[1] if shot[1] != NO_TOOL else ""))
+    for text, name in shots:
+        msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps({"tool": name})}]
     msgs.append({"role": "user", "content": user_text})
     return msgs
 
