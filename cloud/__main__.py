@@ -34,6 +34,7 @@ def _worker_parser() -> argparse.ArgumentParser:
 async def run_worker(args: argparse.Namespace) -> int:
     from cloud.answer_cache import AnswerCache
     from cloud.backends import BackendPool
+    from cloud.registration import worker_registration
     from cloud.worker import Worker, serve_http
     from shared.nats_conn import connect_nats
     from shared.llama_server import LlamaServer, LlamaServerError
@@ -58,7 +59,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     launched: list[LlamaServer] = []
-    pool = runner = worker = nc = None
+    pool = runner = worker = nc = registration = None
     try:
         if args.launch_backends:
             for b in spec.backends:
@@ -78,6 +79,9 @@ async def run_worker(args: argparse.Namespace) -> int:
         await worker.start()
         if args.http_port:
             runner = await serve_http(worker, args.http_host, args.http_port)
+        # discovery (Consul) learns about the worker once it serves; a no-op with static discovery
+        registration = worker_registration(topo, lambda: worker.inflight, spec.name)
+        await registration.start()
         log_event(log, "worker ready", worker=spec.name, nats=url,
                   http=f"http://{args.http_host}:{args.http_port}" if args.http_port else None)
         await stop.wait()
@@ -86,6 +90,9 @@ async def run_worker(args: argparse.Namespace) -> int:
         print(f"worker {spec.name}: {exc}", file=sys.stderr)
         return 1
     finally:
+        if registration is not None:
+            with contextlib.suppress(Exception):  # best effort: the health check expires anyway
+                await registration.stop()
         if worker is not None:
             await worker.stop(args.drain_timeout)
         if nc is not None:

@@ -32,11 +32,17 @@ class StartupError(Exception):
 
 async def serve(topology: Topology, site: str | None, host: str, port: int, edge_name: str | None = None) -> int:
     from edge.engine import EdgeEngine  # heavy (model libraries): only when serving
+    from edge.ota import request_ws_url
     from edge.registration import edge_registration
     from edge.server import SESSIONS_KEY, create_app
+    from shared.discovery import make_discovery, ota_chooser
 
-    engine = EdgeEngine(topology, site)
-    app = create_app(topology, site, engine)
+    edge_name = edge_name or topology.site(site).edges[0].name
+    engine = EdgeEngine(topology, site, edge_name)
+    # OTA answers each device with the nearest healthy edge that has room (static or Consul)
+    discovery = make_discovery(topology)
+    local_url = (lambda request: topology.edge.public_url) if topology.edge.public_url else request_ws_url
+    app = create_app(topology, site, engine, choose_edge=ota_chooser(discovery, edge_name, local_url))
     sessions = app[SESSIONS_KEY]
     # discovery (Consul) learns about this edge only once it can serve; a no-op with static discovery
     registration = edge_registration(topology, lambda: len(sessions), site, edge_name)
@@ -54,6 +60,7 @@ async def serve(topology: Topology, site: str | None, host: str, port: int, edge
         except OSError as exc:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         log_event(log, "edge listening", host=host, port=port, site=topology.site(site).name)
+        await discovery.start()
         starter = asyncio.create_task(engine.start())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,6 +84,7 @@ async def serve(topology: Topology, site: str | None, host: str, port: int, edge
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)
         await runner.cleanup()
+        await discovery.stop()
         try:
             await engine.stop()
         except Exception as exc:  # stopping must finish even if a component misbehaves

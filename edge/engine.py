@@ -109,7 +109,8 @@ class EdgeEngine:
         while self.nc is None:
             try:
                 self.nc = await connect_nats(url, f"xz-edge-{self.edge_id}", connect_timeout_s=5,
-                                             on_change=lambda up: metrics.CLOUD_LINK_UP.set(int(up)))
+                                             on_change=lambda up: metrics.CLOUD_LINK_UP.set(int(up)),
+                                             inbox_prefix=f"_INBOX.{self.site.name}")
             except Exception as exc:  # noqa: BLE001 - any connect failure means: local only, retry later
                 metrics.CLOUD_LINK_UP.set(0)
                 log_event(log, "NATS unreachable, answering locally", logging.WARNING, url=url, error=str(exc))

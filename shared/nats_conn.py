@@ -19,9 +19,17 @@ log = logging.getLogger("shared.nats")
 
 
 
-async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0, on_change=None) -> NATS:
+async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0, on_change=None,
+                       inbox_prefix: str | None = None) -> NATS:
     """A NATS connection that reconnects forever once up; the first connection gives up after
-    ``connect_timeout_s`` with ConnectionError. ``on_change(connected: bool)`` hears link changes."""
+    ``connect_timeout_s`` with ConnectionError. ``on_change(connected: bool)`` hears link changes.
+
+    ``url`` may list several servers separated by commas (a hub cluster). ``inbox_prefix``
+    (e.g. ``_INBOX.<site>``) is where replies come back: an edge site's NATS user may only
+    receive replies under its own prefix (the permissions Ansible renders).
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    extra = {"inbox_prefix": inbox_prefix.encode()} if inbox_prefix else {}
 
     async def error_cb(exc: Exception) -> None:
         log_event(log, "nats error", logging.WARNING, name=name, error=f"{type(exc).__name__}: {exc}")
@@ -38,9 +46,9 @@ async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0, on_
 
     try:
         nc = await asyncio.wait_for(
-            nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+            nats.connect(servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
                          allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
-                         reconnected_cb=reconnected_cb), connect_timeout_s)
+                         reconnected_cb=reconnected_cb, **extra), connect_timeout_s)
     except asyncio.TimeoutError:
         raise ConnectionError(f"no NATS server answered at {url} within {connect_timeout_s:.0f}s") from None
     if on_change:
