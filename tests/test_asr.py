@@ -100,11 +100,11 @@ async def test_queue_is_bounded(models_topology, question_pcm):
     svc = AsrService(models_topology.edge.asr, max_queue=1)
     await svc.load()
     try:
-        svc.prefetch(question_pcm)  # queued; the worker may already have taken it
-        svc.prefetch(np.concatenate([question_pcm, silence(10)]))
+        # One clip in the model, one waiting: the third distinct clip at the latest is refused
+        # (the second already is if the worker thread has not picked up the first yet).
         with pytest.raises(asr_mod.AsrOverloaded):
-            for k in range(3):
-                svc.prefetch(np.concatenate([question_pcm, silence(20 + k)]))
+            for k in range(4):
+                svc.prefetch(np.concatenate([question_pcm, silence(10 + k)]))
     finally:
         svc.close()
 
