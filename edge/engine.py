@@ -73,7 +73,8 @@ class EdgeEngine:
             self._trace = TurnTrace(esc.trace_path)
         self.planner = AnswerPlanner(self.llm, spec, esc, self.phrases, trace=self._trace,
                                      queue_depth=lambda: self.asr.queue_depth)
-        self.turns = TurnRunner(self.asr, self.tts, self.planner, spec.system_prompt, self.phrases)
+        self.turns = TurnRunner(self.asr, self.tts, self.planner, spec.system_prompt, self.phrases,
+                                history_turns=spec.history_turns)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True

@@ -125,7 +125,8 @@ class TurnRunner:
 
     def _messages(self, req: TurnRequest, user_text: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        msgs += req.history[-2 * self.history_turns:]
+        if self.history_turns:
+            msgs += req.history[-2 * self.history_turns:]
         msgs.append({"role": "user", "content": user_text})
         return msgs
 

@@ -234,6 +234,9 @@ class LlmSpec(_Model):
     max_tokens: int = Field(60, gt=0)
     temperature: float = Field(0.3, ge=0)
     system_prompt: str = ""
+    # Earlier turns sent with each request: every one costs prompt evaluation before the first
+    # token, and small local models answer no better with long histories.
+    history_turns: int = Field(2, ge=0)
     launch: LaunchSpec | None = None
 
 
