@@ -20,6 +20,7 @@ from cloud import metrics
 from cloud.breaker import CircuitBreaker
 from shared.chat import ChatClient, ChatDelta, ChatError, build_chat_client
 from shared.log import log_event
+from shared.tool_calling import ToolCaller, ToolSet, caller_for
 from shared.topology import BackendSpec
 
 log = logging.getLogger("cloud.backends")
@@ -37,6 +38,7 @@ class Endpoint:
     healthy: bool = True
     inflight: int = 0
     served: int = field(default=0)
+    tool_caller: ToolCaller | None = None
 
     @property
     def name(self) -> str:
@@ -48,6 +50,15 @@ class Endpoint:
 
     def usable(self) -> bool:
         return self.healthy and not self.full and self.breaker.can_try()
+
+    def generate(self, messages: list[dict], tools: ToolSet | None, *, max_tokens: int,
+                 temperature: float) -> AsyncIterator[ChatDelta]:
+        """One round: a plain stream, or through this endpoint's tool-calling strategy when tools are offered."""
+        if not tools:
+            return self.client.stream(messages, max_tokens=max_tokens, temperature=temperature)
+        if self.tool_caller is None:
+            self.tool_caller = caller_for(self.client, self.spec.tool_calling, self.spec.kind)
+        return self.tool_caller.step(messages, tools, max_tokens=max_tokens, temperature=temperature)
 
 
 class BackendPool:
@@ -90,7 +101,7 @@ class BackendPool:
             ep.inflight -= 1
 
     # ------------------------------------------------------------ generation
-    async def stream(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int,
+    async def stream(self, messages: list[dict], *, tools: ToolSet | None = None, max_tokens: int,
                      temperature: float) -> AsyncIterator[tuple[Endpoint, ChatDelta]]:
         """Stream from one endpoint; fail over to another while nothing has been produced yet."""
         tried: set[str] = set()
@@ -106,8 +117,8 @@ class BackendPool:
             outcome = "release"
             try:
                 with self._claim(ep):
-                    async for delta in ep.client.stream(messages, tools=tools, max_tokens=max_tokens,
-                                                        temperature=temperature):
+                    async for delta in ep.generate(messages, tools, max_tokens=max_tokens,
+                                                   temperature=temperature):
                         produced = True
                         yield ep, delta
                 outcome = "success"

@@ -35,6 +35,7 @@ from cloud.backends import BackendPool, NoBackendAvailable
 from shared import subjects
 from shared.chat import ChatError
 from shared.log import log_event, turn_id_var
+from shared.tool_calling import ToolCatalog
 from shared.wire import (CancelRequest, EscalationRequest, ReplyChunk, WireError, WorkerHeartbeat, decode, encode,
                          epoch_ms)
 
@@ -203,7 +204,8 @@ class Worker:
                         return
                 answer: list[str] = []
                 final: dict = {"finish_reason": "stop"}
-                async for ep, delta in self.pool.stream(req.chat_messages(), tools=req.tools or None,
+                tools = ToolCatalog(req.tools, req.tool_examples) if req.tools else None
+                async for ep, delta in self.pool.stream(req.chat_messages(), tools=tools,
                                                         max_tokens=req.max_tokens, temperature=req.temperature):
                     if delta.text:
                         answer.append(delta.text)

@@ -20,6 +20,8 @@ from dataclasses import fields
 from edge import metrics
 from edge.answer import AnswerPlanner
 from edge.asr import AsrService
+from edge.tools.config import load_tools_spec
+from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.turn import DeviceOutput, Phrases, TurnRequest, TurnResult, TurnRunner
 from edge.vad import VadService
@@ -48,6 +50,7 @@ class EdgeEngine:
         self.tts = TtsService(self.settings.tts, self.settings.audio)
         self.llm: ChatClient | None = None
         self.planner: AnswerPlanner | None = None
+        self.tools: SiteTools | None = None
         self.turns: TurnRunner | None = None
         self.nc = None
         self._llama = None
@@ -71,14 +74,26 @@ class EdgeEngine:
             from edge.turn_trace import TurnTrace
 
             self._trace = TurnTrace(esc.trace_path)
+        self.tools = self._site_tools()
+        if self.tools is not None:
+            await self.tts.prewarm(self.tools.loop.phrases.all())
         self.planner = AnswerPlanner(self.llm, spec, esc, self.phrases, trace=self._trace,
-                                     queue_depth=lambda: self.asr.queue_depth)
+                                     queue_depth=lambda: self.asr.queue_depth, tools=self.tools)
         self.turns = TurnRunner(self.asr, self.tts, self.planner, spec.system_prompt, self.phrases,
                                 history_turns=spec.history_turns)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True
         log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id)
+
+    def _site_tools(self) -> SiteTools | None:
+        """The ``tools:`` section of topology.yaml for this site (None when ``mode: off``)."""
+        spec = load_tools_spec(self.topology)
+        if spec.mode == "off":
+            return None
+        llm = self.settings.llm
+        kind = "llamacpp" if llm.launch is not None else llm.backend
+        return SiteTools(spec, self.site.name, self.llm, kind, llm.max_tokens, llm.temperature)
 
     async def stop(self) -> None:
         self.ready = False

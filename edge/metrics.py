@@ -30,3 +30,7 @@ ESCALATION_FIRST_TOKEN = Histogram(
 )
 CLOUD_LINK_UP = Gauge("xz_edge_cloud_link_up", "1 while the edge's NATS link reaches cloud workers")
 POLICY_REVISION = Gauge("xz_edge_policy_revision", "Revision of the escalation policy in force")
+TOOL_CALLS = Counter("xz_edge_tool_calls_total", "Tool calls by tool kind (server, device) and outcome",
+                     ["kind", "outcome"])
+TOOL_LATENCY = Histogram("xz_edge_tool_latency_seconds", "Time to run one tool call", ["kind"],
+                         buckets=_LATENCY_BUCKETS)

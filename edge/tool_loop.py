@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, AsyncIterator
 
+from edge import metrics
 from edge.tools.registry import ToolContext, ToolError, ToolRegistry
-from shared.chat import ChatClient, ChatDelta
 from shared.log import log_event, monotonic_ms
+from shared.tool_calling import ToolCaller
 from shared.wire import ToolCall, ToolResult
 
 log = logging.getLogger("edge.tool_loop")
@@ -44,32 +45,8 @@ class ToolPhrases:
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
 
-
-class ToolCaller(Protocol):
-    """One LLM round: streams text and/or ends with tool_calls (native or grammar-forced)."""
-
-    def step(self, messages: list[dict[str, Any]], registry: ToolRegistry | None, *, max_tokens: int,
-             temperature: float) -> AsyncIterator[ChatDelta]: ...
-
-
-class NativeToolCaller:
-    """Servers with real tool calling (vLLM, Ollama, OpenAI, llama.cpp with a tool-aware template)."""
-
-    def __init__(self, llm: ChatClient):
-        self.llm = llm
-
-    def step(self, messages, registry, *, max_tokens, temperature):
-        tools = registry.llm_tools() if registry is not None and len(registry) else None
-        return self.llm.stream(messages, tools=tools, max_tokens=max_tokens, temperature=temperature)
-
-
-def caller_for(llm: ChatClient, mode: Literal["auto", "native", "grammar"], kind: str = "llamacpp") -> ToolCaller:
-    """``auto``: grammar-forced for llama.cpp backends (small local models), native for the others."""
-    from edge.tools.grammar import GrammarToolCaller
-
-    if mode == "grammar" or (mode == "auto" and kind == "llamacpp"):
-        return GrammarToolCaller(llm)
-    return NativeToolCaller(llm)
+    def for_error(self, error: ToolError) -> str:
+        return getattr(self, error.kind, self.failed)
 
 
 @dataclass
@@ -114,7 +91,7 @@ class ToolRun:
             try:
                 results = await loop.execute(calls, self.registry, self.ctx, self.calls)
             except ToolError as exc:
-                self.apology = getattr(loop.phrases, exc.kind)
+                self.apology = loop.phrases.for_error(exc)
                 yield self.apology
                 return
             msgs.append({"role": "assistant", "content": None, "tool_calls": [c.to_openai() for c in calls]})
@@ -147,6 +124,8 @@ class ToolLoop:
         results = []
         for call in calls:
             start = monotonic_ms()
+            tool = registry.get(call.name)
+            kind = tool.kind if tool is not None else "unknown"
             try:
                 text = await asyncio.wait_for(registry.call(call.name, call.arguments, ctx), self.call_timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
@@ -155,11 +134,14 @@ class ToolLoop:
                 err = exc
             else:
                 ms = round(monotonic_ms() - start, 1)
+                metrics.TOOL_CALLS.labels(kind=kind, outcome="ok").inc()
+                metrics.TOOL_LATENCY.labels(kind=kind).observe(ms / 1000)
                 if records is not None:
                     records.append(CallRecord(call.name, call.arguments, True, text, "", ms))
                 results.append(ToolResult(call.id, text))
                 continue
             ms = round(monotonic_ms() - start, 1)
+            metrics.TOOL_CALLS.labels(kind=kind, outcome=err.kind).inc()
             if records is not None:
                 records.append(CallRecord(call.name, call.arguments, False, err.message, err.kind, ms))
             log_event(log, "tool call failed", logging.WARNING, tool=call.name, kind=err.kind, error=err.message,

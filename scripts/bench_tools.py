@@ -5,7 +5,9 @@ board's tools plus the server tools (as a real session would) and one tool-loop
 round; a request succeeds when the right tool is called with the right
 arguments, or no tool is called when none is expected. Prints success rate,
 false calls (a tool called when none was expected), misses, latency to the
-decision, and writes one CSV row per request.
+decision, and writes one CSV row per request. "with the intent gate" is what a
+live turn gets: requests the gate (edge/tools/intent.py) lets through get the
+model's decision, the others are answered without tools.
 
     .venv/bin/python scripts/bench_tools.py                       # edge + cloud models of topology.yaml
     .venv/bin/python scripts/bench_tools.py --targets edge --limit 20 --mode grammar
@@ -33,10 +35,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.tool_loop import caller_for  # noqa: E402
+from shared.tool_calling import caller_for  # noqa: E402
 from edge.tools.calculator import CalcError, calculate  # noqa: E402
 from edge.tools.config import ToolsSpec, build_server_tools  # noqa: E402
-from edge.tools.registry import ToolRegistry, device_tool  # noqa: E402
+from edge.tools.intent import needs_tools  # noqa: E402
+from edge.tools.registry import ToolRegistry  # noqa: E402
 from scripts.sim_board import SimBoard  # noqa: E402
 from shared.chat import ChatClient, ChatError  # noqa: E402
 from shared.nats_runtime import free_port  # noqa: E402
@@ -114,7 +117,7 @@ async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.w
     registry = board_registry(SimBoard())
     outcomes: dict[str, int] = {}
     latencies: list[float] = []
-    ok = 0
+    ok = gated_ok = 0
     for i, case in enumerate(cases):
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": case["text"]}]
         start = time.perf_counter()
@@ -133,16 +136,18 @@ async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.w
         latencies.append(ms)
         success, outcome = judge(case, name, args, registry) if not error else (False, "error")
         ok += success
+        gate = needs_tools(registry, case["text"])  # what a live turn does: no gate, no tool round
+        gated_ok += success if gate else not case.get("tool")
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         writer.writerow([target.name, caller.__class__.__name__, case["text"], case.get("tool") or "",
                          json.dumps(case.get("arguments", case.get("value", ""))), name or "", args or "",
-                         outcome, int(success), round(ms, 1), error])
+                         outcome, int(success), int(gate), round(ms, 1), error])
         print(f"  [{i + 1:2d}/{len(cases)}] {outcome:10s} {ms:7.0f} ms  {case['text']!r} -> {name} {args or ''}",
               flush=True)
     await llm.aclose()
     expected_none = sum(1 for c in cases if not c.get("tool"))
     return {"target": target.name, "caller": caller.__class__.__name__, "n": len(cases),
-            "success_rate": ok / len(cases), "false_calls": outcomes.get("false_call", 0),
+            "success_rate": ok / len(cases), "with_gate": gated_ok / len(cases), "false_calls": outcomes.get("false_call", 0),
             "no_tool_cases": expected_none, "outcomes": outcomes,
             "latency_ms_p50": statistics.median(latencies), "latency_ms_mean": statistics.fmean(latencies)}
 
@@ -160,11 +165,17 @@ async def main() -> int:
     if opts.limit:
         cases = cases[: opts.limit]
     targets = targets_from_topology(set(opts.targets.split(",")))
+    registry = board_registry(SimBoard())
+    tool_cases = [c for c in cases if c.get("tool")]
+    recall = sum(needs_tools(registry, c["text"]) for c in tool_cases)
+    false_pass = sum(needs_tools(registry, c["text"]) for c in cases if not c.get("tool"))
+    print(f"intent gate (edge/tools/intent.py): {recall}/{len(tool_cases)} tool requests pass, "
+          f"{false_pass}/{len(cases) - len(tool_cases)} no-tool requests pass (these cost one tool decision)")
     summaries = []
     with open(opts.csv, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["target", "caller", "request", "expected_tool", "expected_args", "called_tool",
-                         "called_args", "outcome", "success", "latency_ms", "error"])
+                         "called_args", "outcome", "success", "gate", "latency_ms", "error"])
         for target in targets:
             server = None
             if target.launch is not None and not opts.no_launch:
@@ -181,7 +192,8 @@ async def main() -> int:
                     await server.stop()
     print()
     for s in summaries:
-        print(f"{s['target']:32s} {s['caller']:18s} success {s['success_rate']:6.1%} of {s['n']}  "
+        print(f"{s['target']:32s} {s['caller']:18s} success {s['success_rate']:6.1%} of {s['n']} "
+              f"(with the intent gate {s['with_gate']:6.1%})  "
               f"false calls {s['false_calls']}/{s['no_tool_cases']}  latency p50 {s['latency_ms_p50']:.0f} ms "
               f"mean {s['latency_ms_mean']:.0f} ms  outcomes {s['outcomes']}")
     print(f"per-request rows: {opts.csv}")

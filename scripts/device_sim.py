@@ -3,7 +3,8 @@
 It behaves like the firmware (78/xiaozhi-esp32) so the edge can be exercised
 without hardware: it POSTs system info to the OTA URL and takes the WebSocket
 URL and token from the answer, connects with the firmware's headers, says hello
-(offering MCP, and answering MCP requests with two fake device tools), streams
+(offering MCP, its tools answered by scripts/sim_board.py: volume, screen,
+light, battery, like the firmware's board tools), streams
 16 kHz Opus 60 ms frames at real-time pace, then silence (auto/realtime) or
 ``listen stop`` (manual), and reports each turn as one JSON line:
 
@@ -11,8 +12,10 @@ URL and token from the answer, connects with the firmware's headers, says hello
     .venv/bin/python scripts/device_sim.py --url ws://127.0.0.1:8000/xiaozhi/v1/ --token T --wav in.wav
 
 Timings are milliseconds from the end of the user's audio to ``stt``, the first
-``llm``, the first audio frame and ``tts stop``. ``DeviceSimulator`` is the
-reusable core (tests, benchmarks).
+``llm``, the first audio frame and ``tts stop``; ``tool_calls`` lists the MCP
+``tools/call`` requests the edge sent during the turn (with ``--show-tools`` the
+board's tool list is printed at start and every call as it arrives).
+``DeviceSimulator`` is the reusable core (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -38,19 +41,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from edge.opus import OpusDecoder, OpusEncoder, resample  # noqa: E402
 from edge.protocol import ProtocolError, pack_audio, unpack_audio  # noqa: E402
+from scripts.sim_board import SimBoard  # noqa: E402
 
 UPSTREAM_RATE = 16000
 FRAME_MS = 60
 FRAME_SAMPLES = UPSTREAM_RATE * FRAME_MS // 1000
-DEFAULT_TOOLS = [
-    {"name": "self.get_device_status", "description": "Current volume, screen and battery of the device.",
-     "inputSchema": {"type": "object", "properties": {}}},
-    {"name": "self.audio_speaker.set_volume", "description": "Set the speaker volume (0-100).",
-     "inputSchema": {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}},
-                     "required": ["volume"]}},
-]
-
-
 @functools.lru_cache(maxsize=1)
 def _silence_packet() -> bytes:
     return OpusEncoder(UPSTREAM_RATE, FRAME_MS).encode(np.zeros(FRAME_SAMPLES, dtype=np.int16))[0]
@@ -73,6 +68,7 @@ class TurnReport:
     abort_to_last_frame_ms: float | None = None
     tts_stop: bool = False
     emotion: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)  # MCP tools/call the edge sent during the turn
     messages: list[dict] = field(default_factory=list, repr=False)
     frame_times: list[float] = field(default_factory=list, repr=False)  # monotonic seconds of each audio frame
     packets: list[bytes] = field(default_factory=list, repr=False)
@@ -86,6 +82,8 @@ class TurnReport:
     def summary(self) -> dict[str, Any]:
         out = {"stt": self.stt, "reply": self.reply, "answered_by": self.answered_by, "frames": self.frames,
                "sample_rate": self.sample_rate, "timings_ms": self.timings_ms}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
         if self.aborted:
             out.update(aborted=True, frames_after_abort=self.frames_after_abort,
                        abort_to_last_frame_ms=self.abort_to_last_frame_ms, tts_stop=self.tts_stop)
@@ -97,7 +95,7 @@ class DeviceSimulator:
 
     def __init__(self, url: str, token: str | None = None, device_id: str = "02:00:00:00:00:01",
                  client_id: str | None = None, protocol_version: int = 1, mode: str = "auto",
-                 tools: list[dict] | None = None, tools_page_size: int = 1, silence_s: float = 1.0,
+                 board: SimBoard | None = None, silence_s: float = 1.0,
                  max_silence_s: float = 5.0, turn_timeout_s: float = 60.0, hello_timeout_s: float = 10.0):
         self.url = url
         self.token = token
@@ -105,8 +103,7 @@ class DeviceSimulator:
         self.client_id = client_id or str(uuid.uuid4())
         self.protocol_version = protocol_version
         self.mode = mode
-        self.tools = DEFAULT_TOOLS if tools is None else tools
-        self.tools_page_size = tools_page_size
+        self.board = board or SimBoard(name=f"device-sim-{device_id}")  # the MCP tools this device exposes
         self.silence_s = silence_s
         self.max_silence_s = max_silence_s
         self.turn_timeout_s = turn_timeout_s
@@ -114,7 +111,6 @@ class DeviceSimulator:
         self.session_id: str | None = None
         self.sample_rate = 0
         self.frame_ms = FRAME_MS
-        self.volume = 50
         self.mcp_requests: list[dict] = []
         self.close_code: int | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -273,31 +269,11 @@ class DeviceSimulator:
             return None
 
     async def _answer_mcp(self, req: dict) -> None:
-        """The device side of MCP: initialize, paged tools/list, tools/call on two fake tools."""
+        """The device side of MCP, answered by the simulated board (initialize, paged tools/list, tools/call)."""
         self.mcp_requests.append(req)
-        method, rid, params = req.get("method"), req.get("id"), req.get("params") or {}
-        if rid is None:
-            return
-        if method == "initialize":
-            result: Any = {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}},
-                           "serverInfo": {"name": "device-sim", "version": "1.0.0"}}
-        elif method == "tools/list":
-            start = int(params.get("cursor") or 0)
-            end = start + self.tools_page_size
-            result = {"tools": self.tools[start:end]}
-            if end < len(self.tools):
-                result["nextCursor"] = str(end)
-        elif method == "tools/call" and params.get("name") == "self.audio_speaker.set_volume":
-            self.volume = int((params.get("arguments") or {}).get("volume", self.volume))
-            result = {"content": [{"type": "text", "text": "true"}], "isError": False}
-        elif method == "tools/call" and params.get("name") == "self.get_device_status":
-            result = {"content": [{"type": "text", "text": json.dumps({"audio_speaker": {"volume": self.volume}})}],
-                      "isError": False}
-        else:
-            await self.send_json({"type": "mcp", "payload": {"jsonrpc": "2.0", "id": rid, "error": {
-                "code": -32601, "message": f"Unknown method or tool: {method} {params.get('name', '')}".strip()}}})
-            return
-        await self.send_json({"type": "mcp", "payload": {"jsonrpc": "2.0", "id": rid, "result": result}})
+        reply = self.board.handle(req)
+        if reply is not None:
+            await self.send_json({"type": "mcp", "payload": reply})
 
     # ------------------------------------------------------------ one turn
     def encode(self, pcm16k: np.ndarray) -> list[bytes]:
@@ -309,6 +285,7 @@ class DeviceSimulator:
         while not self._events.empty():  # leftovers of an earlier turn
             self._events.get_nowait()
         report = TurnReport(sample_rate=self.sample_rate)
+        calls_before = len(self.board.calls)
         speech = pcm16k if isinstance(pcm16k, list) else self.encode(pcm16k)
         await self.listen("start", self.mode)
         await self._stream(speech)
@@ -330,6 +307,8 @@ class DeviceSimulator:
         finally:
             collector.cancel()
         report.timings_ms = {k: round((t - speech_end) * 1000, 1) for k, t in seen.items()}
+        report.tool_calls = [{"name": c.name, "arguments": c.arguments, "ok": c.ok, "reply": c.reply}
+                             for c in self.board.calls[calls_before:]]
         return report
 
     async def _collect(self, report: TurnReport, seen: dict[str, float], speech_end: float,
@@ -461,6 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=None, help="repeat the utterances to make N turns")
     p.add_argument("--abort-after-ms", type=float, default=None, help="abort this long after the first reply frame")
     p.add_argument("--turn-timeout", type=float, default=60.0)
+    p.add_argument("--show-tools", action="store_true", help="print the board's MCP tools and each call received")
     args = p.parse_args(argv)
     if not args.url and not args.ota:
         p.error("give --url or --ota")
@@ -481,7 +461,11 @@ def _save_path(base: str, index: int, total: int) -> str:
 async def run_cli(args: argparse.Namespace) -> int:
     utterances = [read_wav(w) for w in args.wav] + [synthesize(t) for t in args.say]
     turns = args.turns or len(utterances)
-    kwargs: dict[str, Any] = {"mode": args.mode, "turn_timeout_s": args.turn_timeout}
+    board = SimBoard(name="device-sim", verbose=args.show_tools)
+    if args.show_tools:
+        for tool in board.tools:
+            print(f"[device-sim] tool {tool.name}{' (user only)' if tool.user_only else ''}: {tool.description}")
+    kwargs: dict[str, Any] = {"mode": args.mode, "turn_timeout_s": args.turn_timeout, "board": board}
     if args.protocol_version:
         kwargs["protocol_version"] = args.protocol_version
     if args.ota:

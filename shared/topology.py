@@ -88,6 +88,9 @@ class BackendSpec(_Model):
     api_key: SecretRef | None = None
     weight: float = Field(1.0, gt=0)
     max_concurrency: int = Field(4, gt=0)
+    # how the model is asked for tool calls: native (the server parses them), grammar (forced JSON,
+    # for small models without a tool format), auto (grammar for llamacpp, native otherwise)
+    tool_calling: Literal["auto", "native", "grammar"] = "auto"
     launch: LaunchSpec | None = None
 
 

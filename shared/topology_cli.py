@@ -42,7 +42,7 @@ def tier_errors(doc: Any) -> list[str]:
 
 
 def validate(path: str | None) -> Topology:
-    """Load ``path`` and apply every check (the model's and the tier names), all errors at once."""
+    """Load ``path`` and apply every check (the model, tier names, the tools section), all errors at once."""
     errors: list[str] = []
     topo: Topology | None = None
     try:
@@ -55,6 +55,13 @@ def validate(path: str | None) -> Topology:
     except (OSError, yaml.YAMLError):
         raw = None  # already reported by load_topology
     errors += tier_errors(raw)
+    if topo is not None:
+        from edge.tools.config import load_tools_spec
+
+        try:
+            load_tools_spec(topo)
+        except TopologyError as exc:
+            errors += exc.errors
     if errors or topo is None:
         raise TopologyError(errors)
     return topo

@@ -78,6 +78,8 @@ class EscalationRequest:
     edge_id: str = ""
     site: str = ""
     tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool definitions
+    # few-shot (request, arguments) pairs by tool name, for workers whose models need them (grammar mode)
+    tool_examples: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     language: str = "en"
     deadline: int = 0  # epoch milliseconds; 0 = none. Past it the answer is useless to the edge.
     policy_revision: int = 0

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from edge.mcp import McpClient, McpError
-from scripts.device_sim import DEFAULT_TOOLS, DeviceSimulator
+from scripts.device_sim import DeviceSimulator
+from scripts.sim_board import SimBoard
 from tests.fixtures_edge import tone
 
 TOOLS = [{"name": f"self.tool_{i}", "description": f"tool {i}", "inputSchema": {"type": "object"}} for i in range(5)]
@@ -101,15 +102,17 @@ async def test_close_fails_waiting_requests():
 
 async def test_session_discovers_and_calls_device_tools(edge_server, fake_engine):
     edge = await edge_server(fake_engine)
-    sim = DeviceSimulator(edge.ws_url, edge.token("aa:bb:cc:dd:ee:40"), "aa:bb:cc:dd:ee:40", tools_page_size=1)
+    board = SimBoard(page_bytes=1200)  # several tools/list pages
+    sim = DeviceSimulator(edge.ws_url, edge.token("aa:bb:cc:dd:ee:40"), "aa:bb:cc:dd:ee:40", board=board)
     await sim.connect()
     try:
         (session,) = edge.sessions
         await asyncio.wait_for(session.mcp.ready.wait(), 5)
-        assert [t["name"] for t in session.mcp.tools] == [t["name"] for t in DEFAULT_TOOLS]
-        assert [r["method"] for r in sim.mcp_requests] == ["initialize", "tools/list", "tools/list"]
+        assert [t["name"] for t in session.mcp.tools] == [t.name for t in board.tools if not t.user_only]
+        methods = [r["method"] for r in sim.mcp_requests]
+        assert methods[0] == "initialize" and methods.count("tools/list") >= 2
         result = await session.mcp.call_tool("self.audio_speaker.set_volume", {"volume": 30}, timeout=5)
-        assert result["content"][0]["text"] == "true" and sim.volume == 30
+        assert result["content"][0]["text"] == "true" and board.state.volume == 30
         with pytest.raises(McpError):
             await session.mcp.call_tool("self.camera.take_photo", {}, timeout=5)
         # turns get the session's MCP client

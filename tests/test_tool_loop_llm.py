@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from edge.tool_loop import ToolLoop, caller_for
+from edge.tool_loop import ToolLoop
+from shared.tool_calling import caller_for
 from edge.tools.calculator import calculate
 from edge.tools.config import ToolsSpec, build_server_tools
-from edge.tools.grammar import GrammarToolCaller
+from shared.grammar_tools import GrammarToolCaller
 from edge.tools.registry import ToolContext
 from shared.chat import ChatClient
 from shared.llama_server import LlamaServer

@@ -13,7 +13,8 @@ from edge.tools.calculator import CalcError, calculate
 from edge.tools.clock import now_text
 from edge.tools.config import ToolsSpec, build_server_tools, load_tools_spec
 from edge.tools.http_tool import HttpToolSpec, http_tool
-from edge.tools.registry import Tool, ToolContext, ToolError, ToolRegistry, llm_name, mcp_result_text
+from edge.tools.registry import Tool, ToolContext, ToolError, ToolRegistry, mcp_result_text
+from shared.tool_calling import llm_name
 from edge.tools.schema import ArgumentError, BadSchema, check_schema, validate_arguments
 from shared.nats_runtime import free_port
 from shared.topology import DEFAULT_PATH, TopologyError, parse_topology

@@ -33,7 +33,7 @@ async def _handle(args: dict[str, Any], ctx: ToolContext) -> str:
 def clock_tool() -> Tool:
     return Tool(
         name=NAME,
-        description="Get the current local time, day of the week and date.",
+        description="Get the current local time, day of the week and date (day, month, year).",
         parameters={"type": "object",
                     "properties": {"timezone": {"type": "string",
                                                 "description": "IANA timezone, only if the user names a place"}}},

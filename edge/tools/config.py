@@ -20,7 +20,7 @@
 
 ``mode: auto`` uses the server's native tool calling for vLLM/Ollama/OpenAI and
 grammar-forced JSON for llama.cpp (whose chat templates of small models have no
-tool support); see edge.tools.grammar.
+tool support); see shared.grammar_tools.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Literal, Protocol
 
 from edge.mcp import McpError
 from edge.tools.schema import ArgumentError, BadSchema, check_schema, validate_arguments
 from shared.log import log_event, monotonic_ms
+from shared.tool_calling import llm_name
 
 log = logging.getLogger("edge.tools")
 
@@ -67,14 +67,6 @@ class DeviceTools(Protocol):
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None,
                         timeout: float | None = None) -> dict[str, Any]: ...
-
-
-_LLM_NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def llm_name(name: str) -> str:
-    """A name OpenAI-compatible servers accept (``^[a-zA-Z0-9_-]{1,64}$``): device names have dots."""
-    return _LLM_NAME_BAD.sub("_", name)[:64]
 
 
 def mcp_result_text(result: Any) -> str:

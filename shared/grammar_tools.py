@@ -18,17 +18,17 @@ import logging
 import re
 from typing import Any, AsyncIterator
 
-from edge.tools.registry import Tool, ToolRegistry, llm_name
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.log import log_event
+from shared.tool_calling import Example, ToolDef, ToolSet, llm_name
 from shared.wire import ToolCall, new_id
 
-log = logging.getLogger("edge.tools.grammar")
+log = logging.getLogger("shared.grammar_tools")
 
 NO_TOOL = "none"
 
 # Few-shot hints for the firmware's standard tools (names from main/mcp_server.cc and common boards).
-FIRMWARE_EXAMPLES: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+FIRMWARE_EXAMPLES: dict[str, tuple[Example, ...]] = {
     "self.audio_speaker.set_volume": (("turn the sound to 40 percent", {"volume": 40}),),
     "self.screen.set_brightness": (("dim the display to 25", {"brightness": 25}),),
     "self.screen.set_theme": (("switch the screen to dark mode", {"theme": "dark"}),),
@@ -45,21 +45,25 @@ ROUTER_PROMPT = ("You decide which tool a voice assistant must call for the user
                  "Reply with JSON naming the tool.")
 
 
-def _examples(tool: Tool) -> tuple[tuple[str, dict[str, Any]], ...]:
-    return tool.examples or FIRMWARE_EXAMPLES.get(tool.name, ())
+_FIRMWARE_BY_LLM_NAME = {llm_name(k): v for k, v in FIRMWARE_EXAMPLES.items()}
 
 
-def choice_schema(registry: ToolRegistry) -> dict[str, Any]:
+def examples_of(tool: ToolDef) -> tuple[Example, ...]:
+    """The tool's own examples, else known firmware ones (by device name, or the LLM name a worker sees)."""
+    return tuple(tool.examples) or FIRMWARE_EXAMPLES.get(tool.name) or _FIRMWARE_BY_LLM_NAME.get(tool.name, ())
+
+
+def choice_schema(registry: ToolSet) -> dict[str, Any]:
     """Stage 1: ``{"tool": <one of the names or "none">}`` (a small grammar: fast to sample)."""
     return {"type": "object", "properties": {"tool": {"enum": [llm_name(t.name) for t in registry] + [NO_TOOL]}},
             "required": ["tool"]}
 
 
-def arguments_messages(tool: Tool, user_text: str) -> list[dict[str, str]]:
+def arguments_messages(tool: ToolDef, user_text: str) -> list[dict[str, str]]:
     """Stage 2: the chosen tool's arguments, with its examples as few-shot turns."""
     msgs = [{"role": "system", "content": f"Fill in the JSON arguments of the tool {llm_name(tool.name)}: "
                                           f"{tool.description.splitlines()[0] if tool.description else ''}"}]
-    for text, args in _examples(tool)[:2]:
+    for text, args in examples_of(tool)[:2]:
         msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(args)}]
     msgs.append({"role": "user", "content": user_text})
     return msgs
@@ -79,7 +83,7 @@ def _similarity(request: set[str], text: str, tool_name: str) -> float:
     return len(request & words) / (len(words) or 1)
 
 
-def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, str]]:
+def router_messages(registry: ToolSet, user_text: str) -> list[dict[str, str]]:
     """System prompt listing the tools, few-shot turns, then the request.
 
     Tiny models lean on the most recent example, so the examples are ordered by
@@ -89,7 +93,7 @@ def router_messages(registry: ToolRegistry, user_text: str) -> list[dict[str, st
     msgs = [{"role": "system", "content": ROUTER_PROMPT.format(tools="\n".join(lines))}]
     shots: list[tuple[str, str]] = [(text, NO_TOOL) for text in NO_TOOL_EXAMPLES]
     for tool in registry:
-        shots += [(text, llm_name(tool.name)) for text, _ in _examples(tool)[:1]]
+        shots += [(text, llm_name(tool.name)) for text, _ in examples_of(tool)[:1]]
     request = _words(user_text)
     shots.sort(key=lambda shot: _similarity(request, shot[0], shot[1] if shot[1] != NO_TOOL else ""))
     for text, name in shots:
@@ -163,7 +167,7 @@ class GrammarToolCaller:
         self.json = JsonCompleter(llm)
         self.decision_max_tokens = decision_max_tokens
 
-    async def decide(self, messages: list[dict[str, Any]], registry: ToolRegistry) -> ToolCall | None:
+    async def decide(self, messages: list[dict[str, Any]], registry: ToolSet) -> ToolCall | None:
         """The forced decision for the last user request: a ToolCall, or None for "no tool"."""
         user_text = last_user_text(messages)
         doc = await self.json.complete(router_messages(registry, user_text), choice_schema(registry), 24)
@@ -179,7 +183,7 @@ class GrammarToolCaller:
         log_event(log, "tool decision", tool=tool.name, arguments=args)
         return ToolCall(new_id(), llm_name(tool.name), json.dumps(args if args is not None else {}))
 
-    async def step(self, messages: list[dict[str, Any]], registry: ToolRegistry | None, *, max_tokens: int,
+    async def step(self, messages: list[dict[str, Any]], registry: ToolSet | None, *, max_tokens: int,
                    temperature: float) -> AsyncIterator[ChatDelta]:
         """Decide (only for a fresh user request, one tool round per turn), else stream the spoken answer."""
         fresh = bool(messages) and messages[-1].get("role") == "user"

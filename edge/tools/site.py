@@ -1,0 +1,62 @@
+"""The tools of one edge site, per turn: server tools from topology.yaml plus the session's device tools.
+
+The engine builds one :class:`SiteTools` at start; each turn asks it for a
+:class:`TurnTools` (the merged registry, the device's context, the shared loop)
+and only turns whose text passes the intent gate (:mod:`edge.tools.intent`) get
+one, so ordinary chat pays nothing for tool support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge.tool_loop import ToolLoop
+from edge.tools.config import ToolsSpec, build_server_tools
+from edge.tools.intent import needs_tools
+from edge.tools.registry import ToolContext, ToolRegistry
+from shared.chat import ChatClient
+from shared.tool_calling import caller_for
+
+if TYPE_CHECKING:
+    from edge.turn import TurnRequest
+
+
+@dataclass
+class TurnTools:
+    """What one turn may call and how: the loop also runs the calls an escalated answer returns."""
+
+    registry: ToolRegistry
+    ctx: ToolContext
+    loop: ToolLoop
+
+
+class SiteTools:
+    """Server tools enabled for this site, the tool-call strategy of the local model, and the loop."""
+
+    def __init__(self, spec: ToolsSpec, site: str, llm: ChatClient, llm_kind: str, max_tokens: int,
+                 temperature: float):
+        self.spec = spec
+        self.site = site
+        self.server = build_server_tools(spec, site)
+        mode = "grammar" if spec.mode == "off" else spec.mode
+        self.loop = ToolLoop(caller_for(llm, mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
+                             temperature=temperature, call_timeout_s=spec.device_timeout_s + 2.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.mode != "off"
+
+    def registry_for(self, req: "TurnRequest") -> ToolRegistry:
+        """Server tools plus the device's MCP tools once its ``tools/list`` has arrived."""
+        mcp = req.mcp if req.mcp is not None and req.mcp.ready.is_set() else None
+        return self.server.with_device(mcp, self.spec.device_timeout_s)
+
+    def for_turn(self, req: "TurnRequest", user_text: str) -> TurnTools | None:
+        """The turn's tools when tool calling is on and the request looks like it needs one."""
+        if not self.enabled:
+            return None
+        registry = self.registry_for(req)
+        if not needs_tools(registry, user_text):
+            return None
+        return TurnTools(registry, self.spec.context(self.site, req.device_id), self.loop)

@@ -1,0 +1,168 @@
+"""Tool turns through the answer planner: the intent gate, the local tool loop, and the cloud round trip
+over a real nats-server (the worker returns tool calls, the edge runs them on the device, the worker continues).
+
+The models are deterministic stand-ins (tests/tool_helpers.py) so that the assertions are exact;
+test_tool_loop_llm.py and test_e2e_cloud.py run the real bundled model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloud.backends import BackendPool, Endpoint
+from cloud.breaker import CircuitBreaker
+from cloud.worker import Worker
+from edge.answer import AnswerPlanner
+from edge.escalation import EscalationClient
+from edge.tools.config import ToolsSpec, build_server_tools
+from edge.tools.intent import matched_words, needs_tools
+from edge.tools.site import SiteTools
+from edge.turn import Phrases, TurnRequest, TurnTimer
+from scripts.sim_board import SimBoard
+from shared.chat import ChatClient, ChatDelta, ChatError
+from shared.topology import BackendSpec, EscalationSpec, LlmSpec
+from tests.tool_helpers import ScriptedModel, connect
+
+SUITE = yaml.safe_load((Path(__file__).parent / "data" / "tool_suite.yaml").read_text())["requests"]
+LLM_SPEC = LlmSpec(url="http://127.0.0.1:9/v1", model="stand-in", max_tokens=40)
+
+
+class PlainModel(ChatClient):
+    """The edge's local model for turns without tools: one fixed answer, and it counts its calls."""
+
+    def __init__(self, answer: str = "A plain answer."):
+        super().__init__("http://127.0.0.1:9/v1", "stand-in")
+        self.answer = answer
+        self.calls = 0
+
+    async def stream(self, messages, *, tools=None, max_tokens, temperature, logprobs=False):
+        self.calls += 1
+        yield ChatDelta(text=self.answer)
+        yield ChatDelta(finish_reason="stop")
+
+
+async def board_session(**board_kw) -> tuple[SimBoard, TurnRequest]:
+    board = SimBoard(**board_kw)
+    mcp = connect(board, timeout=5.0)
+    await mcp.initialize()
+    return board, TurnRequest(TurnRequest.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
+
+
+def site_tools(local: ScriptedModel, device_timeout_s: float = 5.0) -> SiteTools:
+    tools = SiteTools(ToolsSpec(device_timeout_s=device_timeout_s), "local-site", PlainModel(), "llamacpp",
+                      max_tokens=40, temperature=0.0)
+    tools.loop.caller = local  # the deterministic stand-in instead of grammar-forced SmolLM2
+    return tools
+
+
+async def answer(planner: AnswerPlanner, req: TurnRequest, text: str):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+    stream = await planner(req, text, messages, TurnTimer(0))
+    return stream.answered_by, "".join([d async for d in stream.deltas]).strip()
+
+
+# ---------------------------------------------------------------- the intent gate
+async def test_intent_gate_on_the_request_suite():
+    _, req = await board_session()
+    registry = build_server_tools(ToolsSpec()).with_device(req.mcp)
+    missed = [c["text"] for c in SUITE if c.get("tool") and not needs_tools(registry, c["text"])]
+    false = {c["text"]: matched_words(registry, c["text"]) for c in SUITE
+             if not c.get("tool") and needs_tools(registry, c["text"])}
+    assert missed == [] and false == {}
+    server_only = build_server_tools(ToolsSpec())
+    assert needs_tools(server_only, "what time is it") and not needs_tools(server_only, "turn on the light")
+    assert not needs_tools(None, "what time is it")
+    assert not needs_tools(build_server_tools(ToolsSpec(enabled=[])), "what time is it")
+
+
+# ---------------------------------------------------------------- local
+async def test_local_tool_turn_runs_the_device_tool():
+    board, req = await board_session()
+    local = ScriptedModel([("self_light_turn_on", {})], "The light is on.")
+    plain = PlainModel()
+    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    assert await answer(planner, req, "Turn on the light") == ("edge", "The light is on.")
+    assert board.state.light_on is True and [c.name for c in board.calls] == ["self.light.turn_on"]
+    assert "self_light_turn_on" in local.offered[0] and local.seen[1][-1]["content"] == "true"
+    assert plain.calls == 0
+
+
+async def test_chat_turn_pays_nothing_for_tools():
+    _, req = await board_session()
+    local = ScriptedModel()  # would fail if asked anything
+    plain = PlainModel("Leonardo da Vinci.")
+    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    assert await answer(planner, req, "Who painted the Mona Lisa?") == ("edge", "Leonardo da Vinci.")
+    assert plain.calls == 1 and local.seen == []
+
+
+# ---------------------------------------------------------------- cloud over real NATS
+@pytest.fixture
+async def cloud(nats_hub, nats_connect):
+    """A real worker on a real nats-server whose backend model is scripted per test; yields a factory."""
+    started: list = []
+
+    async def make(*rounds) -> tuple[EscalationClient, ScriptedModel]:
+        model = ScriptedModel(*rounds)
+        spec = BackendSpec(name="scripted", url="http://127.0.0.1:9/v1", model="scripted")
+        endpoint = Endpoint(spec, ChatClient(spec.url, spec.model), CircuitBreaker("scripted", 3, 10.0))
+        endpoint.tool_caller = model
+        pool = BackendPool([endpoint])
+        worker = Worker(await nats_connect(nats_hub.url), "w-tools", "large", pool)
+        await worker.start()
+        started.append((worker, pool))
+        return EscalationClient(await nats_connect(nats_hub.url), "edge-1", "local-site"), model
+
+    yield make
+    for worker, pool in started:
+        await worker.stop()
+        await pool.stop()
+
+
+def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> AnswerPlanner:
+    return AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
+                         tools=site_tools(local, **kw))
+
+
+async def test_cloud_tool_call_runs_on_the_edge_and_continues_the_generation(cloud):
+    client, remote = await cloud([("self_light_set_rgb", {"r": 255, "g": 0, "b": 0})], "The light is red now.")
+    board, req = await board_session()
+    local = ScriptedModel()
+    by, text = await answer(cloud_planner(client, local), req, "Make the light red")
+    assert (by, text) == ("cloud", "The light is red now.")
+    assert board.state.rgb == (255, 0, 0) and board.state.light_on
+    assert "self_light_set_rgb" in remote.offered[0] and "get_time" in remote.offered[0]
+    round2 = remote.seen[1]
+    assert round2[-2]["tool_calls"][0]["function"]["name"] == "self_light_set_rgb"
+    assert round2[-1]["role"] == "tool" and round2[-1]["content"] == "true"
+    assert local.seen == []  # the edge model was not asked
+
+
+async def test_cloud_tool_call_to_a_silent_device_is_an_apology(cloud):
+    client, remote = await cloud([("self_light_turn_off", {})], "unused")
+    board, req = await board_session(silent={"self.light.turn_off"})
+    by, text = await answer(cloud_planner(client, ScriptedModel(), device_timeout_s=0.5), req, "Turn off the light")
+    assert (by, text) == ("cloud", "Sorry, the device didn't answer.")
+    assert len(remote.seen) == 1  # no continuation after a failed tool
+
+
+async def test_cloud_failing_after_the_tool_ran_is_finished_locally(cloud):
+    client, remote = await cloud([("self_audio_speaker_set_volume", {"volume": 20})],
+                                 ChatError("backend exploded", retryable=False))
+    board, req = await board_session()
+    local = ScriptedModel("Volume is now 20.")
+    by, text = await answer(cloud_planner(client, local), req, "Set the volume to 20")
+    assert (by, text) == ("cloud", "Volume is now 20.")
+    assert board.state.volume == 20
+    assert local.offered == [None] and local.seen[0][-1] == {"role": "tool", "tool_call_id": "c0", "content": "true"}
+
+
+async def test_unreachable_cloud_falls_back_to_the_local_tool_loop(cloud, nats_hub, nats_connect):
+    client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "local-site")  # no worker at all
+    board, req = await board_session()
+    local = ScriptedModel([("self_light_turn_on", {})], "Done, the light is on.")
+    by, text = await answer(cloud_planner(client, local), req, "Switch the light on please")
+    assert by == "edge" and text.endswith("Done, the light is on.") and board.state.light_on
