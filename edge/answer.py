@@ -8,7 +8,7 @@ first-token timeout):
   cloud errors, or no worker is reachable, the turn is answered locally after all
   (optionally opening with the cached "let me think" phrase);
 * the cloud dies mid-answer -> the local model finishes the answer;
-* the turn needs tools (edge.tools.intent) -> the local tool loop, or the cloud
+* the turn needs tools (shared.tool_intent) -> the local tool loop, or the cloud
   with the tool definitions: its tool calls run here and their results go back
   to the cloud to continue the same generation.
 

@@ -6,7 +6,7 @@ round; a request succeeds when the right tool is called with the right
 arguments, or no tool is called when none is expected. Prints success rate,
 false calls (a tool called when none was expected), misses, latency to the
 decision, and writes one CSV row per request. "with the intent gate" is what a
-live turn gets: requests the gate (edge/tools/intent.py) lets through get the
+live turn gets: requests the gate (shared.tool_intent.py) lets through get the
 model's decision, the others are answered without tools.
 
     .venv/bin/python scripts/bench_tools.py                       # edge + cloud models of topology.yaml
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.tool_calling import caller_for  # noqa: E402
 from edge.tools.calculator import CalcError, calculate  # noqa: E402
 from edge.tools.config import ToolsSpec, build_server_tools  # noqa: E402
-from edge.tools.intent import needs_tools  # noqa: E402
+from shared.tool_intent import needs_tools  # noqa: E402
 from edge.tools.registry import ToolRegistry  # noqa: E402
 from scripts.sim_board import SimBoard  # noqa: E402
 from shared.chat import ChatClient, ChatError  # noqa: E402
@@ -117,7 +117,7 @@ async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.w
     registry = board_registry(SimBoard())
     outcomes: dict[str, int] = {}
     latencies: list[float] = []
-    ok = gated_ok = 0
+    ok = gated_ok = gated_false = 0
     for i, case in enumerate(cases):
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": case["text"]}]
         start = time.perf_counter()
@@ -138,6 +138,7 @@ async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.w
         ok += success
         gate = needs_tools(registry, case["text"])  # what a live turn does: no gate, no tool round
         gated_ok += success if gate else not case.get("tool")
+        gated_false += gate and outcome == "false_call"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         writer.writerow([target.name, caller.__class__.__name__, case["text"], case.get("tool") or "",
                          json.dumps(case.get("arguments", case.get("value", ""))), name or "", args or "",
@@ -147,7 +148,7 @@ async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.w
     await llm.aclose()
     expected_none = sum(1 for c in cases if not c.get("tool"))
     return {"target": target.name, "caller": caller.__class__.__name__, "n": len(cases),
-            "success_rate": ok / len(cases), "with_gate": gated_ok / len(cases), "false_calls": outcomes.get("false_call", 0),
+            "success_rate": ok / len(cases), "with_gate": gated_ok / len(cases), "false_calls_with_gate": gated_false, "false_calls": outcomes.get("false_call", 0),
             "no_tool_cases": expected_none, "outcomes": outcomes,
             "latency_ms_p50": statistics.median(latencies), "latency_ms_mean": statistics.fmean(latencies)}
 
@@ -169,7 +170,7 @@ async def main() -> int:
     tool_cases = [c for c in cases if c.get("tool")]
     recall = sum(needs_tools(registry, c["text"]) for c in tool_cases)
     false_pass = sum(needs_tools(registry, c["text"]) for c in cases if not c.get("tool"))
-    print(f"intent gate (edge/tools/intent.py): {recall}/{len(tool_cases)} tool requests pass, "
+    print(f"intent gate (shared.tool_intent.py): {recall}/{len(tool_cases)} tool requests pass, "
           f"{false_pass}/{len(cases) - len(tool_cases)} no-tool requests pass (these cost one tool decision)")
     summaries = []
     with open(opts.csv, "w", newline="") as f:
@@ -194,7 +195,7 @@ async def main() -> int:
     for s in summaries:
         print(f"{s['target']:32s} {s['caller']:18s} success {s['success_rate']:6.1%} of {s['n']} "
               f"(with the intent gate {s['with_gate']:6.1%})  "
-              f"false calls {s['false_calls']}/{s['no_tool_cases']}  latency p50 {s['latency_ms_p50']:.0f} ms "
+              f"false calls {s['false_calls']}/{s['no_tool_cases']} (with the gate {s['false_calls_with_gate']})  latency p50 {s['latency_ms_p50']:.0f} ms "
               f"mean {s['latency_ms_mean']:.0f} ms  outcomes {s['outcomes']}")
     print(f"per-request rows: {opts.csv}")
     return 0

@@ -16,28 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.log import log_event
-from shared.tool_calling import Example, ToolDef, ToolSet, llm_name
+from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
+from shared.tool_intent import clear_winner, shortlist
 from shared.wire import ToolCall, new_id
 
 log = logging.getLogger("shared.grammar_tools")
 
 NO_TOOL = "none"
 
-# Few-shot hints for the firmware's standard tools (names from main/mcp_server.cc and common boards).
-FIRMWARE_EXAMPLES: dict[str, tuple[Example, ...]] = {
-    "self.audio_speaker.set_volume": (("turn the sound to 40 percent", {"volume": 40}),),
-    "self.screen.set_brightness": (("dim the display to 25", {"brightness": 25}),),
-    "self.screen.set_theme": (("switch the screen to dark mode", {"theme": "dark"}),),
-    "self.light.set_rgb": (("make the lamp blue", {"r": 0, "g": 0, "b": 255}),),
-    "self.light.turn_on": (("switch the lamp on", {}),),
-    "self.light.turn_off": (("lights off please", {}),),
-    "self.battery.get_level": (("how much charge is left", {}),),
-    "self.get_device_status": (("give me a status report of the device", {}),),
-}
 NO_TOOL_EXAMPLES = ("who wrote romeo and juliet", "good morning to you", "can you sing me something")
 
 ROUTER_PROMPT = ("You decide which tool a voice assistant must call for the user's request. Tools:\n{tools}\n"
@@ -45,17 +35,9 @@ ROUTER_PROMPT = ("You decide which tool a voice assistant must call for the user
                  "Reply with JSON naming the tool.")
 
 
-_FIRMWARE_BY_LLM_NAME = {llm_name(k): v for k, v in FIRMWARE_EXAMPLES.items()}
-
-
-def examples_of(tool: ToolDef) -> tuple[Example, ...]:
-    """The tool's own examples, else known firmware ones (by device name, or the LLM name a worker sees)."""
-    return tuple(tool.examples) or FIRMWARE_EXAMPLES.get(tool.name) or _FIRMWARE_BY_LLM_NAME.get(tool.name, ())
-
-
-def choice_schema(registry: ToolSet) -> dict[str, Any]:
+def choice_schema(tools: Sequence[ToolDef]) -> dict[str, Any]:
     """Stage 1: ``{"tool": <one of the names or "none">}`` (a small grammar: fast to sample)."""
-    return {"type": "object", "properties": {"tool": {"enum": [llm_name(t.name) for t in registry] + [NO_TOOL]}},
+    return {"type": "object", "properties": {"tool": {"enum": [llm_name(t.name) for t in tools] + [NO_TOOL]}},
             "required": ["tool"]}
 
 
@@ -63,7 +45,7 @@ def arguments_messages(tool: ToolDef, user_text: str) -> list[dict[str, str]]:
     """Stage 2: the chosen tool's arguments, with its examples as few-shot turns."""
     msgs = [{"role": "system", "content": f"Fill in the JSON arguments of the tool {llm_name(tool.name)}: "
                                           f"{tool.description.splitlines()[0] if tool.description else ''}"}]
-    for text, args in examples_of(tool)[:2]:
+    for text, args in examples_of(tool)[:3]:
         msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(args)}]
     msgs.append({"role": "user", "content": user_text})
     return msgs
@@ -83,17 +65,17 @@ def _similarity(request: set[str], text: str, tool_name: str) -> float:
     return len(request & words) / (len(words) or 1)
 
 
-def router_messages(registry: ToolSet, user_text: str) -> list[dict[str, str]]:
-    """System prompt listing the tools, few-shot turns, then the request.
+def router_messages(tools: Sequence[ToolDef], user_text: str) -> list[dict[str, str]]:
+    """System prompt listing the candidate tools, few-shot turns, then the request.
 
     Tiny models lean on the most recent example, so the examples are ordered by
     word overlap with the request, the most similar one last (dynamic few-shot).
     """
-    lines = [f"- {llm_name(t.name)}: {t.description.splitlines()[0] if t.description else ''}" for t in registry]
+    lines = [f"- {llm_name(t.name)}: {t.description.splitlines()[0] if t.description else ''}" for t in tools]
     msgs = [{"role": "system", "content": ROUTER_PROMPT.format(tools="\n".join(lines))}]
     shots: list[tuple[str, str]] = [(text, NO_TOOL) for text in NO_TOOL_EXAMPLES]
-    for tool in registry:
-        shots += [(text, llm_name(tool.name)) for text, _ in examples_of(tool)[:1]]
+    for tool in tools:
+        shots += [(text, llm_name(tool.name)) for text, _ in examples_of(tool)[:2]]
     request = _words(user_text)
     shots.sort(key=lambda shot: _similarity(request, shot[0], shot[1] if shot[1] != NO_TOOL else ""))
     for text, name in shots:
@@ -162,17 +144,21 @@ class JsonCompleter:
 class GrammarToolCaller:
     """One LLM round of the tool loop for models without native tool calling."""
 
-    def __init__(self, llm: ChatClient, decision_max_tokens: int = 80):
+    def __init__(self, llm: ChatClient, decision_max_tokens: int = 80, candidates: int = 4):
         self.llm = llm
         self.json = JsonCompleter(llm)
         self.decision_max_tokens = decision_max_tokens
+        self.candidates = candidates  # tools the model chooses among, shortlisted by shared.tool_intent
 
     async def decide(self, messages: list[dict[str, Any]], registry: ToolSet) -> ToolCall | None:
         """The forced decision for the last user request: a ToolCall, or None for "no tool"."""
         user_text = last_user_text(messages)
-        doc = await self.json.complete(router_messages(registry, user_text), choice_schema(registry), 24)
-        name = doc.get("tool") if isinstance(doc, dict) else None
-        tool = registry.get(name) if isinstance(name, str) and name != NO_TOOL else None
+        tool = clear_winner(registry, user_text)  # the words name one tool: no routing round needed
+        if tool is None:
+            candidates = shortlist(registry, user_text, self.candidates) or list(registry)
+            doc = await self.json.complete(router_messages(candidates, user_text), choice_schema(candidates), 24)
+            name = doc.get("tool") if isinstance(doc, dict) else None
+            tool = registry.get(name) if isinstance(name, str) and name != NO_TOOL else None
         if tool is None:
             log_event(log, "tool decision", tool=None)
             return None

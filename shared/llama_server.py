@@ -62,6 +62,8 @@ class LlamaServer:
             "--host", self.host, "--port", str(self.port),
             "--n_threads", str(self.launch.n_threads), "--n_ctx", str(self.launch.n_ctx),
             "--verbose", "False",
+            *(["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.launch.prompt_cache_mb << 20)]
+              if self.launch.prompt_cache_mb else []),
         ]
 
     async def start(self, timeout: float = 180.0) -> "LlamaServer":

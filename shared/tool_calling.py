@@ -94,6 +94,28 @@ def tool_examples(tools: ToolSet) -> dict[str, list[Example]]:
     return {llm_name(t.name): list(t.examples) for t in tools if t.examples}
 
 
+# Few-shot hints for the firmware's standard tools (names from main/mcp_server.cc and common boards).
+FIRMWARE_EXAMPLES: dict[str, tuple[Example, ...]] = {
+    "self.audio_speaker.set_volume": (("turn the sound to 40 percent", {"volume": 40}),
+                                      ("silence the speaker completely", {"volume": 0})),
+    "self.screen.set_brightness": (("dim the display to 25", {"brightness": 25}),),
+    "self.screen.set_theme": (("switch the screen to dark mode", {"theme": "dark"}),),
+    "self.light.set_rgb": (("make the lamp blue", {"r": 0, "g": 0, "b": 255}),
+                           ("lamp colour yellow", {"r": 255, "g": 255, "b": 0}),
+                           ("I want a purple light", {"r": 128, "g": 0, "b": 128})),
+    "self.light.turn_on": (("switch the lamp on", {}),),
+    "self.light.turn_off": (("lights off please", {}),),
+    "self.battery.get_level": (("how much charge is left", {}),),
+    "self.get_device_status": (("give me a status report of the device", {}),),
+}
+_FIRMWARE_BY_LLM_NAME = {llm_name(k): v for k, v in FIRMWARE_EXAMPLES.items()}
+
+
+def examples_of(tool: ToolDef) -> tuple[Example, ...]:
+    """The tool's own examples, else known firmware ones (by device name, or the LLM name a worker sees)."""
+    return tuple(tool.examples) or FIRMWARE_EXAMPLES.get(tool.name) or _FIRMWARE_BY_LLM_NAME.get(tool.name, ())
+
+
 class ToolCaller(Protocol):
     """One LLM round: streams text and/or ends with tool_calls (native or grammar-forced)."""
 

@@ -78,6 +78,9 @@ class LaunchSpec(_Model):
     model_path: str
     n_threads: int = Field(2, gt=0)
     n_ctx: int = Field(2048, gt=0)
+    # Keep the evaluated state of recent prompts (system prompt, tool router) in RAM and resume from
+    # the longest matching prefix: prompt evaluation, not generation, dominates small models on CPU.
+    prompt_cache_mb: int = Field(256, ge=0)
 
 
 class BackendSpec(_Model):

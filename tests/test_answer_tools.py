@@ -18,7 +18,7 @@ from cloud.worker import Worker
 from edge.answer import AnswerPlanner
 from edge.escalation import EscalationClient
 from edge.tools.config import ToolsSpec, build_server_tools
-from edge.tools.intent import matched_words, needs_tools
+from shared.tool_intent import matched_words, needs_tools
 from edge.tools.site import SiteTools
 from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard

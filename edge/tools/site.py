@@ -2,7 +2,7 @@
 
 The engine builds one :class:`SiteTools` at start; each turn asks it for a
 :class:`TurnTools` (the merged registry, the device's context, the shared loop)
-and only turns whose text passes the intent gate (:mod:`edge.tools.intent`) get
+and only turns whose text passes the intent gate (:mod:`shared.tool_intent`) get
 one, so ordinary chat pays nothing for tool support.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from edge.tool_loop import ToolLoop
 from edge.tools.config import ToolsSpec, build_server_tools
-from edge.tools.intent import needs_tools
+from shared.tool_intent import needs_tools
 from edge.tools.registry import ToolContext, ToolRegistry
 from shared.chat import ChatClient
 from shared.tool_calling import caller_for
