@@ -84,20 +84,38 @@ def router_messages(tools: Sequence[ToolDef], user_text: str) -> list[dict[str, 
     return msgs
 
 
+def _fact(call: dict[str, Any] | None, result: str) -> str:
+    """One tool round as a sentence a small model can read back: what was done, what came of it."""
+    outcome = {"true": "done", "false": "it failed"}.get(result.strip().lower(), result.strip())
+    if call is None:
+        return f"- Result: {outcome}"
+    fn = call.get("function") or {}
+    try:
+        args = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        args = {}
+    what = str(fn.get("name", "a tool")).removeprefix("self_").replace("_", " ")
+    given = ", ".join(f"{k} {v}" for k, v in args.items()) if isinstance(args, dict) else ""
+    return f"- You used {what}{f' ({given})' if given else ''}. Result: {outcome}"
+
+
 def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The conversation without tool rounds, for chat templates that have no tool roles.
 
     Small models answer best when the tool results read as facts in the system
     prompt and the user's request stays the last message.
     """
-    facts = [f"- {m.get('content', '')}" for m in messages if m.get("role") == "tool"]
+    calls = {c.get("id"): c for m in messages if m.get("role") == "assistant"
+             for c in (m.get("tool_calls") or []) if isinstance(c, dict)}
+    facts = [_fact(calls.get(m.get("tool_call_id")), str(m.get("content") or ""))
+             for m in messages if m.get("role") == "tool"]
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls")):
             continue
         out.append({"role": m["role"], "content": m.get("content") or ""})
     if facts:
-        note = ("Results of the actions you just took for this request:\n" + "\n".join(facts) +
+        note = ("For the user's last request you just did this:\n" + "\n".join(facts) +
                 "\nTell the user the outcome in one short sentence.")
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": out[0]["content"] + "\n" + note}

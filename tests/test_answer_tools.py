@@ -18,11 +18,12 @@ from cloud.worker import Worker
 from edge.answer import AnswerPlanner
 from edge.escalation import EscalationClient
 from edge.tools.config import ToolsSpec, build_server_tools
-from shared.tool_intent import matched_words, needs_tools
 from edge.tools.site import SiteTools
 from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
 from shared.chat import ChatClient, ChatDelta, ChatError
+from shared.grammar_tools import plain_messages
+from shared.tool_intent import clear_winner, matched_words, needs_tools, shortlist
 from shared.topology import BackendSpec, EscalationSpec, LlmSpec
 from tests.tool_helpers import ScriptedModel, connect
 
@@ -76,6 +77,30 @@ async def test_intent_gate_on_the_request_suite():
     assert needs_tools(server_only, "what time is it") and not needs_tools(server_only, "turn on the light")
     assert not needs_tools(None, "what time is it")
     assert not needs_tools(build_server_tools(ToolsSpec(enabled=[])), "what time is it")
+
+
+async def test_clear_winners_skip_the_model_and_ambiguity_goes_to_it():
+    _, req = await board_session()
+    registry = build_server_tools(ToolsSpec()).with_device(req.mcp)
+    winner = {text: getattr(clear_winner(registry, text), "name", None) for text in [
+        "Turn on the light", "turn the light off", "Set the volume to 30", "What time is it",
+        "How loud is the speaker?", "What is the speed of light?", "Lights out"]}
+    assert winner == {"Turn on the light": "self.light.turn_on", "turn the light off": "self.light.turn_off",
+                      "Set the volume to 30": "self.audio_speaker.set_volume", "What time is it": "get_time",
+                      "How loud is the speaker?": None,  # a question never changes the device by word match
+                      "What is the speed of light?": None, "Lights out": None}
+    assert {t.name for t in shortlist(registry, "Lights out")} >= {"self.light.turn_on", "self.light.turn_off"}
+    assert shortlist(registry, "Tell me a story on cats") == []
+
+
+def test_tool_results_read_as_facts_for_models_without_tool_roles():
+    call = {"id": "c0", "type": "function",
+            "function": {"name": "self_audio_speaker_set_volume", "arguments": '{"volume": 30}'}}
+    msgs = plain_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": "volume 30"},
+                           {"role": "assistant", "content": None, "tool_calls": [call]},
+                           {"role": "tool", "tool_call_id": "c0", "content": "true"}])
+    assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"] == "volume 30"
+    assert "You used audio speaker set volume (volume 30). Result: done" in msgs[0]["content"]
 
 
 # ---------------------------------------------------------------- local

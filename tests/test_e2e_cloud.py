@@ -18,6 +18,7 @@ from cloud.backends import BackendPool
 from cloud.worker import Worker
 from edge import metrics
 from scripts.device_sim import DeviceSimulator
+from scripts.sim_board import SimBoard
 from shared.nats_conn import connect_nats
 from shared.nats_runtime import start_hub, start_leaf
 from shared.policy import DEFAULT_POLICY, parse_policy
@@ -48,7 +49,7 @@ class Stack:
 
     async def start_worker(self) -> None:
         nc = await connect_nats(self.hub.url, "test-worker")
-        pool = BackendPool.from_specs([BackendSpec(name="llama", url=self.llama_url, model=self.alias)])
+        pool = BackendPool.from_specs([BackendSpec(name="llama", kind="llamacpp", url=self.llama_url, model=self.alias)])
         await pool.start()
         self.worker = Worker(nc, "w1", "large", pool, max_inflight=4, heartbeat_s=0.5)
         await self.worker.start()
@@ -78,8 +79,9 @@ class Stack:
         await self.engine.planner.watcher.wait_revision(revision, timeout=5)
         return revision
 
-    async def ask(self, pcm):
-        sim = await DeviceSimulator.from_ota(f"{self.edge_url}/xiaozhi/ota/", device_id="02:00:00:00:c1:0d")
+    async def ask(self, pcm, board: SimBoard | None = None):
+        sim = await DeviceSimulator.from_ota(f"{self.edge_url}/xiaozhi/ota/", device_id="02:00:00:00:c1:0d",
+                                             board=board)
         await sim.connect()
         try:
             return await sim.run_turn(pcm)
@@ -116,6 +118,19 @@ async def test_greeting_stays_local_hard_question_goes_to_cloud(stack, speak):
     assert "explain" in (cloud.stt or "").lower()
     assert cloud.answered_by == "cloud", cloud.summary()
     assert cloud.reply and cloud.frames > 0 and cloud.tts_stop
+
+
+async def test_tool_turn_goes_to_cloud_and_the_edge_runs_the_device_tool(stack, speak):
+    """needs-tools escalates; the worker's model returns a tool call over NATS, the edge calls the
+    device's MCP tool (the device is connected to the edge) and the worker continues the answer."""
+    board = SimBoard()
+    served = stack.worker.pool.endpoints[0].served
+    report = await stack.ask(speak("Turn on the light."), board)
+    assert report.answered_by == "cloud", report.summary()
+    assert [(c["name"], c["ok"]) for c in report.tool_calls] == [("self.light.turn_on", True)]
+    assert board.state.light_on is True
+    assert report.reply and report.frames > 0 and report.tts_stop
+    assert stack.worker.pool.endpoints[0].served == served + 2  # the tool round, then its continuation
 
 
 async def test_policy_change_reaches_running_edge_live(stack, speak):

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from edge.opus import decode_packets
 from scripts.device_sim import DeviceSimulator
+from scripts.sim_board import SimBoard
 from tests.edge_node import running_edge
 from tests.test_asr import wer
 
@@ -104,3 +105,17 @@ async def test_two_devices_at_once(edge_url, speak):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_spoken_command_calls_the_device_tool_locally(edge_url, speak):
+    """The device's own MCP tool, chosen and called by the edge (no cloud here), then spoken about."""
+    board = SimBoard()
+    sim = await _device(edge_url, board=board)
+    try:
+        report = await sim.run_turn(speak("Set the volume to 30."))
+    finally:
+        await sim.close()
+    assert report.answered_by == "edge" and report.tts_stop and report.frames > 0, report.summary()
+    assert [(c["name"], c["arguments"], c["ok"]) for c in report.tool_calls] == [
+        ("self.audio_speaker.set_volume", {"volume": 30}, True)]
+    assert board.state.volume == 30
