@@ -6,7 +6,7 @@ round; a request succeeds when the right tool is called with the right
 arguments, or no tool is called when none is expected. Prints success rate,
 false calls (a tool called when none was expected), misses, latency to the
 decision, and writes one CSV row per request. "with the intent gate" is what a
-live turn gets: requests the gate (shared.tool_intent.py) lets through get the
+live turn gets: requests the gate (shared/tool_intent.py) lets through get the
 model's decision, the others are answered without tools.
 
     .venv/bin/python scripts/bench_tools.py                       # edge + cloud models of topology.yaml
@@ -170,7 +170,7 @@ async def main() -> int:
     tool_cases = [c for c in cases if c.get("tool")]
     recall = sum(needs_tools(registry, c["text"]) for c in tool_cases)
     false_pass = sum(needs_tools(registry, c["text"]) for c in cases if not c.get("tool"))
-    print(f"intent gate (shared.tool_intent.py): {recall}/{len(tool_cases)} tool requests pass, "
+    print(f"intent gate (shared/tool_intent.py): {recall}/{len(tool_cases)} tool requests pass, "
           f"{false_pass}/{len(cases) - len(tool_cases)} no-tool requests pass (these cost one tool decision)")
     summaries = []
     with open(opts.csv, "w", newline="") as f:

@@ -16,6 +16,7 @@ gate's recall and precision on the request suite.
 
 from __future__ import annotations
 
+import functools
 import re
 from shared.tool_calling import ToolDef, ToolSet, examples_of
 
@@ -67,14 +68,19 @@ def _first_sentence(text: str) -> str:
     return re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0] if text else ""
 
 
-def tool_vocabulary(tool: ToolDef) -> tuple[set[str], set[str]]:
+def tool_vocabulary(tool: ToolDef) -> tuple[frozenset[str], frozenset[str]]:
     """(strong, weak) words of one tool: strong ones are in its name, weak ones come from its
     description and examples (colours, "status", ...) and count only in pairs."""
-    strong = content_words(tool.name, synonyms=False)
-    weak = content_words(_first_sentence(tool.description), synonyms=False)
-    for request, _ in examples_of(tool):
+    return _vocabulary(tool.name, _first_sentence(tool.description), tuple(r for r, _ in examples_of(tool)))
+
+
+@functools.lru_cache(maxsize=4096)  # every turn asks again for the same few tools
+def _vocabulary(name: str, description: str, examples: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    strong = content_words(name, synonyms=False)
+    weak = content_words(description, synonyms=False)
+    for request in examples:
         weak |= content_words(request, synonyms=False)
-    return strong, weak - strong
+    return frozenset(strong), frozenset(weak - strong)
 
 
 def _hits(words: set[str], tool: ToolDef) -> tuple[set[str], set[str]]:

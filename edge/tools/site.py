@@ -8,6 +8,7 @@ one, so ordinary chat pays nothing for tool support.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ class SiteTools:
         self.spec = spec
         self.site = site
         self.server = build_server_tools(spec, site)
+        self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # McpClient -> (tools, registry)
         mode = "grammar" if spec.mode == "off" else spec.mode
         self.loop = ToolLoop(caller_for(llm, mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
                              temperature=temperature, call_timeout_s=spec.device_timeout_s + 2.0)
@@ -48,9 +50,18 @@ class SiteTools:
         return self.spec.mode != "off"
 
     def registry_for(self, req: "TurnRequest") -> ToolRegistry:
-        """Server tools plus the device's MCP tools once its ``tools/list`` has arrived."""
+        """Server tools plus the device's MCP tools once its ``tools/list`` has arrived.
+
+        Merging checks every tool's schema, so the result is kept per session until the
+        device's tool list changes."""
         mcp = req.mcp if req.mcp is not None and req.mcp.ready.is_set() else None
-        return self.server.with_device(mcp, self.spec.device_timeout_s)
+        if mcp is None:
+            return self.server
+        cached = self._merged.get(mcp)
+        if cached is None or cached[0] is not mcp.tools:
+            cached = (mcp.tools, self.server.with_device(mcp, self.spec.device_timeout_s))
+            self._merged[mcp] = cached
+        return cached[1]
 
     def for_turn(self, req: "TurnRequest", user_text: str) -> TurnTools | None:
         """The turn's tools when tool calling is on and the request looks like it needs one."""
