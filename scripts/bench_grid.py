@@ -113,7 +113,7 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = sorted({(r["llm"], r["tts"]) for r in rows if not r["error"]})
-    labels = [f"{l}\n+ {t}" for l, t in pairs]
+    labels = [l.replace("/", "/\n") + f"\n+ {t}" for l, t in pairs]  # long target names wrap
 
     def med(key: str) -> list[float]:
         return [statistics.median([r[key] for r in rows if (r["llm"], r["tts"]) == p and not r["error"]])
@@ -150,7 +150,7 @@ async def main() -> int:
     ap.add_argument("--out", default="bench_grid", help="writes <out>.csv and <out>.png")
     ap.add_argument("--no-launch", action="store_true")
     opts = ap.parse_args()
-    backends = tts_backends(opts.tts.split(","))
+    backends = await asyncio.to_thread(tts_backends, opts.tts.split(","))  # edge-tts runs its own loop
     targets: list[Target] = targets_from_topology(set(opts.targets.split(",")))
     rows: list[dict] = []
     for target in targets:
