@@ -18,7 +18,6 @@ to the turn log and to the JSONL trace that `cloud policy dry-run` replays.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.mcp import McpClient, McpError
+from edge.mcp import McpError
 from edge.tool_loop import ToolLoop, ToolPhrases
 from edge.tools.config import ToolsSpec, build_server_tools
 from edge.tools.registry import ToolContext, ToolRegistry
