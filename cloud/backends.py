@@ -53,12 +53,13 @@ class Endpoint:
 
     def generate(self, messages: list[dict], tools: ToolSet | None, *, max_tokens: int,
                  temperature: float) -> AsyncIterator[ChatDelta]:
-        """One round: a plain stream, or through this endpoint's tool-calling strategy when tools are offered."""
-        if not tools:
+        """One round: a plain stream, or through this endpoint's tool-calling strategy when tools are offered
+        or the conversation has tool rounds (models without tool roles need them rewritten)."""
+        if not tools and not any(m.get("role") == "tool" for m in messages):
             return self.client.stream(messages, max_tokens=max_tokens, temperature=temperature)
         if self.tool_caller is None:
             self.tool_caller = caller_for(self.client, self.spec.tool_calling, self.spec.kind)
-        return self.tool_caller.step(messages, tools, max_tokens=max_tokens, temperature=temperature)
+        return self.tool_caller.step(messages, tools or None, max_tokens=max_tokens, temperature=temperature)
 
 
 class BackendPool:

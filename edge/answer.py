@@ -187,7 +187,7 @@ class AnswerPlanner:
         """The cloud's answer. Tool calls it returns run here (the device is connected to this edge) and their
         results continue the same generation; if the cloud fails, the local model finishes the answer."""
         rounds = tools.loop.max_steps if tools is not None else 1
-        for _ in range(rounds):
+        for step in range(rounds):
             try:
                 async for text in cloud:
                     yield text
@@ -208,6 +208,8 @@ class AnswerPlanner:
                 return
             request = request.continue_with(calls, results, cloud.text)
             request.deadline = epoch_ms() + self.spec.deadline_ms
+            if step == rounds - 2:  # like the local loop: the last round offers no tools, so the model answers
+                request.tools, request.tool_examples = [], {}
             try:
                 cloud = await self._escalate(request, settings)
             except EscalationFailed as exc:  # the tools ran: the local model tells their outcome

@@ -52,9 +52,8 @@ async def board_session(**board_kw) -> tuple[SimBoard, TurnRequest]:
     return board, TurnRequest(TurnRequest.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
 
 
-def site_tools(local: ScriptedModel, device_timeout_s: float = 5.0) -> SiteTools:
-    tools = SiteTools(ToolsSpec(device_timeout_s=device_timeout_s), "local-site", PlainModel(), "llamacpp",
-                      max_tokens=40, temperature=0.0)
+def site_tools(local: ScriptedModel, **spec) -> SiteTools:
+    tools = SiteTools(ToolsSpec(**spec), "local-site", PlainModel(), "llamacpp", max_tokens=40, temperature=0.0)
     tools.loop.caller = local  # the deterministic stand-in instead of grammar-forced SmolLM2
     return tools
 
@@ -164,6 +163,15 @@ async def test_cloud_tool_call_runs_on_the_edge_and_continues_the_generation(clo
     assert round2[-2]["tool_calls"][0]["function"]["name"] == "self_light_set_rgb"
     assert round2[-1]["role"] == "tool" and round2[-1]["content"] == "true"
     assert local.seen == []  # the edge model was not asked
+
+
+async def test_last_cloud_round_offers_no_tools(cloud):
+    client, remote = await cloud([("get_time", {})], "It is late.")
+    _, req = await board_session()
+    by, text = await answer(cloud_planner(client, ScriptedModel(), max_steps=2), req, "What time is it?")
+    assert (by, text) == ("cloud", "It is late.")
+    assert remote.offered[0] and remote.offered[1] is None  # the continuation must be answered in speech
+    assert remote.seen[1][-1]["role"] == "tool" and "UTC" in remote.seen[1][-1]["content"]
 
 
 async def test_cloud_tool_call_to_a_silent_device_is_an_apology(cloud):
