@@ -114,7 +114,7 @@ def load_tools_spec(topology: Topology) -> ToolsSpec:
     try:
         spec = ToolsSpec.model_validate(raw)
     except ValidationError as exc:
-        raise TopologyError([f"tools.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace("tools.: ", "tools: ")
+        raise TopologyError([f"{'.'.join(['tools', *map(str, e['loc'])])}: {e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors()]) from None
     sites = {s.name for s in topology.sites}
     unknown = sorted(set(spec.sites) - sites)
