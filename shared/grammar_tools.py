@@ -45,7 +45,9 @@ def arguments_messages(tool: ToolDef, user_text: str) -> list[dict[str, str]]:
     """Stage 2: the chosen tool's arguments, with its examples as few-shot turns."""
     msgs = [{"role": "system", "content": f"Fill in the JSON arguments of the tool {llm_name(tool.name)}: "
                                           f"{tool.description.splitlines()[0] if tool.description else ''}"}]
-    for text, args in examples_of(tool)[:3]:
+    request = _words(user_text)
+    shots = sorted(examples_of(tool), key=lambda shot: _similarity(request, shot[0], ""))  # most similar last
+    for text, args in shots[-3:]:
         msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": json.dumps(args)}]
     msgs.append({"role": "user", "content": user_text})
     return msgs

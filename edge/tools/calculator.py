@@ -100,5 +100,7 @@ def calculator_tool() -> Tool:
                     "required": ["expression"]},
         handler=_handle,
         examples=(("how much is 15 plus 27", {"expression": "15 + 27"}),
-                  ("what is 9 times 8", {"expression": "9 * 8"})),
+                  ("what is 9 times 8", {"expression": "9 * 8"}),
+                  ("square root of 81", {"expression": "sqrt(81)"}),
+                  ("20 percent of 50", {"expression": "20 / 100 * 50"})),
     )
