@@ -83,12 +83,13 @@ async def test_clear_winners_skip_the_model_and_ambiguity_goes_to_it():
     registry = build_server_tools(ToolsSpec()).with_device(req.mcp)
     winner = {text: getattr(clear_winner(registry, text), "name", None) for text in [
         "Turn on the light", "turn the light off", "Set the volume to 30", "What time is it",
-        "How loud is the speaker?", "What is the speed of light?", "Lights out"]}
+        "How loud is the speaker?", "What is the speed of light?", "Lights out", "The lights please"]}
     assert winner == {"Turn on the light": "self.light.turn_on", "turn the light off": "self.light.turn_off",
                       "Set the volume to 30": "self.audio_speaker.set_volume", "What time is it": "get_time",
                       "How loud is the speaker?": None,  # a question never changes the device by word match
-                      "What is the speed of light?": None, "Lights out": None}
-    assert {t.name for t in shortlist(registry, "Lights out")} >= {"self.light.turn_on", "self.light.turn_off"}
+                      "What is the speed of light?": None, "Lights out": "self.light.turn_off",
+                      "The lights please": None}
+    assert {t.name for t in shortlist(registry, "The lights please")} >= {"self.light.turn_on", "self.light.turn_off"}
     assert shortlist(registry, "Tell me a story on cats") == []
 
 

@@ -7,14 +7,17 @@ import json
 import pytest
 
 from edge.tool_loop import ToolLoop
-from shared.tool_calling import caller_for
 from edge.tools.calculator import calculate
 from edge.tools.config import ToolsSpec, build_server_tools
-from shared.grammar_tools import GrammarToolCaller
 from edge.tools.registry import ToolContext
+from scripts.bench_tools import board_registry
+from scripts.sim_board import SimBoard
 from shared.chat import ChatClient
+from shared.grammar_tools import GrammarToolCaller
 from shared.llama_server import LlamaServer
 from shared.nats_runtime import free_port
+from shared.tool_calling import caller_for
+from shared.tool_intent import clear_winner, shortlist
 from shared.topology import load_topology
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,3 +48,13 @@ async def test_bundled_model_calls_the_calculator_and_answers(smol):
     assert calculate(json.loads(run.calls[0].arguments)["expression"]) == 84
     assert run.calls[0].result.endswith("= 84")
     assert text and run.apology is None
+
+
+async def test_bundled_model_routes_an_ambiguous_request_within_the_shortlist(smol):
+    """No clear winner: the model chooses by grammar-forced JSON, so the answer is a shortlisted tool or none."""
+    registry = board_registry(SimBoard())
+    text = "The lights please"
+    assert clear_winner(registry, text) is None
+    allowed = {t.name for t in shortlist(registry, text, 4)}
+    call = await GrammarToolCaller(smol).decide([{"role": "user", "content": text}], registry)
+    assert call is None or registry.get(call.name).name in allowed
