@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 
 from edge import metrics
 from edge.tools.registry import ToolContext, ToolError, ToolRegistry
+from shared.grammar_tools import DONE, NOT_DONE
 from shared.log import log_event, monotonic_ms
 from shared.tool_calling import ToolCaller
 from shared.wire import ToolCall, ToolResult
@@ -38,7 +39,8 @@ class ToolPhrases:
     unknown_tool: str = "Sorry, I can't do that here."
     arguments: str = "Sorry, I didn't get the details for that."
     timeout: str = "Sorry, the device didn't answer."
-    failed: str = "Sorry, that didn't work."
+    failed: str = NOT_DONE
+    done: str = DONE  # what small models' turns say after a successful action (shared.grammar_tools)
     malformed: str = "Sorry, I got an answer I don't understand."
     steps: str = "Sorry, I couldn't finish that."
 

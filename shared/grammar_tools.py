@@ -86,18 +86,30 @@ def router_messages(tools: Sequence[ToolDef], user_text: str) -> list[dict[str, 
     return msgs
 
 
-def _fact(call: dict[str, Any] | None, result: str) -> str:
-    """One tool round as a sentence a small model can read back: what was done, what came of it."""
-    outcome = {"true": "done", "false": "it failed"}.get(result.strip().lower(), result.strip())
-    if call is None:
-        return f"- Result: {outcome}"
-    fn = call.get("function") or {}
+def tool_rounds(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str]]:
+    """(the call, its result text) for every ``tool`` message, calls found by id in the assistant turns."""
+    calls = {c.get("id"): c for m in messages if m.get("role") == "assistant"
+             for c in (m.get("tool_calls") or []) if isinstance(c, dict)}
+    return [(calls.get(m.get("tool_call_id")), str(m.get("content") or ""))
+            for m in messages if m.get("role") == "tool"]
+
+
+def _called(call: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(what was used, in words; its arguments) of an OpenAI tool call."""
+    fn = (call or {}).get("function") or {}
     try:
         args = json.loads(fn.get("arguments") or "{}")
     except ValueError:
         args = {}
     what = str(fn.get("name", "a tool")).removeprefix("self_").replace("_", " ")
-    given = ", ".join(f"{k} {v}" for k, v in args.items()) if isinstance(args, dict) else ""
+    return what, args if isinstance(args, dict) else {}
+
+
+def _fact(call: dict[str, Any] | None, result: str) -> str:
+    """One tool round as a sentence a small model can read back: what was done, what came of it."""
+    outcome = {"true": "done", "false": "it failed"}.get(result.strip().lower(), result.strip())
+    what, args = _called(call)
+    given = ", ".join(f"{k} {v}" for k, v in args.items())
     return f"- You used {what}{f' ({given})' if given else ''}. Result: {outcome}"
 
 
@@ -107,10 +119,7 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Small models answer best when the tool results read as facts in the system
     prompt and the user's request stays the last message.
     """
-    calls = {c.get("id"): c for m in messages if m.get("role") == "assistant"
-             for c in (m.get("tool_calls") or []) if isinstance(c, dict)}
-    facts = [_fact(calls.get(m.get("tool_call_id")), str(m.get("content") or ""))
-             for m in messages if m.get("role") == "tool"]
+    facts = [_fact(call, result) for call, result in tool_rounds(messages)]
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls")):
@@ -124,6 +133,56 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.insert(0, {"role": "system", "content": note})
     return out
+
+
+DONE = "Okay, done."
+NOT_DONE = "Sorry, that didn't work."
+_ARITHMETIC = [(" ** ", " to the power of "), (" * ", " times "), (" / ", " divided by "), (" + ", " plus "),
+               (" - ", " minus "), (" = ", " is ")]
+_PARENTHESIS = re.compile(r"\s*\([^)]*\)")
+
+
+def _speakable(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {_speakable(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(_speakable(v) for v in value)
+    return str(value)
+
+
+def spoken_result(rounds: list[tuple[dict[str, Any] | None, str]]) -> str:
+    """What to say after a tool round without asking a small model to phrase it.
+
+    Models of SmolLM2's size do not reliably read a tool result back (they
+    apologise or invent), so their turns speak the outcome directly: a setter's
+    ``true`` is "Okay, done.", JSON reads as "level 87, charging no", arithmetic
+    as words, parentheses (timezones) are dropped.
+    """
+    said: list[str] = []
+    for call, result in rounds:
+        text = result.strip()
+        if text.lower() == "true":
+            said.append(DONE)
+            continue
+        if text.lower() == "false":
+            said.append(NOT_DONE)
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, (dict, list)):
+            what, _ = _called(call)
+            what = " ".join(w for w in what.split() if w not in {"get", "level"}) or what
+            text = f"{what.capitalize()}: {_speakable(value)}."
+        else:
+            text = _PARENTHESIS.sub("", text)
+            for symbol, words in _ARITHMETIC:
+                text = text.replace(symbol, words)
+        said.append(text if text.endswith((".", "!", "?")) else text + ".")
+    return " ".join(dict.fromkeys(said))  # "Okay, done." once for several setters
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -164,8 +223,10 @@ class JsonCompleter:
 class GrammarToolCaller:
     """One LLM round of the tool loop for models without native tool calling."""
 
-    def __init__(self, llm: ChatClient, decision_max_tokens: int = 80, candidates: int = 4):
+    def __init__(self, llm: ChatClient, decision_max_tokens: int = 80, candidates: int = 4,
+                 speak_results: bool = True):
         self.llm = llm
+        self.speak_results = speak_results  # tool outcomes are spoken directly (spoken_result), not by the model
         self.json = JsonCompleter(llm)
         self.decision_max_tokens = decision_max_tokens
         self.candidates = candidates  # tools the model chooses among, shortlisted by shared.tool_intent
@@ -198,6 +259,11 @@ class GrammarToolCaller:
             if call is not None:
                 yield ChatDelta(tool_calls=[call], finish_reason="tool_calls")
                 return
+        rounds = tool_rounds(messages)
+        if self.speak_results and rounds and messages[-1].get("role") == "tool":
+            yield ChatDelta(text=spoken_result(rounds))
+            yield ChatDelta(finish_reason="stop")
+            return
         async for delta in self.llm.stream(plain_messages(messages), max_tokens=max_tokens,
                                            temperature=temperature):
             yield delta

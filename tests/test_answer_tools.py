@@ -22,7 +22,7 @@ from edge.tools.site import SiteTools
 from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
 from shared.chat import ChatClient, ChatDelta, ChatError
-from shared.grammar_tools import plain_messages
+from shared.grammar_tools import plain_messages, spoken_result
 from shared.tool_intent import clear_winner, matched_words, needs_tools, shortlist
 from shared.topology import BackendSpec, EscalationSpec, LlmSpec
 from tests.tool_helpers import ScriptedModel, connect
@@ -101,6 +101,19 @@ def test_tool_results_read_as_facts_for_models_without_tool_roles():
                            {"role": "tool", "tool_call_id": "c0", "content": "true"}])
     assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"] == "volume 30"
     assert "You used audio speaker set volume (volume 30). Result: done" in msgs[0]["content"]
+
+
+def test_small_models_speak_tool_results_directly():
+    def call(name: str) -> dict:
+        return {"id": name, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+    assert spoken_result([(call("self_light_turn_on"), "true"), (call("self_light_set_rgb"), "true")]) == "Okay, done."
+    assert spoken_result([(call("self_screen_set_theme"), "false")]) == "Sorry, that didn't work."
+    assert spoken_result([(call("self_battery_get_level"), '{"level": 87, "charging": false}')]) == \
+        "Battery: level 87, charging no."
+    assert spoken_result([(call("calculate"), "12 * 7 = 84")]) == "12 times 7 is 84."
+    assert spoken_result([(call("get_time"), "It is 20:00 on Monday, 23 November 2026 (Asia/Shanghai, UTC+08:00).")]) \
+        == "It is 20:00 on Monday, 23 November 2026."
 
 
 # ---------------------------------------------------------------- local

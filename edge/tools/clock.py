@@ -19,11 +19,12 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def now_text(tz_name: str, now: datetime | None = None) -> str:
-    """e.g. ``Monday, 23 November 2026, 14:05 (Europe/Berlin, UTC+01:00)``: what the model reads back."""
+    """e.g. ``It is 14:05 on Monday, 23 November 2026 (Europe/Berlin, UTC+01:00).``: what the model reads back
+    (and, without the parenthesis, what a small model's turn speaks directly)."""
     zone = _zone(tz_name)
     local = (now or datetime.now(dt_timezone.utc)).astimezone(zone)
     offset = local.strftime("%z")
-    return f"{local:%A, %d %B %Y, %H:%M} ({tz_name}, UTC{offset[:3]}:{offset[3:]})"
+    return f"It is {local:%H:%M} on {local:%A, %d %B %Y} ({tz_name}, UTC{offset[:3]}:{offset[3:]})."
 
 
 async def _handle(args: dict[str, Any], ctx: ToolContext) -> str:
