@@ -18,6 +18,7 @@ import logging
 import re
 from typing import Any, AsyncIterator, Sequence
 
+from shared.argument_hints import argument_hints
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.log import log_event
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
@@ -245,6 +246,8 @@ class GrammarToolCaller:
             return None
         args: Any = {}
         if tool.parameters.get("properties"):
+            args = argument_hints(tool, user_text)  # "red", "fifty": settled by the words, no model round
+        if args is None:
             args = await self.json.complete(arguments_messages(tool, user_text), tool.parameters,
                                             self.decision_max_tokens)
         log_event(log, "tool decision", tool=tool.name, arguments=args)

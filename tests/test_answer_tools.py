@@ -17,13 +17,16 @@ from cloud.breaker import CircuitBreaker
 from cloud.worker import Worker
 from edge.answer import AnswerPlanner
 from edge.escalation import EscalationClient
+from edge.policy_watcher import PolicySnapshot
 from edge.tools.config import ToolsSpec, build_server_tools
 from edge.tools.site import SiteTools
 from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
+from shared.argument_hints import argument_hints, spoken_numbers
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.grammar_tools import plain_messages, spoken_result
 from shared.tool_intent import clear_winner, matched_words, needs_tools, shortlist
+from shared.policy import DEFAULT_POLICY
 from shared.topology import BackendSpec, EscalationSpec, LlmSpec
 from tests.tool_helpers import ScriptedModel, connect
 
@@ -103,6 +106,20 @@ def test_tool_results_read_as_facts_for_models_without_tool_roles():
     assert "You used audio speaker set volume (volume 30). Result: done" in msgs[0]["content"]
 
 
+async def test_argument_hints_settle_colours_and_single_numbers():
+    _, req = await board_session()
+    rgb, volume = (build_server_tools(ToolsSpec()).with_device(req.mcp).get(n) for n in (
+        "self.light.set_rgb", "self.audio_speaker.set_volume"))
+    assert argument_hints(rgb, "Make the light red") == {"r": 255, "g": 0, "b": 0}
+    assert argument_hints(rgb, "light to warm white please") == {"r": 255, "g": 180, "b": 100}
+    assert argument_hints(rgb, "Set the light to red 100 green 50 blue 0") == {"r": 100, "g": 50, "b": 0}
+    assert argument_hints(rgb, "red 100 and blue 20") is None  # half given: the model fills the rest
+    assert argument_hints(volume, "Put the volume at fifty") == {"volume": 50}
+    assert argument_hints(volume, "Set volume to 100") == {"volume": 100}
+    assert argument_hints(volume, "volume from 20 to 30") is None and argument_hints(volume, "mute it") is None
+    assert spoken_numbers("one hundred and five, forty-two and 7") == [105, 42, 7]
+
+
 def test_small_models_speak_tool_results_directly():
     def call(name: str) -> dict:
         return {"id": name, "type": "function", "function": {"name": name, "arguments": "{}"}}
@@ -160,9 +177,18 @@ async def cloud(nats_hub, nats_connect):
         await pool.stop()
 
 
+class StaticPolicy:
+    """The policy an operator would publish, here without the KV store: tool turns go to the cloud."""
+
+    def current(self) -> PolicySnapshot:
+        return PolicySnapshot(DEFAULT_POLICY.model_copy(update={"rules": tuple(
+            r.model_copy(update={"action": "escalate"}) if r.name == "needs-tools" else r
+            for r in DEFAULT_POLICY.rules)}), 7)
+
+
 def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> AnswerPlanner:
     return AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
-                         tools=site_tools(local, **kw))
+                         watcher=StaticPolicy(), tools=site_tools(local, **kw))
 
 
 async def test_cloud_tool_call_runs_on_the_edge_and_continues_the_generation(cloud):
@@ -205,6 +231,16 @@ async def test_cloud_failing_after_the_tool_ran_is_finished_locally(cloud):
     assert (by, text) == ("cloud", "Volume is now 20.")
     assert board.state.volume == 20
     assert local.offered == [None] and local.seen[0][-1] == {"role": "tool", "tool_call_id": "c0", "content": "true"}
+
+
+async def test_default_policy_keeps_tool_turns_on_the_edge(cloud):
+    client, remote = await cloud()  # would fail if asked anything
+    board, req = await board_session()
+    local = ScriptedModel([("self_light_turn_on", {})], "Done.")
+    planner = AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
+                            tools=site_tools(local))  # no watcher: the built-in default policy
+    assert await answer(planner, req, "Turn on the light") == ("edge", "Done.")
+    assert board.state.light_on and remote.seen == []
 
 
 async def test_unreachable_cloud_falls_back_to_the_local_tool_loop(cloud, nats_hub, nats_connect):

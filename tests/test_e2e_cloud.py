@@ -35,6 +35,9 @@ LOCAL_ONLY = {"rules": [{"name": "everything-local", "action": "local"}], "defau
 # The default rules with a first-token timeout that a loaded 2-core test machine meets.
 TEST_POLICY = DEFAULT_POLICY.model_copy(
     update={"settings": DEFAULT_POLICY.settings.model_copy(update={"first_token_timeout_ms": 10000})})
+# ... and with tool turns sent to the cloud (the default keeps them on the edge).
+TOOLS_TO_CLOUD = TEST_POLICY.model_copy(update={"rules": tuple(
+    r.model_copy(update={"action": "escalate"}) if r.name == "needs-tools" else r for r in TEST_POLICY.rules)})
 
 
 class Stack:
@@ -125,7 +128,11 @@ async def test_tool_turn_goes_to_cloud_and_the_edge_runs_the_device_tool(stack, 
     device's MCP tool (the device is connected to the edge) and the worker continues the answer."""
     board = SimBoard()
     served = stack.worker.pool.endpoints[0].served
-    report = await stack.ask(speak("Turn on the light."), board)
+    await stack.set_policy(TOOLS_TO_CLOUD)
+    try:
+        report = await stack.ask(speak("Turn on the light."), board)
+    finally:
+        await stack.set_policy(TEST_POLICY)
     assert report.answered_by == "cloud", report.summary()
     assert [(c["name"], c["ok"]) for c in report.tool_calls] == [("self.light.turn_on", True)]
     assert board.state.light_on is True

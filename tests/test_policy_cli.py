@@ -105,9 +105,9 @@ async def test_dry_run_counts_on_a_generated_trace(nats_hub, tmp_path):
     code, out, err = await cli("dry-run", tools_only, "--turns", str(trace_path), "--nats", nats_hub.url)
     assert code == 0, err
     assert "dry-run over 20 turns" in out and "1 unusable lines skipped" in out
-    assert "current policy (revision 0) escalates: 10 (50.0%)" in out  # built-in default: why + tools
+    assert "current policy (revision 0) escalates: 6 (30.0%)" in out  # built-in default: the why questions
     assert "escalates: 4 (20.0%)" in out.split("new policy", 1)[1]
-    assert "turns whose decision changes: 6" in out
+    assert "turns whose decision changes: 10" in out
     rows = {line.split()[1]: line.split()[-2:] for line in out.splitlines() if line.strip().startswith(("escalate:", "local:"))}
     assert rows["hard-question"] == ["6", "0"] and rows["needs-tools"] == ["4", "0"] and rows["tools"] == ["0", "4"]
 
