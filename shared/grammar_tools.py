@@ -1,14 +1,21 @@
-"""Tool calling for small local models: a grammar-forced JSON decision, returned as OpenAI-style tool_calls.
+"""Tool calling for small local models: decisions as OpenAI-style tool_calls without a tool-call format.
 
 SmolLM2-class models have no tool-call format in their chat template, and
-llama.cpp's server cannot parse one out of free text for them. Instead the
-model answers one constrained question first: llama.cpp turns a JSON schema
-(``response_format: {"type": "json_object", "schema": ...}``) into a grammar, the
-schema being "one of: {tool: <name>, arguments: <that tool's parameters>} or
-{tool: none}". Few-shot examples (each tool's ``examples``, plus known firmware
-tools) sit in the prompt. The decision comes back as a ``ToolCall``; "none"
-falls through to an ordinary streamed answer, so the tool loop above is the
-same for these models and for vLLM/Ollama models with native tool calling.
+llama.cpp's server cannot parse one out of free text for them. A decision takes
+up to two steps, each skipped when the request's words settle it:
+
+1. which tool: :func:`shared.tool_intent.clear_winner` when the words name one
+   tool unambiguously; otherwise the model picks among a shortlist, constrained
+   by grammar (llama.cpp turns ``response_format: {"type": "json_object",
+   "schema": ...}`` into one) to ``{"tool": <a candidate or "none">}``;
+2. its arguments: :func:`shared.argument_hints.argument_hints` ("red", "fifty"),
+   otherwise the model fills the tool's own JSON schema, with the tool's
+   examples (or known firmware ones) as few-shot turns.
+
+"none" falls through to an ordinary streamed answer; after a tool round the
+outcome is spoken directly (:func:`spoken_result`). The tool loop
+(edge.tool_loop) and the cloud worker drive these models exactly like models
+with native tool calling.
 """
 
 from __future__ import annotations
