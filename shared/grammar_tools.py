@@ -29,7 +29,7 @@ from shared.argument_hints import argument_hints
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.log import log_event
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
-from shared.tool_intent import clear_winner, shortlist
+from shared.tool_intent import clear_winner, ranked
 from shared.wire import ToolCall, new_id
 
 log = logging.getLogger("shared.grammar_tools")
@@ -61,6 +61,9 @@ def arguments_messages(tool: ToolDef, user_text: str) -> list[dict[str, str]]:
     return msgs
 
 
+# Plain word overlap, digits included and unstemmed, orders the few-shot turns: unlike the intent
+# gate's content words (shared.tool_intent) it ranks "turn the sound to 40 percent" close to "volume 30";
+# swapping one for the other measurably lowered the held-out tool suite (77% -> 69%).
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset("a an the to of is it me my please what whats i you can do set get turn make self".split())
 
@@ -242,9 +245,10 @@ class GrammarToolCaller:
     async def decide(self, messages: list[dict[str, Any]], registry: ToolSet) -> ToolCall | None:
         """The forced decision for the last user request: a ToolCall, or None for "no tool"."""
         user_text = last_user_text(messages)
-        tool = clear_winner(registry, user_text)  # the words name one tool: no routing round needed
+        ranking = ranked(registry, user_text)
+        tool = clear_winner(registry, user_text, ranking)  # the words name one tool: no routing round needed
         if tool is None:
-            candidates = shortlist(registry, user_text, self.candidates) or list(registry)
+            candidates = [t for _, t in ranking[: self.candidates]] or list(registry)
             doc = await self.json.complete(router_messages(candidates, user_text), choice_schema(candidates), 24)
             name = doc.get("tool") if isinstance(doc, dict) else None
             tool = registry.get(name) if isinstance(name, str) and name != NO_TOOL else None

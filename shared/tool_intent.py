@@ -137,15 +137,15 @@ _CHANGES = re.compile(r"(^|[._])(set|turn|switch|change|toggle|mute|enable|disab
                       re.IGNORECASE)
 
 
-def clear_winner(tools: ToolSet, text: str) -> ToolDef | None:
+def clear_winner(tools: ToolSet, text: str, ranking: list[tuple[int, ToolDef]] | None = None) -> ToolDef | None:
     """The tool the words name unambiguously: a word of its name matches and it scores above every other.
 
     "set the volume to 30" names the volume tool and nothing else; "turn the light off" is told
     apart from "on" by the particle; "what is the speed of light" ties the light tools, and a
     question never picks a tool whose name says it changes something ("how loud is it" is no
-    volume change): those go to the model.
+    volume change): those go to the model. ``ranking``: :func:`ranked` if the caller has it already.
     """
-    top = ranked(tools, text)[:2]
+    top = (ranking if ranking is not None else ranked(tools, text))[:2]
     if not top or top[0][0] < 2 or (len(top) > 1 and top[0][0] <= top[1][0]):
         return None
     tool = top[0][1]

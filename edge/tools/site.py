@@ -41,13 +41,10 @@ class SiteTools:
         self.site = site
         self.server = build_server_tools(spec, site)
         self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # McpClient -> (tools, registry)
-        mode = "grammar" if spec.mode == "off" else spec.mode
-        self.loop = ToolLoop(caller_for(llm, mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
+        if spec.mode == "off":
+            raise ValueError("tools.mode is off: the engine builds no SiteTools")
+        self.loop = ToolLoop(caller_for(llm, spec.mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
                              temperature=temperature, call_timeout_s=spec.device_timeout_s + 2.0)
-
-    @property
-    def enabled(self) -> bool:
-        return self.spec.mode != "off"
 
     def registry_for(self, req: "TurnRequest") -> ToolRegistry:
         """Server tools plus the device's MCP tools once its ``tools/list`` has arrived.
@@ -64,9 +61,7 @@ class SiteTools:
         return cached[1]
 
     def for_turn(self, req: "TurnRequest", user_text: str) -> TurnTools | None:
-        """The turn's tools when tool calling is on and the request looks like it needs one."""
-        if not self.enabled:
-            return None
+        """The turn's tools when the request looks like it needs one."""
         registry = self.registry_for(req)
         if not needs_tools(registry, user_text):
             return None
