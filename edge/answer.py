@@ -28,12 +28,12 @@ from edge.policy_watcher import PolicySnapshot, PolicyWatcher
 from edge.tools.registry import ToolError
 from edge.tools.site import SiteTools, TurnTools
 from edge.turn import AnswerStream, Phrases, TurnRequest, TurnTimer
-from edge.turn_trace import TurnTrace
 from shared.chat import ChatClient, ChatDelta
 from shared.log import log_event, monotonic_ms
 from shared.policy import DEFAULT_POLICY, PolicyState, TurnFeatures
 from shared.tool_calling import tool_examples
 from shared.topology import EscalationSpec, LlmSpec
+from shared.turn_trace import TurnTrace
 from shared.wire import EscalationRequest, epoch_ms
 
 log = logging.getLogger("edge.answer")

@@ -22,13 +22,14 @@ import logging
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
 from edge import metrics
 from shared.log import log_event
@@ -235,7 +236,7 @@ class AsrService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()
-        self._memo: OrderedDict[bytes, Future] = OrderedDict()
+        self._memo: LRUCache[bytes, Future] = LRUCache(maxsize=max(memo_size, 1))
 
     async def load(self) -> None:
         """Load the configured backend in the inference thread; config errors surface here."""
@@ -278,9 +279,8 @@ class AsrService:
             raise ValueError(f"ASR expects a 1-D int16 array of 16 kHz samples, got {kind}")
         key = hashlib.blake2b(pcm16k.tobytes(), digest_size=16).digest()
         with self._lock:
-            known = self._memo.get(key)
+            known = self._memo.get(key)  # a hit makes it the most recent
             if known is not None and not known.cancelled() and not (known.done() and known.exception()):
-                self._memo.move_to_end(key)
                 return known, True
             if len(self._queue) >= self.max_queue:
                 raise AsrOverloaded(f"ASR queue full ({self.max_queue} utterances waiting)")
@@ -290,8 +290,6 @@ class AsrService:
                 return job.future, False
             self._queue.append(job)
             self._memo[key] = job.future
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
         self._executor.submit(self._drain)
         return job.future, False
 

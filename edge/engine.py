@@ -20,7 +20,6 @@ from dataclasses import fields
 from edge import metrics
 from edge.answer import AnswerPlanner
 from edge.asr import AsrService
-from edge.tools.config import load_tools_spec
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.turn import DeviceOutput, Phrases, TurnRequest, TurnResult, TurnRunner
@@ -70,10 +69,10 @@ class EdgeEngine:
         self.llm = build_chat_client(spec)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)])
         esc = self.settings.escalation
-        if esc.trace_path:
-            from edge.turn_trace import TurnTrace
+        if self.settings.trace.path:
+            from shared.turn_trace import TurnTrace
 
-            self._trace = TurnTrace(esc.trace_path)
+            self._trace = TurnTrace.from_spec(self.settings.trace)
         self.tools = self._site_tools()
         if self.tools is not None:
             await self.tts.prewarm(self.tools.loop.phrases.all())
@@ -88,7 +87,7 @@ class EdgeEngine:
 
     def _site_tools(self) -> SiteTools | None:
         """The ``tools:`` section of topology.yaml for this site (None when ``mode: off``)."""
-        spec = load_tools_spec(self.topology)
+        spec = self.topology.tools
         if spec.mode == "off":
             return None
         llm = self.settings.llm

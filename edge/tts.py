@@ -237,7 +237,7 @@ class TtsService:
         self.audio = audio
         self.sample_rate = audio.downstream_sample_rate
         self.frame_ms = audio.frame_ms
-        self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir)
+        self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir, spec.cache.disk_max_mb)
         self.fallback: EspeakBackend | None = None  # voice for other languages and the last resort
         self.edge_tts_proxy: str | None = None  # e.g. http://proxy:3128 for the online backend
         self._chain: list[TtsBackend] = []  # loaded backends, most preferred first

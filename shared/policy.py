@@ -25,7 +25,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -118,10 +118,11 @@ class Match(_Model):
 
     def holds_before_confidence(self, f: "TurnFeatures") -> bool:
         """Every condition except the confidence one holds."""
-        chars = len(f.text)
+        chars = f.char_count
+        text = f.text or ""  # a trace without text (store_text: false) matches no keyword or pattern
         checks = (
-            not self.keywords or bool(_keyword_regex(self.keywords).search(f.text)),
-            self.pattern is None or bool(_regex(self.pattern).search(f.text)),
+            not self.keywords or bool(_keyword_regex(self.keywords).search(text)),
+            self.pattern is None or bool(_regex(self.pattern).search(text)),
             not self.languages or f.language in self.languages,
             self.min_words is None or f.word_count >= self.min_words,
             self.max_words is None or f.word_count <= self.max_words,
@@ -293,11 +294,16 @@ def mean_logprob(logprobs: Sequence[float], n: int) -> float | None:
 
 @dataclass
 class TurnFeatures:
-    """What the policy looks at for one turn; one JSON object in the turn trace."""
+    """What the policy looks at for one turn; one JSON object in the turn trace.
 
-    text: str
+    ``text`` is None for a turn traced with ``store_text: false``: its length and word
+    count are kept, its words are not.
+    """
+
+    text: str | None
     language: str = "en"
     word_count: int = 0
+    char_count: int = 0
     needs_tools: bool = False
     local_confidence: float | None = None
     queue_depth: int = 0
@@ -306,22 +312,33 @@ class TurnFeatures:
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
-        return cls(text=text, word_count=count_words(text), **kw)
+        return cls(text=text, word_count=count_words(text), char_count=len(text), **kw)
+
+    def without_text(self) -> "TurnFeatures":
+        """The same turn with the user's words dropped (lengths kept)."""
+        return replace(self, text=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TurnFeatures":
-        """Build from a trace record; unknown keys are ignored, a bad record raises ValueError."""
-        if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-            raise ValueError("features need a 'text' string")
+        """Build from a trace record; unknown keys are ignored, a bad record raises ValueError.
+
+        A record needs the text, or (traced without text) its word count.
+        """
+        if not isinstance(d, dict):
+            raise ValueError("features must be an object")
+        text = d.get("text")
+        if not isinstance(text, str) and not (text is None and "word_count" in d):
+            raise ValueError("features need a 'text' string (or 'word_count' when traced without text)")
         try:
             conf = d.get("local_confidence")
             return cls(
-                text=d["text"],
+                text=text,
                 language=str(d.get("language", "en")),
-                word_count=int(d["word_count"]) if "word_count" in d else count_words(d["text"]),
+                word_count=int(d["word_count"]) if "word_count" in d else count_words(text),
+                char_count=int(d["char_count"]) if "char_count" in d else len(text or ""),
                 needs_tools=bool(d.get("needs_tools", False)),
                 local_confidence=None if conf is None else float(conf),
                 queue_depth=int(d.get("queue_depth", 0)),

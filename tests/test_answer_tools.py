@@ -18,7 +18,7 @@ from cloud.worker import Worker
 from edge.answer import AnswerPlanner
 from edge.escalation import EscalationClient
 from edge.policy_watcher import PolicySnapshot
-from edge.tools.config import ToolsSpec, build_server_tools
+from edge.tools.config import build_server_tools
 from edge.tools.site import SiteTools
 from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
@@ -27,7 +27,7 @@ from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.grammar_tools import plain_messages, spoken_result
 from shared.tool_intent import clear_winner, matched_words, needs_tools, shortlist
 from shared.policy import DEFAULT_POLICY
-from shared.topology import BackendSpec, EscalationSpec, LlmSpec
+from shared.topology import BackendSpec, EscalationSpec, LlmSpec, ToolsSpec
 from tests.tool_helpers import ScriptedModel, connect
 
 SUITE = yaml.safe_load((Path(__file__).parent / "data" / "tool_suite.yaml").read_text())["requests"]

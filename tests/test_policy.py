@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from edge.turn_trace import TurnTrace, read_trace
 from shared.policy import (
     DEFAULT_POLICY,
     Decision,
@@ -21,6 +20,7 @@ from shared.policy import (
     mean_logprob,
     parse_policy,
 )
+from shared.turn_trace import TurnTrace, read_trace
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.turn_trace import TurnTrace
 from shared.nats_runtime import free_port
 from shared.policy import DEFAULT_POLICY, PolicyState, TurnFeatures, evaluate, loads_policy
 from shared.policy_store import PolicyStore
+from shared.turn_trace import TurnTrace
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge.tool_loop import ToolLoop
-from edge.tools.config import ToolsSpec, build_server_tools
-from shared.tool_intent import needs_tools
+from edge.tools.config import build_server_tools, tool_context
 from edge.tools.registry import ToolContext, ToolRegistry
 from shared.chat import ChatClient
 from shared.tool_calling import caller_for
+from shared.tool_intent import needs_tools
+from shared.topology import ToolsSpec
 
 if TYPE_CHECKING:
     from edge.turn import TurnRequest
@@ -65,4 +66,4 @@ class SiteTools:
         registry = self.registry_for(req)
         if not needs_tools(registry, user_text):
             return None
-        return TurnTools(registry, self.spec.context(self.site, req.device_id), self.loop)
+        return TurnTools(registry, tool_context(self.spec, self.site, req.device_id), self.loop)
