@@ -579,10 +579,12 @@ def _resolve(var: str, parts: list[str], doc: dict) -> tuple[Any, Any, tuple[Any
     kind: Any = Topology
     loc: list[Any] = []
     for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
         where = _format_loc(tuple(loc))
         kind = _unwrap(kind)
-        if get_origin(kind) is not list and kind is not Any and not isinstance(node, dict):
+        if not (kind is Any or get_origin(kind) in (dict, list)
+                or (isinstance(kind, type) and issubclass(kind, BaseModel))):
+            raise _Override(f"{var}: {where} is a single value, it has no {part!r}")
+        if not isinstance(node, list if get_origin(kind) is list else (dict, list) if kind is Any else dict):
             raise _Override(f"{var}: {where} is {node!r} in the document, not a section")
         if kind is Any:  # free-form data (e.g. a tool's JSON schema): follow the document
             key = int(part) if isinstance(node, list) and part.isdigit() else part
@@ -596,24 +598,18 @@ def _resolve(var: str, parts: list[str], doc: dict) -> tuple[Any, Any, tuple[Any
             key, kind = found
         elif get_origin(kind) is dict:
             key, kind = part, get_args(kind)[1]
-        elif get_origin(kind) is list:
+        else:
             if not part.isdigit():
                 raise _Override(f"{var}: {where} is a list: {part!r} is not an index")
             key, kind = int(part), get_args(kind)[0]
-            if not isinstance(node, list) or key >= len(node):
-                size = len(node) if isinstance(node, list) else 0
-                raise _Override(f"{var}: {where} has {size} item(s): no index {key}")
-        else:
-            raise _Override(f"{var}: {where} is a single value, it has no {part!r}")
+            if key >= len(node):
+                raise _Override(f"{var}: {where} has {len(node)} item(s): no index {key}")
         loc.append(key)
-        if last:
+        if depth == len(parts) - 1:
             return node, key, tuple(loc)
         if isinstance(node, dict) and node.get(key) is None:
             node[key] = [] if get_origin(_unwrap(kind)) is list else {}
-        child = node[key]
-        if not isinstance(child, (dict, list)):
-            raise _Override(f"{var}: {_format_loc(tuple(loc))} is {child!r} in the document, not a section")
-        node = child
+        node = node[key]
     raise _Override(f"{var}: names no key")
 
 
