@@ -22,6 +22,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import msgpack
 from cachetools import LRUCache
@@ -57,7 +58,7 @@ class CacheStats:
 class _DiskIndex(LRUCache):
     """Entry files by recency with their sizes; evicting one deletes its file."""
 
-    def __init__(self, max_bytes: int, on_evict):
+    def __init__(self, max_bytes: int, on_evict: Callable[[Path], None]):
         super().__init__(maxsize=max_bytes, getsizeof=lambda size: size)
         self._on_evict = on_evict
 
@@ -149,13 +150,10 @@ class PhraseCache:
         except ValueError:  # a single entry bigger than the whole cap is not kept
             self._evict_file(path)
 
-    def _touch(self, path: Path) -> None:
+    def _touch(self, path: Path, size: int) -> None:
         """A disk hit: most recent in the index and on disk (mtime), so recency survives a restart."""
         with self._lock:
-            if path in self._disk:
-                self._disk[path]  # noqa: B018 -- a lookup marks it used
-            else:  # written before this process started and not seen by the scan
-                self._index(path, path.stat().st_size if path.exists() else 0)
+            self._index(path, size)
         try:
             os.utime(path)
         except OSError:
@@ -195,8 +193,6 @@ class PhraseCache:
             frames = entry["frames"]
             if not isinstance(frames, list) or not all(isinstance(f, bytes) and f for f in frames):
                 raise ValueError("bad frames")
-            self._touch(path)
-            return frames
         except Exception as exc:  # any undecodable file is dropped, never served
             with self._lock:
                 self.stats.corrupt += 1
@@ -204,6 +200,8 @@ class PhraseCache:
             path.unlink(missing_ok=True)
             self._forget(path)
             return None
+        self._touch(path, len(data))
+        return frames
 
     def _write(self, key: CacheKey, frames: list[bytes]) -> None:
         path = self._path(key)
