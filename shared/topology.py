@@ -2,8 +2,11 @@
 
 Every component loads configuration through :func:`load_topology`, so a typo in
 the file is reported once, with its path in the document, before anything
-starts. Environment variables ``XZ_CFG__a__b__c=value`` override any key
-(values parsed as YAML), so containers and tests need no edited copies.
+starts. Environment variables ``XZ_CFG__a__b__0__c=value`` override any key
+(values parsed as YAML, list items by index), so containers and tests need no
+edited copies; each is checked against the model's fields first, so a typo is
+one line naming the variable. Tier names (shared/tiers.py) and the ``tools:``
+section are validated here too: this module imports neither edge/ nor cloud/.
 """
 
 from __future__ import annotations
