@@ -1,4 +1,4 @@
-"""Tool turns through the answer planner: the intent gate, the local tool loop, and the cloud round trip
+"""Tool turns through the deciding and answering stages: the intent gate, the local tool loop, and the cloud round trip
 over a real nats-server (the worker returns tool calls, the edge runs them on the device, the worker continues).
 
 The models are deterministic stand-ins (tests/tool_helpers.py) so that the assertions are exact;
@@ -15,12 +15,16 @@ import yaml
 from cloud.backends import BackendPool, Endpoint
 from cloud.breaker import CircuitBreaker
 from cloud.worker import Worker
-from edge.answer import AnswerPlanner
+from edge.cloud_link import CloudLink
 from edge.escalation import EscalationClient
+from edge.pipeline.observers import TurnEvents
+from edge.pipeline.turn import TurnStart
 from edge.policy_watcher import PolicySnapshot
+from edge.stages.answering import Answering
+from edge.stages.deciding import Deciding
+from edge.stages.understanding import Heard
 from edge.tools.config import ToolsSpec, build_server_tools
 from edge.tools.site import SiteTools
-from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
 from shared.argument_hints import argument_hints, spoken_numbers
 from shared.chat import ChatClient, ChatDelta, ChatError
@@ -48,11 +52,11 @@ class PlainModel(ChatClient):
         yield ChatDelta(finish_reason="stop")
 
 
-async def board_session(**board_kw) -> tuple[SimBoard, TurnRequest]:
+async def board_session(**board_kw) -> tuple[SimBoard, TurnStart]:
     board = SimBoard(**board_kw)
     mcp = connect(board, timeout=5.0)
     await mcp.initialize()
-    return board, TurnRequest(TurnRequest.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
+    return board, TurnStart(TurnStart.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
 
 
 def site_tools(local: ScriptedModel, **spec) -> SiteTools:
@@ -61,10 +65,23 @@ def site_tools(local: ScriptedModel, **spec) -> SiteTools:
     return tools
 
 
-async def answer(planner: AnswerPlanner, req: TurnRequest, text: str):
+class Planner:
+    """The deciding and answering stages of a turn, as the engine wires them."""
+
+    def __init__(self, plain: ChatClient, tools: SiteTools, client: EscalationClient | None = None, watcher=None):
+        link = CloudLink()
+        if client is not None:
+            link.attach(client, watcher, None)
+        self.answering = Answering(plain, LLM_SPEC, EscalationSpec(), link)
+        self.deciding = Deciding(EscalationSpec(), link, self.answering.probe, tools)
+
+
+async def answer(planner: Planner, req: TurnStart, text: str):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
-    stream = await planner(req, text, messages, TurnTimer(0))
-    return stream.answered_by, "".join([d async for d in stream.deltas]).strip()
+    route = await planner.deciding.run(req, Heard(text), messages, TurnEvents(req.turn_id, []))
+    source = planner.answering.source(route, req)
+    spoken = "".join([d async for d in source.stream()]).strip()
+    return source.answered_by, spoken
 
 
 # ---------------------------------------------------------------- the intent gate
@@ -138,7 +155,7 @@ async def test_local_tool_turn_runs_the_device_tool():
     board, req = await board_session()
     local = ScriptedModel([("self_light_turn_on", {})], "The light is on.")
     plain = PlainModel()
-    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    planner = Planner(plain, site_tools(local))
     assert await answer(planner, req, "Turn on the light") == ("edge", "The light is on.")
     assert board.state.light_on is True and [c.name for c in board.calls] == ["self.light.turn_on"]
     assert "self_light_turn_on" in local.offered[0] and local.seen[1][-1]["content"] == "true"
@@ -149,7 +166,7 @@ async def test_chat_turn_pays_nothing_for_tools():
     _, req = await board_session()
     local = ScriptedModel()  # would fail if asked anything
     plain = PlainModel("Leonardo da Vinci.")
-    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    planner = Planner(plain, site_tools(local))
     assert await answer(planner, req, "Who painted the Mona Lisa?") == ("edge", "Leonardo da Vinci.")
     assert plain.calls == 1 and local.seen == []
 
@@ -186,9 +203,8 @@ class StaticPolicy:
             for r in DEFAULT_POLICY.rules)}), 7)
 
 
-def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> AnswerPlanner:
-    return AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
-                         watcher=StaticPolicy(), tools=site_tools(local, **kw))
+def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> Planner:
+    return Planner(PlainModel(), site_tools(local, **kw), client, StaticPolicy())
 
 
 async def test_cloud_tool_call_runs_on_the_edge_and_continues_the_generation(cloud):
@@ -237,8 +253,7 @@ async def test_default_policy_keeps_tool_turns_on_the_edge(cloud):
     client, remote = await cloud()  # would fail if asked anything
     board, req = await board_session()
     local = ScriptedModel([("self_light_turn_on", {})], "Done.")
-    planner = AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
-                            tools=site_tools(local))  # no watcher: the built-in default policy
+    planner = Planner(PlainModel(), site_tools(local), client)  # no watcher: the built-in default policy
     assert await answer(planner, req, "Turn on the light") == ("edge", "Done.")
     assert board.state.light_on and remote.seen == []
 
