@@ -7,16 +7,18 @@ test_tool_loop_llm.py and test_e2e_cloud.py run the real bundled model.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from cloud.backends import BackendPool, Endpoint
 from cloud.breaker import CircuitBreaker
 from cloud.worker import Worker
 from edge.cloud_link import CloudLink
-from edge.escalation import EscalationClient
+from edge.escalation import CloudHealthMonitor, EscalationClient
 from edge.pipeline.observers import TurnEvents
 from edge.pipeline.turn import TurnStart
 from edge.policy_watcher import PolicySnapshot
@@ -68,20 +70,23 @@ def site_tools(local: ScriptedModel, **spec) -> SiteTools:
 class Planner:
     """The deciding and answering stages of a turn, as the engine wires them."""
 
-    def __init__(self, plain: ChatClient, tools: SiteTools, client: EscalationClient | None = None, watcher=None):
+    def __init__(self, plain: ChatClient, tools: SiteTools | None, client: EscalationClient | None = None,
+                 watcher=None, health=None, spec: EscalationSpec = EscalationSpec()):
         link = CloudLink()
         if client is not None:
-            link.attach(client, watcher, None)
-        self.answering = Answering(plain, LLM_SPEC, EscalationSpec(), link)
-        self.deciding = Deciding(EscalationSpec(), link, self.answering.probe, tools)
+            link.attach(client, watcher, health)
+        self.answering = Answering(plain, LLM_SPEC, spec, link)
+        self.deciding = Deciding(spec, link, self.answering.probe, tools)
 
 
-async def answer(planner: Planner, req: TurnStart, text: str):
+async def answer(planner: Planner, req: TurnStart, text: str, deltas: list[str] | None = None):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
     route = await planner.deciding.run(req, Heard(text), messages, TurnEvents(req.turn_id, []))
     source = planner.answering.source(route, req)
-    spoken = "".join([d async for d in source.stream()]).strip()
-    return source.answered_by, spoken
+    got = [d async for d in source.stream()]
+    if deltas is not None:
+        deltas += got
+    return source.answered_by, "".join(got).strip()
 
 
 # ---------------------------------------------------------------- the intent gate
@@ -177,10 +182,10 @@ async def cloud(nats_hub, nats_connect):
     """A real worker on a real nats-server whose backend model is scripted per test; yields a factory."""
     started: list = []
 
-    async def make(*rounds) -> tuple[EscalationClient, ScriptedModel]:
+    async def make(*rounds, chat: ChatClient | None = None) -> tuple[EscalationClient, ScriptedModel]:
         model = ScriptedModel(*rounds)
         spec = BackendSpec(name="scripted", url="http://127.0.0.1:9/v1", model="scripted")
-        endpoint = Endpoint(spec, ChatClient(spec.url, spec.model), CircuitBreaker("scripted", 3, 10.0))
+        endpoint = Endpoint(spec, chat or ChatClient(spec.url, spec.model), CircuitBreaker("scripted", 3, 10.0))
         endpoint.tool_caller = model
         pool = BackendPool([endpoint])
         worker = Worker(await nats_connect(nats_hub.url), "w-tools", "large", pool)
@@ -264,3 +269,63 @@ async def test_unreachable_cloud_falls_back_to_the_local_tool_loop(cloud, nats_h
     local = ScriptedModel([("self_light_turn_on", {})], "Done, the light is on.")
     by, text = await answer(cloud_planner(client, local), req, "Switch the light on please")
     assert by == "edge" and text.endswith("Done, the light is on.") and board.state.light_on
+
+
+# ---------------------------------------------------------------- escalated chat: never a long silence
+class SlowModel(PlainModel):
+    """A cloud model that needs ``delay`` seconds before its first token."""
+
+    def __init__(self, answer: str, delay: float):
+        super().__init__(answer)
+        self.delay = delay
+
+    async def stream(self, messages, *, tools=None, max_tokens, temperature, logprobs=False):
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        yield ChatDelta(text=self.answer)
+        yield ChatDelta(finish_reason="stop")
+
+
+class EscalateAll:
+    def current(self) -> PolicySnapshot:
+        return PolicySnapshot(DEFAULT_POLICY.model_copy(update={
+            "rules": (), "default_action": "escalate",
+            "budget": DEFAULT_POLICY.budget.model_copy(update={"max_share": 1.0})}), 3)
+
+
+async def test_slow_cloud_gets_the_let_me_think_lead_in_then_its_answer(cloud):
+    slow = SlowModel("Paris is the capital.", delay=0.8)  # longer than lead_in_ms, shorter than the timeout
+    client, _ = await cloud(chat=slow)
+    _, req = await board_session()
+    deltas: list[str] = []
+    local = PlainModel("local answer")
+    by, text = await answer(Planner(local, None, client, EscalateAll(), spec=EscalationSpec(lead_in_ms=300)), req,
+                            "What is the capital of France?", deltas)
+    assert by == "cloud" and deltas[0].strip() == DEFAULT_POLICY.settings.let_me_think_phrase
+    assert text.endswith("Paris is the capital.") and slow.calls == 1 and local.calls == 0
+
+
+async def test_no_lead_in_when_the_cloud_answers_within_it(cloud):
+    client, _ = await cloud(chat=PlainModel("Quick cloud answer."))
+    _, req = await board_session()
+    by, text = await answer(Planner(PlainModel(), None, client, EscalateAll(), spec=EscalationSpec(lead_in_ms=60000)),
+                            req, "What is the capital of France?")
+    assert (by, text) == ("cloud", "Quick cloud answer.")
+
+
+async def test_cloud_known_down_is_answered_locally_at_once(nats_hub, nats_connect):
+    nc = await nats_connect(nats_hub.url)
+    client = EscalationClient(nc, "edge-1", "local-site")
+    health = CloudHealthMonitor(nc, "large")  # listening, but no worker heartbeat: the cloud is down
+    await health.start()
+    _, req = await board_session()
+    deltas: list[str] = []
+    local = PlainModel("Local answer.")
+    def fallbacks() -> float:
+        return sum(s.value for m in REGISTRY.collect() for s in m.samples if s.name == "xz_edge_cloud_fallbacks_total")
+
+    tried = fallbacks()
+    by, text = await answer(Planner(local, None, client, EscalateAll(), health), req, "Explain relativity", deltas)
+    assert (by, text) == ("edge", "Local answer.") and deltas == ["Local answer."]  # no "let me think" either
+    assert fallbacks() == tried  # the cloud was not even tried
+    await health.stop()

@@ -11,6 +11,7 @@ can still answer locally with nothing spoken.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import AsyncIterator, Callable
 
 from edge import metrics
@@ -83,10 +84,9 @@ class CloudAnswer:
             except ToolError as exc:
                 yield tools.loop.phrases.for_error(exc)
                 return
-            request = request.continue_with(calls, results, cloud.text)
-            request.deadline = epoch_ms() + self.deadline_ms
+            request = replace(request.continue_with(calls, results, cloud.text), deadline=epoch_ms() + self.deadline_ms)
             if not tools.loop.offers_tools(step + 1):  # the tool loop's rule: the last round offers none
-                request.tools, request.tool_examples = [], {}
+                request = replace(request, tools=[], tool_examples={})
             try:
                 cloud = await self._escalate(request)
             except EscalationFailed as exc:  # the tools ran: the local model tells their outcome
