@@ -11,7 +11,8 @@ is handed over together (sherpa-onnx decodes such a batch in one call).
 
 ``prefetch(pcm)`` starts a transcription early (the VAD's SpeechPaused); a later
 ``transcribe`` of the same samples awaits that job instead of running the model again
-(a small memo keyed by a hash of the pcm bytes).
+(a small memo keyed by a hash of the pcm bytes). ``submit(pcm)`` queues a job and hands
+back its future: the listening stage keeps that job and reuses it as is.
 """
 
 from __future__ import annotations
