@@ -1,8 +1,9 @@
 """Fixtures: edge.
 
-``fake_engine``: a deterministic stand-in for ``edge.engine.EdgeEngine`` (energy VAD,
-an answer of real Opus frames of a tone), so protocol and session tests need no
-models. ``edge_server``: runs ``edge.server.create_app`` on a free port.
+``fake_engine``: ``edge.engine.EdgeEngine``'s interface over the real turn pipeline
+(listening, understanding, deciding, answering, speaking) with deterministic stand-in
+models (energy VAD, a transcript of the audio's length, a two-sentence LLM, a TTS of
+real Opus frames of a tone), so protocol and session tests need no models. ``edge_server``: runs ``edge.server.create_app`` on a free port.
 """
 
 from __future__ import annotations
