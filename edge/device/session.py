@@ -143,7 +143,7 @@ class DeviceSession:
 
     async def _cleanup(self) -> None:
         if self.turn_task is not None and not self.turn_task.done():
-            self.turn_task.cancel()
+            self.turn_task.cancel("disconnect")
             await asyncio.wait({self.turn_task})
         if self.mcp is not None:
             self.mcp.close()
@@ -291,7 +291,7 @@ class DeviceSession:
     # ------------------------------------------------------------ turns
     async def start_turn(self, start: TurnStart) -> None:
         """Run ``start`` as this session's only turn (a running one is cancelled first)."""
-        await self.cancel_turn("new turn")
+        await self.cancel_turn("new-turn")
         start.history = self.conversation.window()
         start.mcp = self.mcp
         self.turn_task = asyncio.create_task(self._turn(start), name=f"turn-{start.turn_id}")
@@ -300,9 +300,8 @@ class DeviceSession:
         """Stop the running turn now: its speaking stage drops queued audio and sends its ``tts stop``."""
         task, self.turn_task = self.turn_task, None
         if task is not None and not task.done():
-            task.cancel()
+            task.cancel(reason)  # the turn ends with outcome "cancelled" and this reason
             await asyncio.wait({task})
-            log_event(log, "turn cancelled", reason=reason)
 
     async def _turn(self, start: TurnStart) -> None:
         starts = self.output.tts_starts

@@ -150,8 +150,9 @@ class TurnPipeline:
             result.reason = answer.reason
             result.reply_text = await self.speaking.run(answer, out, events)
             return result
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as stop:
             result.outcome = "cancelled"
+            result.reason = str(stop.args[0]) if stop.args else "cancelled"  # barge-in, abort, new turn, disconnect
             raise
         except Exception as exc:  # the one owner of a failed turn
             if out.closed:  # the device went away mid-turn: nobody to answer, nothing of ours failed
