@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 from prometheus_client import REGISTRY
 
 from scripts.device_sim import DeviceSimulator
@@ -101,3 +102,16 @@ async def test_real_client_on_a_dead_port_is_an_apology(edge_server, fake_engine
     finally:
         await sim.close()
         await real.aclose()
+
+
+async def test_health_is_503_while_the_edge_cannot_answer(edge_server, fake_engine):
+    state = {"can_answer": True}
+    fake_engine.health = lambda: {"ready": True, "can_answer": state["can_answer"],
+                                  "components": {"llm": "up" if state["can_answer"] else "down"}}
+    edge = await edge_server(fake_engine)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.base_url}/health") as resp:
+            assert resp.status == 200 and (await resp.json())["components"]["llm"] == "up"
+        state["can_answer"] = False
+        async with http.get(f"{edge.base_url}/health") as resp:
+            assert resp.status == 503 and (await resp.json())["components"]["llm"] == "down"
