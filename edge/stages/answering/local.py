@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import AsyncIterator, TypeVar
 
 from edge.pipeline.errors import AnswerFailed
@@ -14,14 +15,23 @@ T = TypeVar("T")
 
 
 class LocalHealth:
-    """Whether the last local model call worked (``/health``'s ``llm`` component reads it)."""
+    """Whether the last local model call worked (``/health``'s ``llm`` component reads it).
 
-    def __init__(self) -> None:
-        self.ok = True
+    A failure counts for ``hold_s``: after that the model is presumed back (e.g. its server was
+    restarted) until a call says otherwise, so a quiet edge is not reported down forever."""
+
+    def __init__(self, hold_s: float = 30.0) -> None:
+        self.hold_s = hold_s
         self.error = ""
+        self._failed_at = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error or time.monotonic() - self._failed_at > self.hold_s
 
     def record(self, error: str = "") -> None:
-        self.ok, self.error = not error, error
+        self.error = error
+        self._failed_at = time.monotonic() if error else 0.0
 
 
 async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None
