@@ -243,8 +243,9 @@ class LlmSpec(_Model):
     # Earlier turns sent with each request: every one costs prompt evaluation before the first
     # token, and small local models answer no better with long histories.
     history_turns: int = Field(2, ge=0)
-    # No token from the local model for this long: the turn ends with the cached apology.
-    stall_timeout_ms: int = Field(8000, gt=0)
+    # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
+    # turn ends with the cached apology.
+    stall_timeout_ms: int = Field(20000, gt=0)
     launch: LaunchSpec | None = None
 
 
