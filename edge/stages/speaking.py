@@ -41,14 +41,15 @@ class Speaking:
         return await _Utterance(self, answer, out, events).run()
 
     async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache") -> str:
-        """Speak one fixed (cached) phrase, e.g. the apology."""
-        return await self.run(PhraseAnswer(text, answered_by=answered_by), out, events)
+        """Speak one fixed (cached) phrase, e.g. the apology (no model: no FirstToken)."""
+        return await _Utterance(self, PhraseAnswer(text, answered_by=answered_by), out, events, model=False).run()
 
 
 class _Utterance:
     """One answer being spoken (the state of one ``Speaking.run``)."""
 
-    def __init__(self, owner: Speaking, answer: AnswerSource, out: DeviceOutput, events: TurnEvents):
+    def __init__(self, owner: Speaking, answer: AnswerSource, out: DeviceOutput, events: TurnEvents,
+                 model: bool = True):
         self.tts = owner.tts
         self.no_answer = owner.no_answer
         self.answer = answer
@@ -59,6 +60,7 @@ class _Utterance:
         self.spoken: list[str] = []
         self.started = False
         self.told_by = ""  # answered_by in the last llm message
+        self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
 
     async def run(self) -> str:
         try:
@@ -78,7 +80,7 @@ class _Utterance:
         deltas: AsyncIterator[str] = self.answer.stream()
         try:
             async for delta in deltas:
-                if not count and not self.events.first(FirstToken):
+                if self.model and not count and not self.events.first(FirstToken):
                     self.events.emit(FirstToken(source=self.answer.answered_by))
                 for s in splitter.feed(delta):
                     count += 1
