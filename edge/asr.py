@@ -11,7 +11,8 @@ is handed over together (sherpa-onnx decodes such a batch in one call).
 
 ``prefetch(pcm)`` starts a transcription early (the VAD's SpeechPaused); a later
 ``transcribe`` of the same samples awaits that job instead of running the model again
-(a small memo keyed by a hash of the pcm bytes).
+(a small memo keyed by a hash of the pcm bytes). ``submit(pcm)`` queues a job and hands
+back its future: the listening stage keeps that job and reuses it as is.
 """
 
 from __future__ import annotations
@@ -215,6 +216,15 @@ BACKENDS: dict[str, type] = {"faster-whisper": FasterWhisperBackend, "sherpa-onn
 
 
 # ---------------------------------------------------------------- the queue
+def _retrieve(job: asyncio.Future) -> None:
+    if not job.cancelled():
+        job.exception()
+
+
+async def _mark_reused(job: asyncio.Future) -> Transcript:
+    return replace(await job, reused=True)
+
+
 @dataclass
 class _Job:
     pcm: np.ndarray  # float32
@@ -260,6 +270,25 @@ class AsrService:
     def prefetch(self, pcm16k: np.ndarray) -> None:
         """Start transcribing now; a later ``transcribe`` of the same samples reuses the result."""
         self._submit(pcm16k)
+
+    def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
+        """Queue now, await later (the listening stage's speculative job): a Future of the Transcript.
+
+        Errors (bad input, a full queue, the model failing) surface when it is awaited;
+        cancelling an awaiting caller does not cancel the job (await it through ``asyncio.shield``)."""
+        loop = asyncio.get_running_loop()
+        try:
+            future, reused = self._submit(pcm16k)
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the job
+            failed = loop.create_future()
+            failed.set_exception(exc)
+            job = failed
+        else:
+            job = asyncio.wrap_future(future, loop=loop)
+            if reused:
+                job = asyncio.ensure_future(_mark_reused(job))
+        job.add_done_callback(_retrieve)  # a dropped speculative job must not log "never retrieved"
+        return job
 
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""

@@ -260,6 +260,9 @@ class LlmSpec(_Model):
     # Earlier turns sent with each request: every one costs prompt evaluation before the first
     # token, and small local models answer no better with long histories.
     history_turns: int = Field(2, ge=0)
+    # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
+    # turn ends with the cached apology.
+    stall_timeout_ms: int = Field(20000, gt=0)
     launch: LaunchSpec | None = None
 
 
@@ -290,6 +293,8 @@ class EscalationSpec(_Model):
     # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
     # server, so the embedded default leaves it off (confidence rules then never fire).
     measure_confidence: bool = False
+    # No cloud text this long after escalating: speak the cached "let me think" phrase while still waiting.
+    lead_in_ms: int = Field(300, ge=0)
 
 
 class TraceSpec(_Model):

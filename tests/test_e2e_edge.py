@@ -7,6 +7,8 @@ WebSocket -> Silero VAD -> Whisper -> SmolLM2 (llama.cpp server) -> piper -> Opu
 from __future__ import annotations
 
 import asyncio
+
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -21,10 +23,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def edge_url(tmp_path_factory):
-    """A real edge node (all bundled models, no cloud) on a free port; yields its base http URL."""
-    async with running_edge(tmp_path_factory.mktemp("edge")) as (url, _engine):
-        yield url
+async def edge_stack(tmp_path_factory):
+    """A real edge node (all bundled models, no cloud) on a free port; yields (base http URL, engine)."""
+    async with running_edge(tmp_path_factory.mktemp("edge")) as (url, engine):
+        yield url, engine
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def edge_url(edge_stack):
+    return edge_stack[0]
 
 
 async def _device(edge_url: str, **kw) -> DeviceSimulator:
@@ -119,3 +126,21 @@ async def test_spoken_command_calls_the_device_tool_locally(edge_url, speak):
     assert [(c["name"], c["arguments"], c["ok"]) for c in report.tool_calls] == [
         ("self.audio_speaker.set_volume", {"volume": 30}, True)]
     assert board.state.volume == 30
+
+
+# Last in this module: it kills the module's llama.cpp server.
+async def test_killed_local_model_is_an_apology_and_health_tells(edge_stack, speak):
+    url, engine = edge_stack
+    proc = engine._llama.proc
+    proc.kill()
+    await proc.wait()
+    sim = await _device(url)
+    try:
+        for question in ("What is the capital of France?", "Hello there."):  # the session keeps serving
+            report = await sim.run_turn(speak(question))
+            assert report.reply == engine.phrases.error and report.frames > 0 and report.tts_stop, report.summary()
+    finally:
+        await sim.close()
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
+        body = await resp.json()
+    assert resp.status == 503 and body["components"]["llm"] == "down" and not body["can_answer"]

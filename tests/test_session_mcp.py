@@ -22,10 +22,9 @@ class FakeDevice:
         self.client: McpClient | None = None
         self.sent: list[dict] = []
 
-    async def send_json(self, msg: dict) -> None:
-        assert msg["type"] == "mcp"
-        self.sent.append(msg["payload"])
-        asyncio.get_running_loop().call_soon(self._answer, msg["payload"])
+    async def send(self, payload: dict) -> None:
+        self.sent.append(payload)
+        asyncio.get_running_loop().call_soon(self._answer, payload)
 
     def _answer(self, req: dict) -> None:
         method, rid, params = req["method"], req["id"], req["params"]
@@ -52,7 +51,7 @@ class FakeDevice:
 
 
 def _client(device: FakeDevice, timeout: float = 2.0) -> McpClient:
-    device.client = McpClient(device.send_json, timeout=timeout)
+    device.client = McpClient(device.send, timeout=timeout)
     return device.client
 
 

@@ -21,7 +21,7 @@ from shared.tool_intent import needs_tools
 from shared.topology import ToolsSpec
 
 if TYPE_CHECKING:
-    from edge.turn import TurnRequest
+    from edge.pipeline.turn import TurnStart
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SiteTools:
         self.loop = ToolLoop(caller_for(llm, spec.mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
                              temperature=temperature, call_timeout_s=spec.device_timeout_s + 2.0)
 
-    def registry_for(self, req: "TurnRequest") -> ToolRegistry:
+    def registry_for(self, req: "TurnStart") -> ToolRegistry:
         """Server tools plus the device's MCP tools once its ``tools/list`` has arrived.
 
         Merging checks every tool's schema, so the result is kept per session until the
@@ -61,7 +61,7 @@ class SiteTools:
             self._merged[mcp] = cached
         return cached[1]
 
-    def for_turn(self, req: "TurnRequest", user_text: str) -> TurnTools | None:
+    def for_turn(self, req: "TurnStart", user_text: str) -> TurnTools | None:
         """The turn's tools when the request looks like it needs one."""
         registry = self.registry_for(req)
         if not needs_tools(registry, user_text):
