@@ -67,13 +67,14 @@ class EmbeddedStack:
     """The embedded default's processes, each under a :class:`Supervisor`, started in dependency order."""
 
     def __init__(self, config: str, workdir: Path | None = None, on_event=print_event,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = ()):
         self.config = str(Path(config).resolve())
         self.topo: Topology = load_topology(self.config)
         self.site = self.topo.site()
         self.workdir = workdir or ROOT / ".cache" / "embedded"
         self.env = {**os.environ, "XZ_TOPOLOGY": self.config, **(extra_env or {})}
         self.on_event = on_event
+        self.worker_args = list(worker_args)  # e.g. --no-cache: tests skip loading the answer cache's model
         hub = self.topo.cloud.nats.hub[0]
         self.hub: NatsProcess = hub_process(hub.name, hub.host, hub.client_port, hub.leafnode_port, hub.jetstream,
                                             self.workdir / "hub")
@@ -135,7 +136,7 @@ class EmbeddedStack:
             name = f"worker {w.name}"
             self.components[name] = sup = self._python(
                 name, ["-m", "cloud", "worker", "--config", self.config, "--name", w.name, "--nats", self.hub.url,
-                       "--launch-backends", "--http-host", w.host, "--http-port", str(w.port)],
+                       "--launch-backends", "--http-host", w.host, "--http-port", str(w.port), *self.worker_args],
                 f"http://{w.host}:{w.port}/health")
             await sup.start()
         edge = self.site.edges[0]
