@@ -13,7 +13,9 @@ lost; ``longest silence`` the longest end-of-speech -> first-audio gap of those
 turns; ``recover s`` injection -> every device answered normally again (timed faults
 include their duration); ``lost`` turns that left a device hanging (no audio or no
 ``tts stop``). Faults: see FAULTS below; TTS and ASR failures go through the
-debug-only hook of shared/faults.py (XZ_FAULTS_FILE).
+debug-only hook of shared/faults.py (XZ_FAULTS_FILE); discovery reads the Consul
+HTTP double of tests/consul_double.py (no Consul binary installs here), which the
+``consul-down`` fault stops while every device re-runs its OTA check.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class Row:
 
 
 class Chaos:
-    def __init__(self, stack: EmbeddedStack, fleet: DeviceFleet, faults_file: Path):
+    def __init__(self, stack: EmbeddedStack, fleet: DeviceFleet, faults_file: Path, consul=None):
+        self.consul = consul  # tests/consul_double.py's ConsulDouble that discovery reads, or None
         self.stack = stack
         self.fleet = fleet
         self.faults_file = faults_file
@@ -130,6 +133,15 @@ class Chaos:
         after = (await self.edge_health()).get("policy_revision")
         return f"policy revision {before} -> {after}"
 
+    async def consul_down(self) -> str:
+        if self.consul is None:
+            raise RuntimeError("run without --no-consul to test discovery")
+        await self.consul.stop()
+        self.fleet.reconnect_all()  # every device asks OTA (discovery) for an edge while Consul is down
+        await asyncio.sleep(TIMED_FAULT_S * 2)
+        await self.consul.start()
+        return f"Consul down {TIMED_FAULT_S * 2:g}s, every device re-ran OTA"
+
     async def device_drop(self) -> str:
         self.fleet.drop_next_answer(0)
         return "device 0 hangs up mid-answer"
@@ -175,7 +187,7 @@ class Chaos:
 
 FAULTS: dict[str, str] = {
     "llm-kill": "llm_kill", "worker-kill": "worker_kill", "leaf-freeze": "leaf_freeze", "leaf-kill": "leaf_kill",
-    "hub-restart": "hub_restart", "device-drop": "device_drop", "tts-fail": "tts_fail", "asr-fail": "asr_fail",
+    "hub-restart": "hub_restart", "consul-down": "consul_down", "device-drop": "device_drop", "tts-fail": "tts_fail", "asr-fail": "asr_fail",
 }
 
 
@@ -192,12 +204,18 @@ async def run(args: argparse.Namespace) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="xz-chaos-"))
     faults_file = scratch / "faults"
     faults_file.write_text("")
-    config = isolated_topology(scratch)
+    consul = None
+    if not args.no_consul:
+        from tests.consul_double import ConsulDouble  # the only Consul these machines have (see its docstring)
+
+        consul = ConsulDouble()
+        await consul.start()
+    config = isolated_topology(scratch, consul_url=consul.url if consul else None)
     holder: list[Chaos] = []
     stack = EmbeddedStack(str(config), scratch / "embedded", extra_env={faults.ENV: str(faults_file)},
                           on_event=lambda s, i: holder[0].on_event(s, i) if holder else None)
     fleet = DeviceFleet(f"{stack.edge_base}/xiaozhi/ota/", devices=args.devices)
-    chaos = Chaos(stack, fleet, faults_file)
+    chaos = Chaos(stack, fleet, faults_file, consul)
     holder.append(chaos)
     names = [n.strip() for n in args.faults.split(",") if n.strip()] if args.faults else list(FAULTS)
     unknown = [n for n in names if n not in FAULTS]
@@ -220,6 +238,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await fleet.stop()
         await stack.stop()
+        if consul is not None:
+            await consul.stop()
     total = len(fleet.records)
     print(f"\n{total} turns in {fleet.sessions} sessions, {sum(r.lost for r in fleet.records)} lost overall; "
           f"restarts: {sum(1 for _, _, s in chaos.restarts if s == 'restarting')}\n")
@@ -235,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", help=f"comma-separated subset of: {', '.join(FAULTS)} (default: all)")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of normal traffic before the first fault")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--no-consul", action="store_true", help="static discovery (skips the consul-down fault)")
     args = p.parse_args(argv)
     try:
         return asyncio.run(run(args))

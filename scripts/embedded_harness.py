@@ -39,9 +39,13 @@ def _with_port(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
 
 
-def isolated_topology(scratch: Path, source: Path = ROOT / "topology.yaml") -> Path:
-    """A copy of ``source`` on free ports with its files under ``scratch``; returns its path."""
+def isolated_topology(scratch: Path, source: Path = ROOT / "topology.yaml", consul_url: str | None = None) -> Path:
+    """A copy of ``source`` on free ports with its files under ``scratch``; returns its path.
+    With ``consul_url``, discovery goes through that Consul agent (chaos.py's Consul double)."""
     doc = yaml.safe_load(source.read_text())
+    if consul_url:
+        doc["cloud"].setdefault("consul", {})["url"] = consul_url
+        doc["discovery"]["backend"] = "consul"
     for hub in doc["cloud"]["nats"]["hub"]:
         hub["client_port"], hub["leafnode_port"] = free_port(), free_port()
     for worker in doc["cloud"]["workers"]:
@@ -132,6 +136,7 @@ class DeviceFleet:
     _clips: dict[str, list[bytes]] = field(default_factory=dict)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _drop: set[int] = field(default_factory=set)
+    _reconnect: set[int] = field(default_factory=set)
     _paused: bool = False
 
     async def prepare(self) -> None:
@@ -151,6 +156,10 @@ class DeviceFleet:
     def drop_next_answer(self, device: int) -> None:
         """Device ``device`` hangs up during its next answer (then reconnects)."""
         self._drop.add(device)
+
+    def reconnect_all(self) -> None:
+        """Every device starts a new session (through OTA, i.e. discovery) after its current turn."""
+        self._reconnect.update(range(self.devices))
 
     async def _connect(self, index: int) -> DeviceSimulator:
         device_id = f"02:00:00:00:{index // 256:02x}:{index % 256:02x}"
@@ -176,7 +185,10 @@ class DeviceFleet:
                 rec = await self._turn(index, dev, utterance)
                 self.records.append(rec)
                 in_session += 1
-                if rec.error or rec.dropped or (self.turns_per_session and in_session >= self.turns_per_session):
+                again = index in self._reconnect
+                self._reconnect.discard(index)
+                if again or rec.error or rec.dropped or (
+                        self.turns_per_session and in_session >= self.turns_per_session):
                     with contextlib.suppress(Exception):
                         await dev.close()
                     dev = await self._connect(index)
