@@ -108,7 +108,11 @@ class EmbeddedStack:
 
     def _nats(self, node: NatsProcess) -> Supervisor:
         async def start() -> asyncio.subprocess.Process:
-            await node.start()
+            try:
+                await node.start()
+            except BaseException:  # (cancelled by stop() while starting) leave nothing running
+                await node.stop()
+                raise
             return node.proc
 
         async def stop(_proc) -> None:
