@@ -59,6 +59,7 @@ class Chaos:
         self.fleet = fleet
         self.faults_file = faults_file
         self.restarts: list[tuple[float, str, str]] = []
+        self.recover_limit_s = RECOVER_LIMIT_S
 
     # ------------------------------------------------------------ helpers
     def on_event(self, state: str, info: dict) -> None:
@@ -173,7 +174,7 @@ class Chaos:
 
     async def _recovered_after(self, t0: float) -> float | None:
         """When every device finished a normal turn that started after the fault was injected."""
-        deadline = time.monotonic() + RECOVER_LIMIT_S
+        deadline = time.monotonic() + self.recover_limit_s
         while time.monotonic() < deadline:
             firsts = {}
             for r in self.fleet.records:
@@ -216,6 +217,7 @@ async def run(args: argparse.Namespace) -> int:
                           on_event=lambda s, i: holder[0].on_event(s, i) if holder else None)
     fleet = DeviceFleet(f"{stack.edge_base}/xiaozhi/ota/", devices=args.devices)
     chaos = Chaos(stack, fleet, faults_file, consul)
+    chaos.recover_limit_s = args.recover_limit
     holder.append(chaos)
     names = [n.strip() for n in args.faults.split(",") if n.strip()] if args.faults else list(FAULTS)
     unknown = [n for n in names if n not in FAULTS]
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", help=f"comma-separated subset of: {', '.join(FAULTS)} (default: all)")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of normal traffic before the first fault")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--recover-limit", type=float, default=RECOVER_LIMIT_S,
+                   help="seconds to wait for every device to answer normally again")
     p.add_argument("--no-consul", action="store_true", help="static discovery (skips the consul-down fault)")
     args = p.parse_args(argv)
     try:

@@ -25,11 +25,13 @@ from scripts.run_embedded import ROOT, EmbeddedStack
 from shared.nats_runtime import free_port
 
 # Greetings stay local; the questions escalate under the default policy (hard-question / long-question).
+# No word here may look like a tool request (colours, numbers, time): the simulated board's MCP tools
+# would turn them into local tool turns.
 UTTERANCES = [
     "Hello there.",
-    "Why is the sky blue during the day?",
+    "Why do cats purr so much?",
     "Good morning!",
-    "Can you explain how a rainbow forms after the rain?",
+    "Can you explain how airplanes stay up in the air?",
 ]
 APOLOGY_PREFIX = "Sorry"
 
@@ -130,7 +132,7 @@ class DeviceFleet:
     devices: int = 5
     turns_per_session: int = 0  # 0: one session for the whole run; else reconnect after that many turns
     pause_s: float = 0.3
-    turn_timeout_s: float = 25.0
+    turn_timeout_s: float = 60.0
     records: list[TurnRecord] = field(default_factory=list)
     sessions: int = 0
     _clips: dict[str, list[bytes]] = field(default_factory=dict)
