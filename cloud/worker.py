@@ -63,6 +63,7 @@ class Worker:
         self._subs: list = []
         self._request_sub = None
         self._heartbeat_task: asyncio.Task | None = None
+        self.launched: dict = {}  # backend name -> the supervised LlamaServer this worker started for it
 
     @property
     def inflight(self) -> int:
@@ -110,7 +111,8 @@ class Worker:
                 "inflight": self.inflight, "max_inflight": self.max_inflight,
                 "backends": {ep.name: {"healthy": ep.healthy, "breaker": ep.breaker.state.value,
                                        "inflight": ep.inflight} for ep in self.pool.endpoints},
-                "cache": self.cache is not None}
+                "cache": self.cache is not None,
+                "launched": {name: server.status() for name, server in self.launched.items()}}
 
     # ------------------------------------------------------------ NATS handlers
     async def _reply(self, inbox: str, chunk: ReplyChunk) -> None:

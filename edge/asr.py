@@ -33,6 +33,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from edge import metrics
+from shared import faults
 from shared.log import log_event
 from shared.topology import AsrSpec, ModelNotFound, resolve_model_path
 
@@ -292,6 +293,7 @@ class AsrService:
 
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""
+        faults.check("asr")
         future, reused = self._submit(pcm16k)
         result: Transcript = await asyncio.shield(asyncio.wrap_future(future))
         return replace(result, reused=True) if reused else result

@@ -45,6 +45,9 @@ class McpClient:
         self.server_info: dict[str, Any] = {}
         self.ready = asyncio.Event()
         self._closed = False
+        # (tools, registry) merged by edge.tools.site for these tools; kept here, not in a table keyed by
+        # this client, so it is garbage with the session (the registry refers back to this client)
+        self.merged: tuple[list, Any] | None = None
 
     async def request(self, method: str, params: dict[str, Any] | None = None,
                       timeout: float | None = None) -> Any:

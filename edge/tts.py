@@ -36,6 +36,7 @@ from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
 from edge.tts_cache import CacheKey, PhraseCache
+from shared import faults
 from shared.log import log_event
 from shared.topology import AudioSpec, ModelNotFound, TtsSpec, resolve_model_path
 
@@ -322,6 +323,7 @@ class TtsService:
         metrics.CACHE_LOOKUPS.labels(cache="tts", result="hit" if frames is not None else "miss").inc()
         if frames is not None:
             return self._clip(text, frames, True, backend.voice_id)
+        faults.check("tts")
         frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm)
         return self._clip(text, frames, False, voice)
 

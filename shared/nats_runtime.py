@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.supervisor import spawn, terminate
+
 
 # The hub's JetStream domain. Clients behind a leaf node reach the hub's JetStream
 # (the policy KV) through it: ``nc.jetstream(domain=JS_DOMAIN)``.
@@ -86,9 +88,7 @@ class NatsProcess:
 
     async def start(self) -> "NatsProcess":
         log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            nats_server_binary(), "-c", str(self.config_path), stdout=log, stderr=log
-        )
+        self.proc = await spawn(nats_server_binary(), "-c", str(self.config_path), stdout=log, stderr=log)
         log.close()
         try:
             await wait_port(self.host, self.port)
@@ -100,13 +100,8 @@ class NatsProcess:
 
     async def stop(self) -> None:
         """Stop the process; the work dir (JetStream store) stays, so start() resumes it."""
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        if self.proc is not None:
+            await terminate(self.proc, 5.0)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -122,7 +117,17 @@ def _workdir(workdir: str | os.PathLike | None) -> tuple[Path, bool]:
     return path, False
 
 
-async def start_hub(
+async def start_hub(*args, **kw) -> NatsProcess:
+    """A started hub node (see :func:`hub_process`)."""
+    return await hub_process(*args, **kw).start()
+
+
+async def start_leaf(*args, **kw) -> NatsProcess:
+    """A started leaf node (see :func:`leaf_process`)."""
+    return await leaf_process(*args, **kw).start()
+
+
+def hub_process(
     name: str = "hub",
     host: str = "127.0.0.1",
     port: int = 0,
@@ -143,10 +148,10 @@ async def start_hub(
         lines.append(f'jetstream {{ store_dir: "{wd / "js"}", domain: "{JS_DOMAIN}" }}')
     cfg = wd / f"{name}.conf"
     cfg.write_text("\n".join(lines) + "\n")
-    return await NatsProcess(name, host, port, cfg, wd, leafnode_port, _own_workdir=own).start()
+    return NatsProcess(name, host, port, cfg, wd, leafnode_port, _own_workdir=own)
 
 
-async def start_leaf(
+def leaf_process(
     hub_leafnode_url: str,
     name: str = "leaf",
     host: str = "127.0.0.1",
@@ -164,4 +169,4 @@ async def start_leaf(
     ]
     cfg = wd / f"{name}.conf"
     cfg.write_text("\n".join(lines) + "\n")
-    return await NatsProcess(name, host, port, cfg, wd, _own_workdir=own).start()
+    return NatsProcess(name, host, port, cfg, wd, _own_workdir=own)

@@ -83,6 +83,7 @@ class Match(_Model):
     min_active_turns: int | None = Field(None, ge=0)
     max_active_turns: int | None = Field(None, ge=0)
     cloud_healthy: bool | None = None  # link up and breaker closed
+    local_available: bool | None = None  # the edge's own model serves (not crashed or restarting)
 
 
     @field_validator("pattern")
@@ -134,6 +135,7 @@ class Match(_Model):
             self.min_active_turns is None or f.active_turns >= self.min_active_turns,
             self.max_active_turns is None or f.active_turns <= self.max_active_turns,
             self.cloud_healthy is None or f.cloud_healthy == self.cloud_healthy,
+            self.local_available is None or f.local_available == self.local_available,
         )
         return all(checks)
 
@@ -254,6 +256,8 @@ DEFAULT_POLICY = parse_policy({
     "budget": {"max_share": 0.5, "window_s": 60, "min_turns": 10},
     "rules": [
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
+        # The local model is down (restarting): the cloud answers (the budget does not apply), or nobody can.
+        {"name": "local-down", "match": {"local_available": False}, "action": "escalate"},
         {"name": "greeting", "action": "local", "match": {
             "max_words": 6,
             "keywords": ["hello", "hi", "hey", "thanks", "thank you", "good morning", "good night",
@@ -309,6 +313,7 @@ class TurnFeatures:
     queue_depth: int = 0
     active_turns: int = 0
     cloud_healthy: bool = True
+    local_available: bool = True  # false while the local model server is down: escalating is the only answer
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
@@ -344,6 +349,7 @@ class TurnFeatures:
                 queue_depth=int(d.get("queue_depth", 0)),
                 active_turns=int(d.get("active_turns", 0)),
                 cloud_healthy=bool(d.get("cloud_healthy", True)),
+                local_available=bool(d.get("local_available", True)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
@@ -414,7 +420,7 @@ def evaluate(
 
     escalate = action == "escalate"
     budget_limited = False
-    if escalate:
+    if escalate and features.local_available:  # with the local model down the budget has no alternative
         b = policy.budget
         turns, escalated = state.counts(now, b.window_s)
         allowed = b.max_share * max(turns + 1, b.min_turns)

@@ -85,9 +85,11 @@ class LaunchSpec(_Model):
     model_path: str
     n_threads: int = Field(2, gt=0)
     n_ctx: int = Field(2048, gt=0)
-    # Keep the evaluated state of recent prompts (system prompt, tool router) in RAM and resume from
-    # the longest matching prefix: prompt evaluation, not generation, dominates small models on CPU.
-    prompt_cache_mb: int = Field(256, ge=0)
+    # llama-cpp-python's RAM prompt cache (states of recent prompts, resumed from the longest matching
+    # prefix). Off by default: it counts only the KV bytes of an entry, not the logits copy stored with
+    # it (tens of MB each), so RSS outgrows the bound (316 -> 876 MB within 50 prompts at 256 MB;
+    # scripts/bench_llama_memory.py). Without it the server still reuses the previous request's prefix.
+    prompt_cache_mb: int = Field(0, ge=0)
 
 
 class BackendSpec(_Model):

@@ -127,6 +127,20 @@ def test_tools_load_and_cloud_health():
     down = one_rule({"cloud_healthy": False}, action="local", default="escalate")
     assert decide(down, cloud_healthy=False).rule == "r"
     assert decide(down, cloud_healthy=True).escalate
+    assert decide(one_rule({"local_available": False}), local_available=False).escalate
+    assert not decide(one_rule({"local_available": False}), local_available=True).escalate
+    assert TurnFeatures.from_dict({"text": "hi", "local_available": False}).local_available is False
+
+
+def test_local_down_escalates_past_the_budget():
+    """With the local model down an escalation the budget refuses would be an apology: the budget yields."""
+    policy = parse_policy({"budget": {"max_share": 0.0, "min_turns": 1},
+                           "rules": [{"name": "local-down", "match": {"local_available": False},
+                                      "action": "escalate"}]})
+    state = PolicyState()
+    for _ in range(3):
+        assert evaluate(TurnFeatures.from_text("hello", local_available=False), state, policy).escalate
+    assert not evaluate(TurnFeatures.from_text("hello"), state, policy).escalate
 
 
 def test_conditions_are_anded_and_first_match_wins():
@@ -149,6 +163,10 @@ def test_default_policy_behaviour():
     d = ev("why is the sky blue", cloud_healthy=False)
     assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
     assert ev("turn on the lights", needs_tools=True).rule == "needs-tools"
+    d = ev("hello there", local_available=False)  # the local model is restarting: the cloud answers even this
+    assert (d.rule, d.escalate) == ("local-down", True)
+    d = ev("hello there", local_available=False, cloud_healthy=False)  # nobody can: local, i.e. the apology
+    assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
     assert loads_policy(DEFAULT_POLICY.to_yaml()) == DEFAULT_POLICY  # evaluating leaves the document unchanged
 
 

@@ -8,7 +8,6 @@ one, so ordinary chat pays nothing for tool support.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,6 @@ class SiteTools:
         self.spec = spec
         self.site = site
         self.server = build_server_tools(spec, site)
-        self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # McpClient -> (tools, registry)
         if spec.mode == "off":
             raise ValueError("tools.mode is off: the engine builds no SiteTools")
         self.loop = ToolLoop(caller_for(llm, spec.mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
@@ -50,15 +48,14 @@ class SiteTools:
     def registry_for(self, req: "TurnStart") -> ToolRegistry:
         """Server tools plus the device's MCP tools once its ``tools/list`` has arrived.
 
-        Merging checks every tool's schema, so the result is kept per session until the
-        device's tool list changes."""
+        Merging checks every tool's schema, so the result is kept on the session's McpClient
+        until the device's tool list changes (and goes with the session)."""
         mcp = req.mcp if req.mcp is not None and req.mcp.ready.is_set() else None
         if mcp is None:
             return self.server
-        cached = self._merged.get(mcp)
+        cached = mcp.merged
         if cached is None or cached[0] is not mcp.tools:
-            cached = (mcp.tools, self.server.with_device(mcp, self.spec.device_timeout_s))
-            self._merged[mcp] = cached
+            cached = mcp.merged = (mcp.tools, self.server.with_device(mcp, self.spec.device_timeout_s))
         return cached[1]
 
     def for_turn(self, req: "TurnStart", user_text: str) -> TurnTools | None:
