@@ -45,11 +45,11 @@ NATS_RETRY_S = 2.0
 
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
                    tools: SiteTools | None = None, health: LocalHealth | None = None,
-                   queue_depth=lambda: 0, observers=lambda start: []) -> TurnPipeline:
+                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: []) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
     answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
-                        active_turns=lambda: pipeline.active)
+                        active_turns=lambda: pipeline.active, local_available=local_available)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
@@ -102,6 +102,7 @@ class EdgeEngine:
             await self.tts.prewarm(self.tools.loop.phrases.all())
         self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
                                        health=self.llm_health, queue_depth=lambda: self.asr.queue_depth,
+                                       local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
                                        observers=self._observers)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
@@ -169,10 +170,7 @@ class EdgeEngine:
         """The launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
         if self._llama is None:
             return True
-        alive = getattr(self._llama, "alive", None)  # the supervisor's own view, when it has one
-        if alive is not None:
-            return bool(alive() if callable(alive) else alive)
-        return self._llama.proc is not None and self._llama.proc.returncode is None
+        return self._llama.available  # the supervisor's view: False while crashed or restarting
 
     def components(self) -> dict[str, bool]:
         """Per component: can it do its part right now?"""

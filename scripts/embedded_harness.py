@@ -60,7 +60,7 @@ def isolated_topology(scratch: Path, source: Path = ROOT / "topology.yaml", cons
             edge["port"] = free_port()
     edge = doc["edge"]
     edge["llm"]["url"] = _with_port(edge["llm"]["url"], free_port())
-    edge.setdefault("escalation", {})["trace_path"] = str(scratch / "turns.jsonl")
+    edge.setdefault("trace", {})["path"] = str(scratch / "turns.jsonl")
     cache = edge.get("tts", {}).get("cache")
     if isinstance(cache, dict) and "disk_dir" in cache:
         cache["disk_dir"] = str(scratch / "tts")

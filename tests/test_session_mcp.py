@@ -136,9 +136,9 @@ async def test_a_closed_sessions_mcp_client_is_garbage_collected():
     import gc
     import weakref
 
-    from edge.tools.config import ToolsSpec
+    from edge.pipeline.turn import TurnStart
     from edge.tools.site import SiteTools
-    from edge.turn import TurnRequest
+    from shared.topology import ToolsSpec
     from shared.chat import ChatClient
 
     site = SiteTools(ToolsSpec(), "local-site", ChatClient("http://127.0.0.1:9/v1", "stand-in"), "llamacpp",
@@ -146,7 +146,7 @@ async def test_a_closed_sessions_mcp_client_is_garbage_collected():
     dev = FakeDevice(page=5)
     client = _client(dev)
     await client.initialize()
-    req = TurnRequest(TurnRequest.new_id(), "s1", "aa:bb:cc", "text", mcp=client)
+    req = TurnStart("t1", "s1", "aa:bb:cc", "text", mcp=client)
     registry = site.registry_for(req)
     assert registry.get("self.tool_1") is not None
     assert site.registry_for(req) is registry  # kept while the session lives and its tool list is unchanged

@@ -39,8 +39,9 @@ class Route:
 class Deciding:
     def __init__(self, spec: EscalationSpec, cloud: CloudLink, probe: Callable[[list[dict]], LocalAnswer],
                  tools: SiteTools | None = None, queue_depth: Callable[[], int] = lambda: 0,
-                 active_turns: Callable[[], int] = lambda: 0):
+                 active_turns: Callable[[], int] = lambda: 0, local_available: Callable[[], bool] = lambda: True):
         self.spec = spec
+        self.local_available = local_available  # the local model serves (not crashed, restarting or failing)
         self.cloud = cloud
         self.probe = probe
         self.tools = tools
@@ -55,7 +56,8 @@ class Deciding:
         healthy = self.cloud.healthy(settings.model_class)
         features = TurnFeatures.from_text(
             heard.text, language=heard.language or "en", queue_depth=self.queue_depth(),
-            active_turns=self.active_turns(), cloud_healthy=healthy, needs_tools=tools is not None)
+            active_turns=self.active_turns(), cloud_healthy=healthy, needs_tools=tools is not None,
+            local_available=self.local_available())
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
         if decision.needs_confidence:
