@@ -7,11 +7,12 @@ base for the multilingual tier) or sherpa-onnx (SenseVoice, paraformer, zipforme
 Every session's utterances go into one queue drained by a single worker thread, so
 inference never runs on the event loop, CPU use is bounded (one model run at a time,
 ``spec.threads`` threads inside it), and whatever queued up while the model was busy
-is handed over together (sherpa-onnx decodes such a batch in one call).
+is handed over together and decoded in one batched call (one CTranslate2 encode +
+generate for Whisper, ``decode_streams`` for sherpa-onnx).
 
 ``prefetch(pcm)`` starts a transcription early (the VAD's SpeechPaused); a later
 ``transcribe`` of the same samples awaits that job instead of running the model again
-(a small memo keyed by a hash of the pcm bytes).
+(a small memo keyed by a hash of the pcm bytes). Under load the guess is skipped.
 """
 
 from __future__ import annotations
@@ -90,13 +91,26 @@ def whisper_model_dir(ref: str) -> Path:
 
 
 class FasterWhisperBackend:
-    """Whisper via CTranslate2: int8 on CPU, greedy (beam 1), no timestamps, no prompt carry-over."""
+    """Whisper via CTranslate2: int8 on CPU, greedy, no timestamps, no prompt carry-over.
+
+    A batch of clips runs as ONE encoder call and ONE greedy ``generate`` call on the
+    CTranslate2 model inside faster-whisper's ``WhisperModel`` (every clip is padded to
+    Whisper's 30 s window anyway, so B clips cost far less than B single runs). The options
+    mirror ``WhisperModel.transcribe`` with ``beam_size=1, without_timestamps=True``, minus its
+    temperature fallback (a retry at a higher temperature costs another full run, and never
+    helps clean, VAD-cut utterances); the no-speech filter is kept.
+    """
+
+    MAX_LENGTH = 448  # Whisper's decoder context
+    NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's defaults: a clip is silence when no_speech_prob
+    LOG_PROB_THRESHOLD = -1.0  # is above 0.6 and the text's average log-prob below -1
 
     def __init__(self, spec: AsrSpec):
         self.spec = spec
         self.model = None
         self.model_dir = whisper_model_dir(spec.model)
         self.description = f"faster-whisper:{self.model_dir.name}"
+        self._tokenizers: dict[str | None, object] = {}
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -118,22 +132,49 @@ class FasterWhisperBackend:
             raise AsrConfigError(f"edge.asr.language={lang!r} is not a Whisper language code (or 'auto')")
         self.model = model
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
-        # Whisper pads every clip to 30 s, so clips run one by one; the queue still amortizes wake-ups.
-        return [self._one(pcm) for pcm in pcms]
+    def _tokenizer(self, language: str | None):
+        from faster_whisper.tokenizer import Tokenizer
 
-    def _one(self, pcm: np.ndarray) -> tuple[str, str]:
-        lang = None if self.spec.language == "auto" else self.spec.language
-        segments, info = self.model.transcribe(
-            pcm,
-            language=lang,
-            beam_size=1,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,  # our VAD already cut the utterance
-        )
-        text = "".join(s.text for s in segments).strip()
-        return text, info.language
+        if language not in self._tokenizers:
+            multilingual = self.model.model.is_multilingual
+            self._tokenizers[language] = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe",
+                                                   language=language if multilingual else None)
+        return self._tokenizers[language]
+
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+
+        model = self.model
+        frames = model.feature_extractor.nb_max_frames  # 3000: the 30 s window
+        mels = np.stack([pad_or_trim(model.feature_extractor(pcm)[:, :frames], frames) for pcm in pcms])
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels, np.float32)),
+                                     to_cpu=True)
+        if self.spec.language == "auto" and model.model.is_multilingual:
+            languages = [ranked[0][0].strip("<|>") for ranked in model.model.detect_language(encoded)]
+        else:
+            languages = [self.spec.language] * len(pcms)
+        tokenizers = [self._tokenizer(lang) for lang in languages]
+        prompts = [tok.sot_sequence + [tok.no_timestamps] for tok in tokenizers]
+        results = model.model.generate(
+            encoded, prompts, beam_size=1, patience=1.0, length_penalty=1.0, max_length=self.MAX_LENGTH,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=_suppressed_tokens(tokenizers[0]))
+        out = []
+        for tok, lang, res in zip(tokenizers, languages, results):
+            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
+            n = len(res.sequences_ids[0])  # scores are cumulative log-probs / length (length_penalty 1)
+            avg_logprob = res.scores[0] * n / (n + 1) if res.scores else 0.0
+            silent = res.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOG_PROB_THRESHOLD
+            out.append(("" if silent else tok.decode(ids).strip(), lang))
+        return out
+
+
+def _suppressed_tokens(tokenizer) -> list[int]:
+    """What faster-whisper suppresses by default (``suppress_tokens=[-1]``): symbols and task tokens."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    return list(get_suppressed_tokens(tokenizer, [-1]))
 
 
 # ---------------------------------------------------------------- sherpa-onnx
@@ -223,15 +264,26 @@ class _Job:
 
 
 class AsrService:
-    """The edge's speech recognizer: ``await load()``, then ``transcribe`` / ``prefetch`` from any session."""
+    """The edge's speech recognizer: ``await load()``, then ``transcribe`` / ``prefetch`` from any session.
 
-    def __init__(self, spec: AsrSpec, max_batch: int = 4, max_queue: int = 32, memo_size: int = 16):
+    Load bounds: at most ``max_queue`` utterances wait (beyond that ``transcribe`` raises
+    :class:`AsrOverloaded`, for admission control to answer with the busy phrase), and a
+    speculative ``prefetch`` is skipped once ``prefetch_max_queue`` are waiting (a guess must
+    never delay real turns; it never raises). The worker hands up to ``max_batch`` waiting
+    clips to the backend at once (one batched model call).
+    """
+
+    def __init__(self, spec: AsrSpec, max_batch: int = 8, max_queue: int = 32, memo_size: int = 16,
+                 prefetch_max_queue: int = 2):
         self.spec = spec
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.prefetch_max_queue = prefetch_max_queue
         self.memo_size = memo_size
         self.backend: AsrBackend | None = None
         self.inference_runs = 0  # clips the model has transcribed (prefetch reuse keeps this flat)
+        self.batches = 0  # backend calls
+        self.prefetch_skipped = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()
@@ -256,9 +308,29 @@ class AsrService:
         """Utterances waiting for the model (the escalation policy's edge-load signal)."""
         return len(self._queue)
 
-    def prefetch(self, pcm16k: np.ndarray) -> None:
-        """Start transcribing now; a later ``transcribe`` of the same samples reuses the result."""
-        self._submit(pcm16k)
+    def prefetch(self, pcm16k: np.ndarray) -> bool:
+        """Start transcribing now; a later ``transcribe`` of the same samples reuses the result.
+
+        Skipped (False) when the queue is already ``prefetch_max_queue`` deep or full: never raises
+        :class:`AsrOverloaded`, so a speculative guess can never fail a session.
+        """
+        if self.queue_depth >= self.prefetch_max_queue:
+            self._skip_prefetch()
+            return False
+        try:
+            self._submit(pcm16k)
+        except AsrOverloaded:
+            self._skip_prefetch()
+            return False
+        return True
+
+    def _skip_prefetch(self) -> None:
+        self.prefetch_skipped += 1
+        metrics.ASR_PREFETCH_SKIPPED.inc()
+
+    def submit(self, pcm16k: np.ndarray) -> Future:
+        """Queue one utterance; a ``concurrent.futures.Future`` of its :class:`Transcript`."""
+        return self._submit(pcm16k)[0]
 
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""
@@ -308,6 +380,9 @@ class AsrService:
                     jobs.append(job)
         if not jobs:
             return
+        started = time.monotonic()
+        for j in jobs:
+            metrics.STAGE_QUEUE_WAIT.labels(stage="asr").observe(started - j.submitted)
         try:
             results = self.backend.transcribe_batch([j.pcm for j in jobs])
         except Exception as exc:
@@ -316,7 +391,10 @@ class AsrService:
                 j.future.set_exception(exc)
             return
         self.inference_runs += len(jobs)
+        self.batches += 1
         done = time.monotonic()
+        metrics.STAGE_COMPUTE.labels(stage="asr").observe(done - started)
+        metrics.BATCH_SIZE.labels(stage="asr").observe(len(jobs))
         for j, (text, lang) in zip(jobs, results):
             elapsed = done - j.submitted
             metrics.STAGE_LATENCY.labels(stage="asr").observe(elapsed)
