@@ -23,6 +23,7 @@ import logging
 import sys
 import threading
 import time
+import zlib
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -94,14 +95,16 @@ class FasterWhisperBackend:
     """Whisper via CTranslate2: int8 on CPU, greedy, no timestamps, no prompt carry-over.
 
     A batch of clips runs as ONE encoder call and ONE greedy ``generate`` call on the
-    CTranslate2 model inside faster-whisper's ``WhisperModel`` (every clip is padded to
-    Whisper's 30 s window anyway, so B clips cost far less than B single runs). The options
+    CTranslate2 model inside faster-whisper's ``WhisperModel``, and the encoder sees a
+    window sized to the clips (10 s for a short question) instead of the 30 s one. The options
     mirror ``WhisperModel.transcribe`` with ``beam_size=1, without_timestamps=True``, minus its
     temperature fallback (a retry at a higher temperature costs another full run, and never
     helps clean, VAD-cut utterances); the no-speech filter is kept.
     """
 
     MAX_LENGTH = 448  # Whisper's decoder context
+    FULL_WINDOW = 3000  # mel frames in Whisper's 30 s window
+    COMPRESSION_RATIO_THRESHOLD = 2.4  # faster-whisper's: above it the text is a loop
     NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's defaults: a clip is silence when no_speech_prob
     LOG_PROB_THRESHOLD = -1.0  # is above 0.6 and the text's average log-prob below -1
 
@@ -110,6 +113,7 @@ class FasterWhisperBackend:
         self.model = None
         self.model_dir = whisper_model_dir(spec.model)
         self.description = f"faster-whisper:{self.model_dir.name}"
+        self.min_window = 1000  # shortest encoder window for short clips (see window_frames); 3000: never trim
         self._tokenizers: dict[str | None, object] = {}
 
     def load(self) -> None:
@@ -142,18 +146,42 @@ class FasterWhisperBackend:
         return self._tokenizers[language]
 
     def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+        feats = [self.model.feature_extractor(pcm)[:, :-1] for pcm in pcms]  # (transcribe drops the last frame)
+        window = self.window_frames(max(f.shape[-1] for f in feats))
+        out = self._decode(feats, window)
+        if window < self.FULL_WINDOW:  # a short window can loop ("X? X? X?"): those clips again, in full
+            redo = [i for i, (_, _, suspect) in enumerate(out) if suspect]
+            if redo:
+                for i, res in zip(redo, self._decode([feats[i] for i in redo], self.FULL_WINDOW)):
+                    out[i] = res
+        return [(text, lang) for text, lang, _ in out]
+
+    def window_frames(self, clip_frames: int) -> int:
+        """Encoder input length for clips up to ``clip_frames`` mel frames (10 ms each).
+
+        Whisper always encodes a 30 s window (the encoder is most of the cost of a short clip);
+        CTranslate2 accepts a shorter one. At least twice the clip and never under 10 s keeps
+        the text (measured on scripts/bench_load.py's 36 utterances: the same words at 10 s;
+        at 8 s it starts repeating itself), and :meth:`transcribe_batch` re-decodes any clip
+        whose text looks like a loop with the full window.
+        """
+        if self.min_window >= self.FULL_WINDOW:
+            return self.FULL_WINDOW
+        return min(self.FULL_WINDOW, max(self.min_window, -(-2 * clip_frames // 100) * 100))
+
+    def _decode(self, feats: list[np.ndarray], window: int) -> list[tuple[str, str, bool]]:
+        """One encoder call and one greedy generate for all clips: (text, language, suspect) each."""
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
         model = self.model
-        frames = model.feature_extractor.nb_max_frames  # 3000: the 30 s window
-        mels = np.stack([pad_or_trim(model.feature_extractor(pcm)[:, :frames], frames) for pcm in pcms])
+        mels = np.stack([pad_or_trim(f[:, :window], window) for f in feats])
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels, np.float32)),
                                      to_cpu=True)
         if self.spec.language == "auto" and model.model.is_multilingual:
             languages = [ranked[0][0].strip("<|>") for ranked in model.model.detect_language(encoded)]
         else:
-            languages = [self.spec.language] * len(pcms)
+            languages = [self.spec.language] * len(feats)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [tok.sot_sequence + [tok.no_timestamps] for tok in tokenizers]
         results = model.model.generate(
@@ -162,12 +190,19 @@ class FasterWhisperBackend:
             suppress_tokens=_suppressed_tokens(tokenizers[0]))
         out = []
         for tok, lang, res in zip(tokenizers, languages, results):
-            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
             n = len(res.sequences_ids[0])  # scores are cumulative log-probs / length (length_penalty 1)
             avg_logprob = res.scores[0] * n / (n + 1) if res.scores else 0.0
+            text = tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]).strip()
             silent = res.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOG_PROB_THRESHOLD
-            out.append(("" if silent else tok.decode(ids).strip(), lang))
+            suspect = _compression_ratio(text) > self.COMPRESSION_RATIO_THRESHOLD or avg_logprob < self.LOG_PROB_THRESHOLD
+            out.append(("" if silent else text, lang, suspect and not silent))
         return out
+
+
+def _compression_ratio(text: str) -> float:
+    """faster-whisper's loop detector: repetitive text compresses well."""
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def _suppressed_tokens(tokenizer) -> list[int]:
