@@ -308,7 +308,7 @@ class AsrService:
     clips to the backend at once (one batched model call).
     """
 
-    def __init__(self, spec: AsrSpec, max_batch: int = 8, max_queue: int = 32, memo_size: int = 16,
+    def __init__(self, spec: AsrSpec, max_batch: int = 4, max_queue: int = 32, memo_size: int = 16,
                  prefetch_max_queue: int = 2):
         self.spec = spec
         self.max_batch = max_batch

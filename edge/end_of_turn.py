@@ -22,7 +22,7 @@ import re
 # (Particles that do end sentences stay out: "turn it up", "lights on", "what time is it".)
 DANGLING = frozenset("""
 a an the and or but nor so because if when while than that which whose whether
-to of at by for with from into onto about as like between through during without within
+to of in at by for with from into onto about as like between through during without within
 against toward towards upon via per
 my your his her its our their these those some every each no
 is are was were be been being am does have has had will would shall should can could may might must
