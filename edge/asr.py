@@ -349,8 +349,7 @@ class AsrService:
         Skipped (False) when the queue is already ``prefetch_max_queue`` deep or full: never raises
         :class:`AsrOverloaded`, so a speculative guess can never fail a session.
         """
-        if self.queue_depth >= self.prefetch_max_queue:
-            self._skip_prefetch()
+        if not self.should_speculate():
             return False
         try:
             self._submit(pcm16k)
@@ -359,13 +358,20 @@ class AsrService:
             return False
         return True
 
+    def should_speculate(self) -> bool:
+        """Whether a speculative job may start now; False (counted) while ``prefetch_max_queue`` wait.
+
+        Callers that keep their own speculative job (the listening stage) ask this first and
+        transcribe at the end of speech instead when it says no.
+        """
+        if self.queue_depth >= self.prefetch_max_queue:
+            self._skip_prefetch()
+            return False
+        return True
+
     def _skip_prefetch(self) -> None:
         self.prefetch_skipped += 1
         metrics.ASR_PREFETCH_SKIPPED.inc()
-
-    def submit(self, pcm16k: np.ndarray) -> Future:
-        """Queue one utterance; a ``concurrent.futures.Future`` of its :class:`Transcript`."""
-        return self._submit(pcm16k)[0]
 
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""

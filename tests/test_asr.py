@@ -105,10 +105,11 @@ async def test_queue_is_bounded_and_prefetch_never_raises(models_topology, quest
         started = [svc.prefetch(c) for c in clips[:4]]
         assert started[0] and not all(started)
         assert svc.prefetch_skipped == started.count(False)
+        assert not svc.should_speculate()  # what the listening stage asks before its own speculative job
         # A real turn past the bound is refused (admission control answers it with the busy phrase).
         with pytest.raises(asr_mod.AsrOverloaded):
             for c in clips[4:]:
-                svc.submit(c)
+                await svc.transcribe(c)
     finally:
         svc.close()
 
