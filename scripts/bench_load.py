@@ -383,14 +383,16 @@ async def run_level(args: argparse.Namespace, devices: int, clips: list[tuple[st
 
 # ---------------------------------------------------------------- a stack of our own
 async def start_stack(config: str) -> tuple[asyncio.subprocess.Process, str]:
-    """``scripts/run_embedded.py --config CONFIG`` in the background; returns it and its OTA URL."""
+    """``scripts/run_embedded.py --config CONFIG`` in the background (its output in .cache/bench_load/stack.log)."""
     from scripts.run_embedded import wait_http
     from shared.topology import load_topology
 
     edge = load_topology(config).site().edges[0]
     base = f"http://{edge.host}:{edge.port}"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scripts.run_embedded", "--config", config,
-                                                cwd=str(ROOT), start_new_session=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / "stack.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scripts.run_embedded", "--config", config,
+                                                    cwd=str(ROOT), start_new_session=True, stdout=log, stderr=log)
     try:
         await wait_http(f"{base}/health", 600, proc)
     except BaseException:
