@@ -99,6 +99,16 @@ class AdmissionControl:
         self._load = load
         self._cloud_healthy = cloud_healthy
 
+    @classmethod
+    def for_edge(cls, capacity: int, asr: Any, devices: Callable[[], int], llm: InflightCounter,
+                 cloud_healthy: Callable[[], bool]) -> "AdmissionControl":
+        """Wired to an edge's live numbers: ``asr`` (an AsrService), its open sessions, its local LLM counter."""
+        def load() -> Load:
+            return Load(active_turns=int(metrics.ACTIVE_TURNS._value.get()), asr_queue=asr.queue_depth,
+                        llm_inflight=llm.value, devices=devices())
+
+        return cls(Limits.for_capacity(capacity, asr.max_batch), load, cloud_healthy)
+
     def load(self) -> Load:
         return self._load()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -95,3 +98,25 @@ def test_every_edge_full_still_answers_a_booting_device(tmp_path):
     admission = AdmissionControl(LIMITS, lambda: Load(devices=99), lambda: True)
     choose = ota_chooser_with_load(StaticDiscovery(topo), "edge-1", admission)
     assert choose("aa:bb:cc:00:00:01", None).startswith("ws://")  # least loaded: never no answer
+
+
+async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm):
+    """The live load comes from the edge itself: the ASR queue, the turns gauge, sessions, the LLM counter."""
+    llm = InflightCounter()
+    sessions = {"n": 0}
+    control = AdmissionControl.for_edge(150, asr_service, lambda: sessions["n"], llm, lambda: False)
+    assert control.limits == Limits.for_capacity(150, asr_service.max_batch)
+    assert control.decide().admitted
+    with llm.track(), llm.track(), llm.track(), llm.track(), llm.track(), llm.track():
+        assert control.load().llm_inflight == 6
+        assert control.decide().verdict is Verdict.BUSY  # 150 devices -> at most 6 local generations
+    jobs = [asr_service.transcribe(np.concatenate([question_pcm, silence_pcm(20 + k)]))
+            for k in range(control.limits.max_asr_queue + 2)]
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    await asyncio.sleep(0)  # every job submitted; the model holds one at most
+    assert control.load().asr_queue >= control.limits.max_asr_queue
+    assert control.decide().verdict is Verdict.BUSY
+    sessions["n"] = 150
+    assert not control.has_room_for_device()
+    await asyncio.gather(*tasks)
+    assert control.load().asr_queue == 0
