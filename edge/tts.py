@@ -324,12 +324,13 @@ class TtsService:
         if frames is not None:
             return self._clip(text, frames, True, backend.voice_id)
         faults.check("tts")
-        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm)
+        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm, time.perf_counter())
         return self._clip(text, frames, False, voice)
 
-    def _render(self, backend: TtsBackend, text: str) -> tuple[list[bytes], str]:
+    def _render(self, backend: TtsBackend, text: str, submitted: float) -> tuple[list[bytes], str]:
         """Synthesize, resample, encode, cache (pool thread); a failing backend hands over to the next one."""
         t0 = time.perf_counter()
+        metrics.STAGE_QUEUE_WAIT.labels(stage="tts").observe(t0 - submitted)
         while True:
             try:
                 pcm, rate = self._synthesize(backend, text)
@@ -347,6 +348,7 @@ class TtsService:
                 backend = backup
         frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms)
         metrics.STAGE_LATENCY.labels(stage="tts").observe(time.perf_counter() - t0)
+        metrics.STAGE_COMPUTE.labels(stage="tts").observe(time.perf_counter() - t0)
         self.cache.put(self._key(backend, text), frames)
         return frames, backend.voice_id
 
