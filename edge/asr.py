@@ -52,11 +52,12 @@ class AsrOverloaded(RuntimeError):
 
 @dataclass
 class Transcript:
-    text: str
-    language: str
+    text: str  # Simplified characters when the language is zh (normalize_transcript)
+    language: str  # detected (edge.asr.language auto) or configured; "" if unknown
     duration_s: float  # audio length
     elapsed_ms: float  # queue wait + inference, from submission to result
     reused: bool = False  # answered by an earlier prefetch/transcribe of the same audio
+    language_probability: float = 1.0  # the detector's confidence in ``language`` (1.0 when configured)
 
 
 class AsrBackend(Protocol):
@@ -66,9 +67,28 @@ class AsrBackend(Protocol):
 
     def load(self) -> None: ...
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
-        """float32 [-1, 1] 16 kHz clips -> (text, language code) each."""
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
+        """float32 [-1, 1] 16 kHz clips -> (text, language code, its probability) each."""
         ...
+
+
+_to_simplified = None
+
+
+def normalize_transcript(text: str, language: str) -> str:
+    """Chinese transcripts in Simplified characters (Whisper often writes Traditional ones).
+
+    OpenCC's ``t2s`` dictionaries convert phrase by phrase (offline, bundled in the wheel);
+    scripts/bench_zh.py measured it against a Simplified initial prompt (see the README).
+    """
+    global _to_simplified
+    if language != "zh" or not text:
+        return text
+    if _to_simplified is None:
+        import opencc
+
+        _to_simplified = opencc.OpenCC("t2s")
+    return _to_simplified.convert(text)
 
 
 # ---------------------------------------------------------------- faster-whisper
@@ -118,11 +138,11 @@ class FasterWhisperBackend:
             raise AsrConfigError(f"edge.asr.language={lang!r} is not a Whisper language code (or 'auto')")
         self.model = model
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
         # Whisper pads every clip to 30 s, so clips run one by one; the queue still amortizes wake-ups.
         return [self._one(pcm) for pcm in pcms]
 
-    def _one(self, pcm: np.ndarray) -> tuple[str, str]:
+    def _one(self, pcm: np.ndarray) -> tuple[str, str, float]:
         lang = None if self.spec.language == "auto" else self.spec.language
         segments, info = self.model.transcribe(
             pcm,
@@ -133,7 +153,7 @@ class FasterWhisperBackend:
             vad_filter=False,  # our VAD already cut the utterance
         )
         text = "".join(s.text for s in segments).strip()
-        return text, info.language
+        return normalize_transcript(text, info.language), info.language, round(float(info.language_probability), 3)
 
 
 # ---------------------------------------------------------------- sherpa-onnx
@@ -195,7 +215,7 @@ class SherpaOnnxBackend:
                 f"model {self.spec.model}: no encoder/decoder/joiner or model .onnx files in {d}"
             )
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
         streams = []
         for pcm in pcms:
             s = self.recognizer.create_stream()
@@ -206,7 +226,7 @@ class SherpaOnnxBackend:
         for s in streams:
             lang = getattr(s.result, "lang", "") or ""
             lang = lang.strip("<|>") or (self.spec.language if self.spec.language != "auto" else "")
-            out.append((s.result.text.strip(), lang))
+            out.append((normalize_transcript(s.result.text.strip(), lang), lang, 1.0 if lang else 0.0))
         return out
 
 
@@ -317,7 +337,8 @@ class AsrService:
             return
         self.inference_runs += len(jobs)
         done = time.monotonic()
-        for j, (text, lang) in zip(jobs, results):
+        for j, (text, lang, prob) in zip(jobs, results):
             elapsed = done - j.submitted
             metrics.STAGE_LATENCY.labels(stage="asr").observe(elapsed)
-            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1)))
+            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1),
+                                           language_probability=prob))

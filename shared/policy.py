@@ -72,6 +72,7 @@ class Match(_Model):
     keywords: tuple[str, ...] = ()  # any of these words/phrases occurs in the text
     pattern: str | None = None  # regex searched in the text (case-insensitive)
     languages: tuple[str, ...] = ()  # the turn's language is one of these
+    local_language: bool | None = None  # the edge's local model answers in the turn's language (edge.llm.languages)
     min_words: int | None = Field(None, ge=0)
     max_words: int | None = Field(None, ge=0)
     min_chars: int | None = Field(None, ge=0)
@@ -123,6 +124,7 @@ class Match(_Model):
             not self.keywords or bool(_keyword_regex(self.keywords).search(f.text)),
             self.pattern is None or bool(_regex(self.pattern).search(f.text)),
             not self.languages or f.language in self.languages,
+            self.local_language is None or f.local_language == self.local_language,
             self.min_words is None or f.word_count >= self.min_words,
             self.max_words is None or f.word_count <= self.max_words,
             self.min_chars is None or chars >= self.min_chars,
@@ -253,6 +255,8 @@ DEFAULT_POLICY = parse_policy({
     "budget": {"max_share": 0.5, "window_s": 60, "min_turns": 10},
     "rules": [
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
+        # A turn in a language the edge's model does not speak (SmolLM2 and Mandarin) goes to the cloud.
+        {"name": "other-language", "match": {"local_language": False}, "action": "escalate"},
         {"name": "greeting", "action": "local", "match": {
             "max_words": 6,
             "keywords": ["hello", "hi", "hey", "thanks", "thank you", "good morning", "good night",
@@ -303,6 +307,7 @@ class TurnFeatures:
     queue_depth: int = 0
     active_turns: int = 0
     cloud_healthy: bool = True
+    local_language: bool = True  # the local model answers in ``language`` (see local_language())
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
@@ -327,9 +332,15 @@ class TurnFeatures:
                 queue_depth=int(d.get("queue_depth", 0)),
                 active_turns=int(d.get("active_turns", 0)),
                 cloud_healthy=bool(d.get("cloud_healthy", True)),
+                local_language=bool(d.get("local_language", True)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
+
+
+def local_language(language: str, local_languages: Sequence[str]) -> bool:
+    """Does a local model declared to answer ``local_languages`` speak ``language``? (unknown: assume so)"""
+    return not language or language in local_languages
 
 
 @dataclass(frozen=True)
