@@ -417,8 +417,8 @@ class TtsService:
         if not lang and _CJK.search(text) and primary.language not in ("zh", "ja", "ko", "cmn", "yue"):
             lang = "zh"
         own = self.voices.get(lang)
-        if own is not None and getattr(own, "can_say", lambda _t: True)(text):
-            return own
+        if own is not None:
+            return own if getattr(own, "can_say", lambda _t: True)(text) else primary
         if not lang or lang == primary.language or not primary.language or self.fallback is None:
             return primary
         if lang == self.fallback.language:
