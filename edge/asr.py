@@ -58,11 +58,12 @@ class AsrOverloaded(RuntimeError):
 
 @dataclass
 class Transcript:
-    text: str
-    language: str
+    text: str  # Simplified characters when the language is zh (normalize_transcript)
+    language: str  # detected (edge.asr.language auto) or configured; "" if unknown
     duration_s: float  # audio length
     elapsed_ms: float  # queue wait + inference, from submission to result
     reused: bool = False  # answered by an earlier prefetch/transcribe of the same audio
+    language_probability: float = 1.0  # the detector's confidence in ``language`` (1.0 when configured)
 
 
 class AsrBackend(Protocol):
@@ -72,9 +73,28 @@ class AsrBackend(Protocol):
 
     def load(self) -> None: ...
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
-        """float32 [-1, 1] 16 kHz clips -> (text, language code) each."""
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
+        """float32 [-1, 1] 16 kHz clips -> (text, language code, its probability) each."""
         ...
+
+
+_to_simplified = None
+
+
+def normalize_transcript(text: str, language: str) -> str:
+    """Chinese transcripts in Simplified characters (Whisper often writes Traditional ones).
+
+    OpenCC's ``t2s`` dictionaries convert phrase by phrase (offline, bundled in the wheel);
+    scripts/bench_zh.py measured it against a Simplified initial prompt (see the README).
+    """
+    global _to_simplified
+    if language != "zh" or not text:
+        return text
+    if _to_simplified is None:
+        import opencc
+
+        _to_simplified = opencc.OpenCC("t2s")
+    return _to_simplified.convert(text)
 
 
 # ---------------------------------------------------------------- faster-whisper
@@ -149,16 +169,16 @@ class FasterWhisperBackend:
                                                    language=language if multilingual else None)
         return self._tokenizers[language]
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
         feats = [self.model.feature_extractor(pcm)[:, :-1] for pcm in pcms]  # (transcribe drops the last frame)
         window = self.window_frames(max(f.shape[-1] for f in feats))
         out = self._decode(feats, window)
         if window < self.FULL_WINDOW:  # a short window can loop ("X? X? X?"): those clips again, in full
-            redo = [i for i, (_, _, suspect) in enumerate(out) if suspect]
+            redo = [i for i, (*_, suspect) in enumerate(out) if suspect]
             if redo:
                 for i, res in zip(redo, self._decode([feats[i] for i in redo], self.FULL_WINDOW)):
                     out[i] = res
-        return [(text, lang) for text, lang, _ in out]
+        return [(normalize_transcript(text, lang), lang, prob) for text, lang, prob, _ in out]
 
     def window_frames(self, clip_frames: int) -> int:
         """Encoder input length for clips up to ``clip_frames`` mel frames (10 ms each).
@@ -173,8 +193,8 @@ class FasterWhisperBackend:
             return self.FULL_WINDOW
         return min(self.FULL_WINDOW, max(self.min_window, -(-2 * clip_frames // 100) * 100))
 
-    def _decode(self, feats: list[np.ndarray], window: int) -> list[tuple[str, str, bool]]:
-        """One encoder call and one greedy generate for all clips: (text, language, suspect) each."""
+    def _decode(self, feats: list[np.ndarray], window: int) -> list[tuple[str, str, float, bool]]:
+        """One encoder call and one greedy generate for all clips: (text, language, probability, suspect) each."""
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -183,9 +203,10 @@ class FasterWhisperBackend:
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels, np.float32)),
                                      to_cpu=True)
         if self.spec.language == "auto" and model.model.is_multilingual:
-            languages = [ranked[0][0].strip("<|>") for ranked in model.model.detect_language(encoded)]
+            ranked = [r[0] for r in model.model.detect_language(encoded)]
+            languages, probs = [lang.strip("<|>") for lang, _ in ranked], [round(float(p), 3) for _, p in ranked]
         else:
-            languages = [self.spec.language] * len(feats)
+            languages, probs = [self.spec.language] * len(feats), [1.0] * len(feats)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [tok.sot_sequence + [tok.no_timestamps] for tok in tokenizers]
         results = model.model.generate(
@@ -193,14 +214,14 @@ class FasterWhisperBackend:
             return_scores=True, return_no_speech_prob=True, suppress_blank=True,
             suppress_tokens=_suppressed_tokens(tokenizers[0]))
         out = []
-        for tok, lang, res in zip(tokenizers, languages, results):
+        for tok, lang, prob, res in zip(tokenizers, languages, probs, results):
             n = len(res.sequences_ids[0])  # scores are cumulative log-probs / length (length_penalty 1)
             avg_logprob = res.scores[0] * n / (n + 1) if res.scores else 0.0
             text = tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]).strip()
             silent = res.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOG_PROB_THRESHOLD
             suspect = (_compression_ratio(text) > self.COMPRESSION_RATIO_THRESHOLD or _repeats_a_sentence(text)
                        or avg_logprob < self.LOG_PROB_THRESHOLD)
-            out.append(("" if silent else text, lang, suspect and not silent))
+            out.append(("" if silent else text, lang, prob, suspect and not silent))
         return out
 
 
@@ -282,7 +303,7 @@ class SherpaOnnxBackend:
                 f"model {self.spec.model}: no encoder/decoder/joiner or model .onnx files in {d}"
             )
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
         streams = []
         for pcm in pcms:
             s = self.recognizer.create_stream()
@@ -293,7 +314,7 @@ class SherpaOnnxBackend:
         for s in streams:
             lang = getattr(s.result, "lang", "") or ""
             lang = lang.strip("<|>") or (self.spec.language if self.spec.language != "auto" else "")
-            out.append((s.result.text.strip(), lang))
+            out.append((normalize_transcript(s.result.text.strip(), lang), lang, 1.0 if lang else 0.0))
         return out
 
 
@@ -473,7 +494,8 @@ class AsrService:
         done = time.monotonic()
         metrics.STAGE_COMPUTE.labels(stage="asr").observe(done - started)
         metrics.BATCH_SIZE.labels(stage="asr").observe(len(jobs))
-        for j, (text, lang) in zip(jobs, results):
+        for j, (text, lang, prob) in zip(jobs, results):
             elapsed = done - j.submitted
             metrics.STAGE_LATENCY.labels(stage="asr").observe(elapsed)
-            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1)))
+            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1),
+                                           language_probability=prob))

@@ -81,7 +81,7 @@ def bench_batch(topo, name: str, n: int, runs: int) -> None:
             texts["single"] = [backend.transcribe_batch([p])[0][0] for p in pcms]
             single.append((time.perf_counter() - t0) * 1000 / n)
             t0 = time.perf_counter()
-            texts["batch"] = [t for t, _ in backend.transcribe_batch(pcms)]
+            texts["batch"] = [t for t, *_ in backend.transcribe_batch(pcms)]
             batched.append((time.perf_counter() - t0) * 1000 / n)
         print(f"{name} window={window / 100:.0f}s clips={n} runs={runs} ms/clip: "
               f"single p50={statistics.median(single):.0f} batch p50={statistics.median(batched):.0f} "

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                           "pcm": np.concatenate([pcm, np.zeros(SILENCE_TAIL, np.int16)]).astype(np.float32) / 32768})
     for start in range(0, len(cases), args.batch):
         chunk = cases[start:start + args.batch]
-        for case, (heard, _) in zip(chunk, backend.transcribe_batch([c["pcm"] for c in chunk])):
+        for case, (heard, *_) in zip(chunk, backend.transcribe_batch([c["pcm"] for c in chunk])):
             case["heard"] = heard
             case["complete"] = looks_complete(heard)
     mid = [c for c in cases if not c["final"]]

@@ -131,7 +131,7 @@ def test_batched_decoding_gives_the_same_text_as_one_by_one(asr_service, speak):
     one_by_one = [backend.transcribe_batch([p])[0] for p in pcms]
     batched = backend.transcribe_batch(pcms)
     assert batched == one_by_one
-    for phrase, (text, lang) in zip(BATCH_PHRASES, batched):
+    for phrase, (text, lang, _) in zip(BATCH_PHRASES, batched):
         assert lang == "en" and wer(phrase, text) <= 0.4, (phrase, text)
 
 
@@ -141,7 +141,7 @@ def test_batched_decoding_matches_faster_whisper_transcribe(asr_service, speak):
     pcms = [speak(p).astype(np.float32) / 32768.0 for p in BATCH_PHRASES]
     saved, backend.min_window = backend.min_window, backend.FULL_WINDOW  # WhisperModel.transcribe's 30 s window
     try:
-        batched = [text for text, _ in backend.transcribe_batch(pcms)]
+        batched = [text for text, *_ in backend.transcribe_batch(pcms)]
     finally:
         backend.min_window = saved
     for pcm, text in zip(pcms, batched):
@@ -155,10 +155,10 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
     pcms = [coloured(speak, i, p).astype(np.float32) / 32768.0 for i, p in enumerate(BATCH_PHRASES)]
     assert backend.window_frames(300) == 1000 < backend.FULL_WINDOW  # a 3 s clip: 10 s window
     assert backend.window_frames(2000) == backend.FULL_WINDOW
-    trimmed = [text for text, _ in backend.transcribe_batch(pcms)]
+    trimmed = [text for text, *_ in backend.transcribe_batch(pcms)]
     saved, backend.min_window = backend.min_window, backend.FULL_WINDOW
     try:
-        full = [text for text, _ in backend.transcribe_batch(pcms)]
+        full = [text for text, *_ in backend.transcribe_batch(pcms)]
     finally:
         backend.min_window = saved
     for a, b in zip(trimmed, full):
