@@ -36,7 +36,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     from cloud.backends import BackendPool
     from cloud.registration import worker_registration
     from cloud.worker import Worker, serve_http
-    from shared.nats_conn import connect_nats
+    from shared.nats_conn import connect_nats, redact_url
     from shared.llama_server import LlamaServer, LlamaServerError
     from shared.topology import ModelNotFound, TopologyError, load_topology
 
@@ -73,16 +73,17 @@ async def run_worker(args: argparse.Namespace) -> int:
         try:
             nc = await connect_nats(url, f"xz-worker-{spec.name}", args.connect_timeout)
         except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
-            print(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            print(f"cannot connect to NATS at {redact_url(url)}: {exc or type(exc).__name__}", file=sys.stderr)
             return 1
-        worker = Worker(nc, spec.name, spec.model_class, pool, max_inflight=spec.max_inflight, cache=cache)
+        worker = Worker(nc, spec.name, spec.model_class, pool, max_inflight=spec.max_inflight, cache=cache,
+                        sites=[s.name for s in topo.sites])
         await worker.start()
         if args.http_port:
             runner = await serve_http(worker, args.http_host, args.http_port)
         # discovery (Consul) learns about the worker once it serves; a no-op with static discovery
         registration = worker_registration(topo, lambda: worker.inflight, spec.name)
         await registration.start()
-        log_event(log, "worker ready", worker=spec.name, nats=url,
+        log_event(log, "worker ready", worker=spec.name, nats=redact_url(url),
                   http=f"http://{args.http_host}:{args.http_port}" if args.http_port else None)
         await stop.wait()
         return 0

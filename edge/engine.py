@@ -27,7 +27,7 @@ from edge.turn import DeviceOutput, Phrases, TurnRequest, TurnResult, TurnRunner
 from edge.vad import VadService
 from shared.chat import ChatClient, build_chat_client
 from shared.log import log_event
-from shared.nats_conn import connect_nats
+from shared.nats_conn import connect_nats, redact_url
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
@@ -129,7 +129,8 @@ class EdgeEngine:
                                              inbox_prefix=f"_INBOX.{self.site.name}")
             except Exception as exc:  # noqa: BLE001 - any connect failure means: local only, retry later
                 metrics.CLOUD_LINK_UP.set(0)
-                log_event(log, "NATS unreachable, answering locally", logging.WARNING, url=url, error=str(exc))
+                log_event(log, "NATS unreachable, answering locally", logging.WARNING, url=redact_url(url),
+                          error=str(exc))
                 await asyncio.sleep(NATS_RETRY_S)
         watcher = await PolicyWatcher(self.nc).start()
         model_class = watcher.current().policy.settings.model_class
@@ -138,7 +139,7 @@ class EdgeEngine:
         client = EscalationClient(self.nc, self.edge_id, self.site.name, model_class=model_class)
         self._cloud = [client, health, watcher]
         self.planner.escalation, self.planner.watcher, self.planner.health = client, watcher, health
-        log_event(log, "escalation enabled", nats=url, model_class=model_class)
+        log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 
     # ------------------------------------------------------------ serving
     def health(self) -> dict:

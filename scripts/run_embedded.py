@@ -18,7 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
-from shared.nats_runtime import NatsRuntimeError, start_hub, start_leaf
+from shared.nats_runtime import (OPERATOR, NatsRuntimeError, NatsSecurity, site_user, start_hub, start_leaf,
+                                 worker_user)
 from shared.topology import TopologyError, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,21 +53,24 @@ async def run(config: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # TLS and one user per role, generated on first run (shared/nats_runtime.py)
+    security = NatsSecurity(workdir / "security", [site.name], {w.name: w.model_class for w in topo.cloud.workers})
     try:
         hub = await start_hub(hub_node.name, hub_node.host, hub_node.client_port, hub_node.leafnode_port,
-                              hub_node.jetstream, workdir / "hub")
+                              hub_node.jetstream, workdir / "hub", security=security)
         leaf = await start_leaf(hub.leafnode_url, f"leaf-{site.name}", site.nats_leaf.host,
-                                site.nats_leaf.client_port, workdir / "leaf")
-        print(f"[run] NATS hub {hub.url}, leaf {leaf.url}", flush=True)
+                                site.nats_leaf.client_port, workdir / "leaf", security=security, site=site.name)
+        creds = security.write_credentials(OPERATOR, hub.url)
+        print(f"[run] NATS hub {hub.url}, leaf {leaf.url} (TLS; operator credentials: {creds})", flush=True)
         for worker in topo.cloud.workers:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cloud", "worker", "--config", config, "--name", worker.name,
-                "--nats", hub.url, "--launch-backends", env=env)
+                "--nats", hub.url, "--launch-backends", env={**env, **hub.credentials(worker_user(worker.name)).env()})
             procs.append((f"cloud worker {worker.name}", proc))
         edge = site.edges[0]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge", "serve", "--config", config, "--site", site.name,
-            "--host", edge.host, "--port", str(edge.port), env=env)
+            "--host", edge.host, "--port", str(edge.port), env={**env, **leaf.credentials(site_user(site.name)).env()})
         procs.append(("edge", proc))
         base = f"http://{edge.host}:{edge.port}"
         await wait_http(f"{base}/health", 300, proc)

@@ -1,7 +1,11 @@
 """The escalation policy in a NATS JetStream KeyValue bucket, so every change has a revision.
 
 Operators write through the hub, edges read and watch through their leaf node. Both
-use the hub's JetStream domain (``JS_DOMAIN``).
+use the hub's JetStream domain (``JS_DOMAIN``) when the hub has one (every provisioned
+and embedded hub) and the plain API on a lab hub without a domain: the store asks
+``$JS.<domain>.API.INFO`` first and ``$JS.API.INFO`` second, once, on first use.
+Only the ``operator`` NATS user may create the bucket or put; edges just read and watch
+(a missing bucket means "no policy set yet").
 
 Why puts carry the ``$JS.<domain>.API.`` prefix: a leaf node does not import the
 hub's stream subjects (JetStream traffic across domains is confined to the domain's
@@ -26,13 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, AsyncIterator, NamedTuple
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.log import log_event
-from shared.nats_runtime import JS_DOMAIN
+from shared.nats_permissions import JS_DOMAIN
 from shared.policy import DEFAULT_POLICY, Policy, PolicyError, loads_policy, parse_policy
 from shared.subjects import POLICY_BUCKET, POLICY_KEY
 
@@ -44,6 +49,29 @@ ENVELOPE_SCHEMA = 1
 
 class PolicyStoreError(Exception):
     """The store could not be used (NATS/JetStream problem or a corrupt entry); one readable line."""
+
+
+DETECT = "detect"  # PolicyStore(domain=DETECT): find out whether the hub has a JetStream domain
+
+
+async def detect_domain(nc: NATS, timeout: float = 3.0, candidates: tuple[str | None, ...] = (JS_DOMAIN, None)) -> str | None:
+    """The first of ``candidates`` whose JetStream API answers (None = no domain).
+
+    Raises ``nats.js.errors.ServiceUnavailableError`` when none does (no JetStream reachable).
+    """
+    for domain in candidates:
+        subject = f"$JS.{domain}.API.INFO" if domain else "$JS.API.INFO"
+        try:
+            msg = await nc.request(subject, b"", timeout=timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        try:
+            info = json.loads(msg.data)
+        except ValueError:
+            continue
+        if isinstance(info, dict) and "error" not in info:
+            return domain
+    raise nats.js.errors.ServiceUnavailableError(description="no JetStream answered (with or without a domain)")
 
 
 class PolicyRevision(NamedTuple):
@@ -89,31 +117,49 @@ def decode_envelope(data: bytes, revision: int, created: datetime | None = None)
 class PolicyStore:
     """The policy key of the ``xz_policy`` bucket, through any connection (hub or leaf)."""
 
-    def __init__(self, nc: NATS, domain: str | None = JS_DOMAIN, bucket: str = POLICY_BUCKET,
+    def __init__(self, nc: NATS, domain: str | None = DETECT, bucket: str = POLICY_BUCKET,
                  key: str = POLICY_KEY, timeout: float = 3.0):
         self._nc = nc
-        self._js = nc.jetstream(domain=domain, timeout=timeout)
+        self._domain = domain
+        self._timeout = timeout
+        self._js = None
         self._bucket_name = bucket
         self.key = key
-        api = f"$JS.{domain}.API." if domain else ""
-        self._put_subject = f"{api}$KV.{bucket}.{key}"
         self._kv: KeyValue | None = None
+
+    @property
+    def domain(self) -> str | None:
+        return None if self._domain == DETECT else self._domain
+
+    async def _jetstream(self):
+        if self._js is None:
+            if self._domain == DETECT:
+                self._domain = await detect_domain(self._nc, self._timeout)
+                log_event(log, "policy store JetStream", domain=self._domain or "(none)")
+            self._js = self._nc.jetstream(domain=self._domain, timeout=self._timeout)
+        return self._js
+
+    @property
+    def _put_subject(self) -> str:
+        api = f"$JS.{self._domain}.API." if self._domain and self._domain != DETECT else ""
+        return f"{api}$KV.{self._bucket_name}.{self.key}"
 
     async def bucket(self, create: bool = True) -> KeyValue | None:
         """The KV bucket, created (history 64) on first use if ``create``; None if absent and not created."""
         if self._kv is not None:
             return self._kv
+        js = await self._jetstream()
         try:
-            self._kv = await self._js.key_value(self._bucket_name)
+            self._kv = await js.key_value(self._bucket_name)
         except nats.js.errors.BucketNotFoundError:
             if not create:
                 return None
             try:
-                self._kv = await self._js.create_key_value(
+                self._kv = await js.create_key_value(
                     KeyValueConfig(bucket=self._bucket_name, history=HISTORY,
                                    description="xiaozhi-edge escalation policy"))
             except nats.js.errors.BadRequestError:  # created concurrently with another config
-                self._kv = await self._js.key_value(self._bucket_name)
+                self._kv = await js.key_value(self._bucket_name)
         return self._kv
 
     async def get_entry(self) -> StoredPolicy | None:
@@ -140,7 +186,7 @@ class PolicyStore:
         else:
             policy = loads_policy(doc)
         await self.bucket(create=True)
-        ack = await self._js.publish(self._put_subject, encode_envelope(policy, note, author))
+        ack = await (await self._jetstream()).publish(self._put_subject, encode_envelope(policy, note, author))
         log_event(log, "policy stored", revision=ack.seq, summary=policy.summary())
         return ack.seq
 
@@ -191,11 +237,12 @@ class PolicyStore:
 
         A delete yields the built-in default with the delete's revision; an invalid
         value is logged and skipped (edges keep their last good policy). Ends when
-        the underlying watch stops; :class:`edge.policy_watcher.PolicyWatcher`
-        restarts it.
+        the underlying watch stops, or at once while no bucket exists (edges may not
+        create it); :class:`edge.policy_watcher.PolicyWatcher` restarts it.
         """
-        kv = await self.bucket(create=True)
-        assert kv is not None
+        kv = await self.bucket(create=False)
+        if kv is None:
+            return
         watcher = await kv.watch(self.key)
         try:
             async for e in watcher:

@@ -70,6 +70,7 @@ class NatsHubNode(_Model):
 
 class NatsHub(_Model):
     hub: list[NatsHubNode] = Field(min_length=1)
+    operator_password: SecretRef | None = None  # the policy operator's NATS user (provisioning)
 
 
 class LaunchSpec(_Model):
@@ -132,7 +133,8 @@ class Location(_Model):
 class NatsLeaf(_Model):
     host: str
     client_port: int = Field(4223, gt=0, lt=65536)
-    password: SecretRef | None = None  # the site's own hub user (provisioning); user name = site name
+    password: SecretRef | None = None  # the leaf's link to the hub (user leaf-<site>; provisioning)
+    site_password: SecretRef | None = None  # the site's edge processes at this leaf (user site-<site>)
 
 
 class EdgeHost(_Model):
