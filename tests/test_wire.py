@@ -25,7 +25,7 @@ def test_request_round_trip():
     req = _request()
     back = decode(encode(req), EscalationRequest)
     assert back == req
-    assert back.cancel_subject == "xz.v1.cancel.t-1"
+    assert back.cancel_subject == "xz.v1.cancel.s1.t-1"  # in the site's own namespace
     assert back.generation_id == "t-1"
     assert back.schema == SCHEMA_VERSION
 
