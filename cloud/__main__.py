@@ -1,4 +1,4 @@
-"""``python -m cloud worker ...`` runs a cloud worker; ``python -m cloud policy ...`` is the operators' tool."""
+"""``python -m cloud worker ...`` runs a cloud worker; ``policy ...`` and ``devices ...`` are the operators' tools."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ async def run_worker(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m cloud {worker|policy} ..."
+    usage = "usage: python -m cloud {worker|policy|devices} ..."
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from cloud.policy_cli import main as policy_main  # C2's operators' tool, imported only when used
 
         return policy_main(rest)
+    if command == "devices":
+        from cloud.devices_cli import main as devices_main
+
+        return devices_main(rest)
     print(f"unknown command {command!r}; {usage}", file=sys.stderr)
     return 2
 

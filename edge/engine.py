@@ -56,6 +56,7 @@ class EdgeEngine:
         self._llama = None
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
         self._nats_task: asyncio.Task | None = None
+        self.on_cloud: list = []  # callables given the NATS connection once it is up (device admission watch)
         self._trace = None
 
     # ------------------------------------------------------------ lifecycle
@@ -138,6 +139,8 @@ class EdgeEngine:
         await health.start()
         client = EscalationClient(self.nc, self.edge_id, self.site.name, model_class=model_class)
         self._cloud = [client, health, watcher]
+        for hook in self.on_cloud:
+            hook(self.nc)
         self.planner.escalation, self.planner.watcher, self.planner.health = client, watcher, health
         log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 

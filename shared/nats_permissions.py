@@ -7,17 +7,18 @@ Roles:
 - ``site``: an edge site. Its edge processes connect to the site's leaf as this user, and the
   leaf links to the hub as the same role (``leaf-<site>``), so both ends confine it. It may
   publish its escalation requests, cancel its own turns (``cancel.<site>.*``) and read/watch
-  the policy (JetStream API of the hub's domain, read-only calls on the KV stream); it may
+  the policy and device-admission KVs (JetStream API of the hub's domain, read-only calls); it may
   receive only replies on its own inbox prefix and worker heartbeats.
 - ``worker``: a cloud worker. Takes requests of its model class, hears every site's cancels,
   answers on reply inboxes, publishes its own heartbeat. No JetStream: it cannot touch the policy.
-- ``operator``: the policy CLI. The only user that may create and put the policy KV.
+- ``operator``: the policy and devices CLIs. The only user that may create and put those KVs.
 """
 
 from __future__ import annotations
 
 from shared import subjects
 
+BUCKETS = (subjects.POLICY_BUCKET, subjects.DEVICES_BUCKET)  # what sites read and the operator writes
 JS_DOMAIN = "hub"  # the hub's JetStream domain; clients behind a leaf reach the policy KV through it
 
 
@@ -43,7 +44,7 @@ def kv_read_subjects(bucket: str, domain: str | None) -> list[str]:
 
 
 def site_permissions(site: str, model_classes: list[str], domain: str | None = JS_DOMAIN,
-                     per_site_inbox: bool = True, buckets: tuple[str, ...] = (subjects.POLICY_BUCKET,)) -> dict:
+                     per_site_inbox: bool = True, buckets: tuple[str, ...] = BUCKETS) -> dict:
     publish = [subjects.escalate(c) for c in sorted(set(model_classes))] + [subjects.cancel_site(site)]
     for bucket in buckets:
         publish += kv_read_subjects(bucket, domain)
@@ -56,7 +57,7 @@ def worker_permissions(name: str, model_class: str) -> dict:
             "subscribe": {"allow": [subjects.escalate(model_class), subjects.CANCEL_ALL]}}
 
 
-def operator_permissions(domain: str | None = JS_DOMAIN, buckets: tuple[str, ...] = (subjects.POLICY_BUCKET,)) -> dict:
+def operator_permissions(domain: str | None = JS_DOMAIN, buckets: tuple[str, ...] = BUCKETS) -> dict:
     publish = [f"{api}.>" for api in js_api_prefixes(domain)]
     publish += [f"$KV.{b}.>" for b in buckets] + ["$JS.FC.>", "$JS.ACK.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}

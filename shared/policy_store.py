@@ -1,20 +1,12 @@
 """The escalation policy in a NATS JetStream KeyValue bucket, so every change has a revision.
 
 Operators write through the hub, edges read and watch through their leaf node. Both
-use the hub's JetStream domain (``JS_DOMAIN``) when the hub has one (every provisioned
-and embedded hub) and the plain API on a lab hub without a domain: the store asks
-``$JS.<domain>.API.INFO`` first and ``$JS.API.INFO`` second, once, on first use.
-Only the ``operator`` NATS user may create the bucket or put; edges just read and watch
-(a missing bucket means "no policy set yet").
+use the hub's JetStream domain when it has one (every provisioned and embedded hub) and
+the plain API on a lab hub without a domain, detected on first use. Only the ``operator``
+NATS user may create the bucket or put; edges just read and watch (a missing bucket
+means "no policy set yet").
 
-Why puts carry the ``$JS.<domain>.API.`` prefix: a leaf node does not import the
-hub's stream subjects (JetStream traffic across domains is confined to the domain's
-API prefix), so a plain publish to ``$KV.<bucket>.<key>`` from behind a leaf finds
-no responder ("no response from stream"). nats.go handles this by prefixing puts
-with the domain's API prefix when a domain is set; nats-py does not, so this module
-publishes to ``$JS.hub.API.$KV.xz_policy.policy`` itself. The hub maps that back to
-the stream subject; it works the same from a hub connection. Reads (direct get) and
-watches already go through the API prefix / a deliver subject and work unchanged.
+Bucket access (domain detection, puts behind a leaf) is ``shared/kv_bucket.py``.
 
 Each value is a JSON envelope: ``{"schema": 1, "policy": {...}, "author": ..., "note": ...}``.
 """
@@ -30,48 +22,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, AsyncIterator, NamedTuple
 
-import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared.log import log_event
-from shared.nats_permissions import JS_DOMAIN
+from shared.kv_bucket import DETECT, HISTORY, KvBucket, detect_domain  # noqa: F401 - re-exported
 from shared.policy import DEFAULT_POLICY, Policy, PolicyError, loads_policy, parse_policy
 from shared.subjects import POLICY_BUCKET, POLICY_KEY
 
 log = logging.getLogger("shared.policy_store")
 
-HISTORY = 64  # revisions kept per key (JetStream's maximum)
 ENVELOPE_SCHEMA = 1
 
 
 class PolicyStoreError(Exception):
     """The store could not be used (NATS/JetStream problem or a corrupt entry); one readable line."""
-
-
-DETECT = "detect"  # PolicyStore(domain=DETECT): find out whether the hub has a JetStream domain
-
-
-async def detect_domain(nc: NATS, timeout: float = 3.0, candidates: tuple[str | None, ...] = (JS_DOMAIN, None)) -> str | None:
-    """The first of ``candidates`` whose JetStream API answers (None = no domain).
-
-    Raises ``nats.js.errors.ServiceUnavailableError`` when none does (no JetStream reachable).
-    """
-    for domain in candidates:
-        subject = f"$JS.{domain}.API.INFO" if domain else "$JS.API.INFO"
-        try:
-            msg = await nc.request(subject, b"", timeout=timeout)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
-            continue
-        try:
-            info = json.loads(msg.data)
-        except ValueError:
-            continue
-        if isinstance(info, dict) and "error" not in info:
-            return domain
-    raise nats.js.errors.ServiceUnavailableError(description="no JetStream answered (with or without a domain)")
 
 
 class PolicyRevision(NamedTuple):
@@ -114,53 +80,13 @@ def decode_envelope(data: bytes, revision: int, created: datetime | None = None)
                         str(env.get("author", "")), str(env.get("note", "")))
 
 
-class PolicyStore:
+class PolicyStore(KvBucket):
     """The policy key of the ``xz_policy`` bucket, through any connection (hub or leaf)."""
 
     def __init__(self, nc: NATS, domain: str | None = DETECT, bucket: str = POLICY_BUCKET,
                  key: str = POLICY_KEY, timeout: float = 3.0):
-        self._nc = nc
-        self._domain = domain
-        self._timeout = timeout
-        self._js = None
-        self._bucket_name = bucket
+        super().__init__(nc, bucket, "xiaozhi-edge escalation policy", domain, timeout)
         self.key = key
-        self._kv: KeyValue | None = None
-
-    @property
-    def domain(self) -> str | None:
-        return None if self._domain == DETECT else self._domain
-
-    async def _jetstream(self):
-        if self._js is None:
-            if self._domain == DETECT:
-                self._domain = await detect_domain(self._nc, self._timeout)
-                log_event(log, "policy store JetStream", domain=self._domain or "(none)")
-            self._js = self._nc.jetstream(domain=self._domain, timeout=self._timeout)
-        return self._js
-
-    @property
-    def _put_subject(self) -> str:
-        api = f"$JS.{self._domain}.API." if self._domain and self._domain != DETECT else ""
-        return f"{api}$KV.{self._bucket_name}.{self.key}"
-
-    async def bucket(self, create: bool = True) -> KeyValue | None:
-        """The KV bucket, created (history 64) on first use if ``create``; None if absent and not created."""
-        if self._kv is not None:
-            return self._kv
-        js = await self._jetstream()
-        try:
-            self._kv = await js.key_value(self._bucket_name)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                return None
-            try:
-                self._kv = await js.create_key_value(
-                    KeyValueConfig(bucket=self._bucket_name, history=HISTORY,
-                                   description="xiaozhi-edge escalation policy"))
-            except nats.js.errors.BadRequestError:  # created concurrently with another config
-                self._kv = await js.key_value(self._bucket_name)
-        return self._kv
 
     async def get_entry(self) -> StoredPolicy | None:
         """The current stored policy, or None before any was set (or after a delete)."""
@@ -185,10 +111,9 @@ class PolicyStore:
             policy = parse_policy(doc)
         else:
             policy = loads_policy(doc)
-        await self.bucket(create=True)
-        ack = await (await self._jetstream()).publish(self._put_subject, encode_envelope(policy, note, author))
-        log_event(log, "policy stored", revision=ack.seq, summary=policy.summary())
-        return ack.seq
+        rev = await self.put(self.key, encode_envelope(policy, note, author))
+        log_event(log, "policy stored", revision=rev, summary=policy.summary())
+        return rev
 
     async def entries(self) -> list[StoredPolicy | PolicyRevision]:
         """Every kept revision, oldest first (undecodable ones as a PolicyRevision with the error)."""

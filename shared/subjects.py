@@ -81,3 +81,7 @@ def heartbeat_class(model_class: str) -> str:
 # ---------------------------------------------------------------- escalation policy (JetStream KV)
 POLICY_BUCKET = "xz_policy"
 POLICY_KEY = "policy"
+
+# ---------------------------------------------------------------- device admission (JetStream KV)
+# approved.<activation code> and revoked.<device id, base64url>; the operator writes, edges watch.
+DEVICES_BUCKET = "xz_devices"

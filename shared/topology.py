@@ -48,6 +48,10 @@ class SecretRef(_Model):
             raise ValueError("a secret reference needs `env` or `file`")
         return data
 
+    def is_default(self) -> bool:
+        """True when neither the variable nor the file provides the secret (the lab default applies)."""
+        return not (self.env and os.environ.get(self.env)) and not (self.file and Path(self.file).is_file())
+
     def resolve(self) -> str:
         if self.env and os.environ.get(self.env):
             return os.environ[self.env]
@@ -201,10 +205,25 @@ class MonitoringSpec(_Model):
 
 
 # ---------------------------------------------------------------- edge node settings
+class ActivationSpec(_Model):
+    """The firmware's own activation flow: the device shows a code, an operator approves it
+    (``python -m cloud devices approve CODE``), the device proves its eFuse key at ``/activate``."""
+
+    enabled: bool = False
+    # "SERIAL HEXKEY" lines: the HMAC key burnt into each device (HMAC_KEY0). Unset: devices are
+    # admitted on the operator's approval alone (no proof of the key is possible then).
+    device_keys: SecretRef | None = None
+    timeout_ms: int = Field(30000, gt=0)  # how long a device waits for the approval per /activate call
+
+
 class AuthSpec(_Model):
     secret: SecretRef = SecretRef(env="XZ_TOKEN_SECRET")
     token_ttl_s: int = Field(30 * 86400, gt=0)
     allow_anonymous: bool = False
+    allow_insecure_dev: bool = False  # accept the secret's lab default (the embedded default only)
+    allowed_devices: list[str] = []  # device id prefixes that may use this deployment; empty: any device
+    revoked: list[str] = []  # device ids whose tokens are refused (also: cloud devices revoke, no restart)
+    activation: ActivationSpec = ActivationSpec()
 
 
 class AudioSpec(_Model):

@@ -175,3 +175,45 @@ async def test_credentials_come_from_a_file_and_urls_are_redacted(tmp_path, secu
     await nc.close()
     assert redact_url("nats://worker-1:s3cret@10.0.0.1:4222,tls://u:p@h:1") == "nats://worker-1:***@10.0.0.1:4222,tls://u:***@h:1"
     assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+async def test_device_admission_follows_the_devices_kv_through_a_leaf(secured):
+    """`cloud devices revoke/approve` (the operator's DevicesStore) reach an edge's admission without a restart."""
+    from edge.admission import DeviceAdmission
+    from shared.device_store import DevicesStore
+    from shared.topology import AuthSpec
+
+    security, hub, leaves = secured
+    admission = DeviceAdmission(AuthSpec(activation={"enabled": True}), "secret")
+    site = await Client().connect(leaves["a"].url, leaves["a"].credentials(site_user("a")), inbox_prefix=b"_INBOX.a")
+    op = await Client().connect(hub.url, hub.credentials(OPERATOR))
+    watch = asyncio.create_task(admission.watch(site.nc, retry_s=0.2))
+    try:
+        device = "aa:bb:cc:dd:ee:01"
+        code = admission.code_for(device)
+        assert admission.admitted(device) == (False, "device not activated")
+        store = DevicesStore(op.nc)
+        await store.approve(code, "test")
+        await store.revoke("11:22:33:44:55:66", "test")
+        for _ in range(100):
+            if admission.admitted(device)[0] and admission.revoked("11:22:33:44:55:66"):
+                break
+            await asyncio.sleep(0.1)
+        assert admission.admitted(device) == (True, "")
+        assert admission.revoked("11:22:33:44:55:66")
+        await store.unrevoke("11:22:33:44:55:66")
+        for _ in range(100):
+            if not admission.revoked("11:22:33:44:55:66"):
+                break
+            await asyncio.sleep(0.1)
+        assert not admission.revoked("11:22:33:44:55:66")
+        # a site cannot approve itself
+        with pytest.raises(Exception):
+            await DevicesStore(site.nc, timeout=1.0).approve("123456")
+        await site.denied("$kv.xz_devices.approved.123456")
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        await site.close()
+        await op.close()

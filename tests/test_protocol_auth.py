@@ -106,3 +106,48 @@ async def test_simulator_reports_refused_handshake_in_one_line(edge_server, fake
     edge = await edge_server(fake_engine)
     with pytest.raises(SimError, match="HTTP 401"):
         await DeviceSimulator(edge.ws_url, "bad-token", DEVICE).connect()
+
+
+def test_malformed_tokens_of_any_bytes_are_refused_not_raised():
+    issuer = TokenIssuer("s3cret", ttl_s=60)
+    good = issuer.issue(DEVICE, now=1000)
+    for bad in ["v1.é.1.x", good + "é", "v1.\x00.1.x", "\udcff" * 5, "v1." + "ÿ" * 40, good.replace(".", "\u2024")]:
+        check = issuer.verify(bad, DEVICE, now=1010)
+        assert not check and check.reason == "malformed token"
+
+
+def test_default_secret_is_refused_unless_allow_insecure_dev(monkeypatch):
+    from shared.topology import TopologyError
+    from tests.fixtures_edge import make_topology
+
+    monkeypatch.delenv("XZ_TOKEN_SECRET", raising=False)
+    with pytest.raises(TopologyError, match="insecure default token secret"):
+        TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": False}}))
+    assert TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": True}}))
+    monkeypatch.setenv("XZ_TOKEN_SECRET", "a-real-secret")
+    assert TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": False}}))
+
+
+async def test_non_ascii_bearer_is_401(edge_server, fake_engine):
+    edge = await edge_server(fake_engine)
+    base = {"Protocol-Version": "1", "Device-Id": DEVICE}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(edge.ws_url, headers={**base, "Authorization": "Bearer v1.\xe9\xff.1.x".encode("latin-1"),
+                                                  "Upgrade": "websocket", "Connection": "Upgrade",
+                                                  "Sec-WebSocket-Version": "13",
+                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+            assert resp.status == 401
+
+
+async def test_revocation_applies_without_restart(edge_server, fake_engine):
+    from edge.server import SERVER_KEY
+
+    edge = await edge_server(fake_engine)
+    token = edge.token(DEVICE)
+    base = {"Protocol-Version": "1", "Device-Id": DEVICE, "Authorization": f"Bearer {token}"}
+    assert await _handshake(edge.ws_url, base) == 101
+    admission = edge.app[SERVER_KEY].admission
+    admission.apply("revoked", DEVICE, True)  # what the devices KV watch does on `cloud devices revoke`
+    assert await _handshake(edge.ws_url, base) == 401
+    admission.apply("revoked", DEVICE, False)
+    assert await _handshake(edge.ws_url, base) == 101
