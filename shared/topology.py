@@ -139,6 +139,7 @@ class NatsLeaf(_Model):
     client_port: int = Field(4223, gt=0, lt=65536)
     password: SecretRef | None = None  # the leaf's link to the hub (user leaf-<site>; provisioning)
     site_password: SecretRef | None = None  # the site's edge processes at this leaf (user site-<site>)
+    monitor_port: int | None = Field(None, gt=0, lt=65536)  # nats-server /varz (default: ansible's 8223)
 
 
 class EdgeHost(_Model):
@@ -147,6 +148,7 @@ class EdgeHost(_Model):
     port: int = Field(8000, gt=0, lt=65536)
     capacity: int = Field(150, gt=0)  # devices
     tier: str | None = None  # a name from edge/tiers.py, "auto" (edge doctor decides) or unset (site's)
+    llm_port: int | None = Field(None, gt=0, lt=65536)  # this edge's local LLM server (several edges on one host)
 
     def url(self, scheme: str = "ws", path: str = "/xiaozhi/v1/") -> str:
         return f"{scheme}://{self.host}:{self.port}{path}"

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -268,7 +269,8 @@ async def _confinement(rendered: dict) -> None:
         await wait_port("127.0.0.1", ports["client"])
         await wait_port("127.0.0.1", ports["leaf"])
         worker_pw = (secrets / "nats-worker-worker-1").read_text().strip()
-        worker = await nats.connect(f"nats://worker-worker-1:{worker_pw}@127.0.0.1:{ports['client']}")
+        tls = ssl.create_default_context(cafile=str(root / "hub-1/etc/xiaozhi-edge/tls/ca.pem"))
+        worker = await nats.connect(f"tls://worker-worker-1:{worker_pw}@127.0.0.1:{ports['client']}", tls=tls)
         seen: list[str] = []
 
         async def answer(msg):
@@ -277,9 +279,11 @@ async def _confinement(rendered: dict) -> None:
                 await msg.respond(b"ok")
 
         await worker.subscribe("xz.v1.escalate.large", queue="xz-workers-large", cb=answer)
-        await worker.subscribe("xz.v1.cancel.*", cb=answer)
+        await worker.subscribe("xz.v1.cancel.local-site.*", cb=answer)
         await worker.flush()
-        edge = await nats.connect(f"nats://127.0.0.1:{ports['leaf']}", inbox_prefix=b"_INBOX.local-site")
+        site_pw = (secrets / "nats-site-local-site").read_text().strip()
+        site_url = f"tls://site-local-site:{site_pw}@127.0.0.1:{ports['leaf']}"
+        edge = await nats.connect(site_url, inbox_prefix=b"_INBOX.local-site", tls=tls)
         reply = None
         for _ in range(50):  # the leaf link and interest propagation take a moment
             try:
@@ -288,7 +292,7 @@ async def _confinement(rendered: dict) -> None:
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 await asyncio.sleep(0.2)
         assert reply is not None and reply.data == b"ok"
-        await edge.publish("xz.v1.cancel.turn1", b"")
+        await edge.publish("xz.v1.cancel.local-site.turn1", b"")
         # a worker-side subject the site must not reach: subscribe as the worker, publish from the site
         await worker.subscribe("xz.v1.worker.heartbeat.large.worker-1", cb=answer)
         await worker.flush()
@@ -296,10 +300,10 @@ async def _confinement(rendered: dict) -> None:
         await edge.publish("xz.v1.worker.heartbeat.large.worker-1", b"forged")
         await edge.flush()
         await asyncio.sleep(0.5)
-        assert "xz.v1.cancel.turn1" in seen
+        assert "xz.v1.cancel.local-site.turn1" in seen
         assert "xz.v1.worker.heartbeat.large.worker-1" not in seen  # the site cannot forge worker health
         # replies only come back on the site's own inbox prefix
-        other = await nats.connect(f"nats://127.0.0.1:{ports['leaf']}")
+        other = await nats.connect(site_url, tls=tls)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
             await other.request("xz.v1.escalate.large", b"turn", timeout=1.0)
         for c in (edge, other, worker):
@@ -329,13 +333,16 @@ def test_multi_region_example_renders_a_hub_cluster_and_a_user_per_site(tmp_path
         t = subprocess.run([str(NATS_SERVER), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
         assert t.returncode == 0, f"{conf}: {t.stdout}{t.stderr}"
     hub2 = (tmp_path / "root/hub-2/etc/nats/nats-hub.conf").read_text()
-    assert "nats-route://10.0.0.11:6222" in hub2 and "nats-route://10.0.0.13:6222" in hub2
-    assert "nats-route://10.0.0.12" not in hub2  # no route to itself
+    assert "tls://10.0.0.11:6222" in hub2 and "tls://10.0.0.13:6222" in hub2  # routes over TLS
+    assert "tls://10.0.0.12" not in hub2  # no route to itself
+    assert 'domain: "hub"' in hub2 and hub2.count("cert_file:") == 3  # clients, cluster, leaf nodes
     for site in ("ams", "fra", "par", "mad", "nyc", "chi", "sfo"):
-        assert f'user: "leaf-{site}"' in hub2 and f'"_INBOX.{site}.>"' in hub2
+        assert f'user: "leaf-{site}"' in hub2 and f'"_INBOX.{site}.>"' in hub2 and f'"xz.v1.cancel.{site}.*"' in hub2
+    assert 'user: "operator"' in hub2 and (tmp_path / "root/hub-2/etc/xiaozhi-edge/operator.creds").is_file()
     for site in ("ams", "sfo"):
         leaf = (tmp_path / f"root/{site}-leaf/etc/nats/nats-leaf.conf").read_text()
-        assert f"nats-leaf://leaf-{site}:" in leaf and leaf.count("nats-leaf://") == 3  # all hub nodes
+        assert f"tls://leaf-{site}:" in leaf and leaf.count("tls://") == 3  # all hub nodes, over TLS
+        assert f'user: "site-{site}"' in leaf and "authorization" in leaf  # the site LAN is not open
     passwords = {(tmp_path / "secrets" / f"nats-leaf-{s}").read_text() for s in ("ams", "fra", "par")}
     assert len(passwords) == 3  # every site has its own secret
     ams_pw = (tmp_path / "secrets" / "nats-leaf-ams").read_text()
