@@ -20,7 +20,7 @@ from typing import Sequence
 import nats.errors
 import nats.js.errors
 
-from cloud.policy_cli import CliError, credentials, nats_url, operator_connection, permission_errors
+from cloud.policy_cli import CliError, credentials, nats_url, operator_connection, quiet_asyncio, refused
 from shared.device_store import DevicesStore
 from shared.nats_conn import redact_url
 
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "approve" and not (args.code.isdigit() and 4 <= len(args.code) <= 12):
         raise CliError(f"activation code {args.code!r}: expected the digits the device shows", 1)
-    creds = credentials(getattr(args, "creds", None))
+    creds = credentials(getattr(args, "creds", None), url_given=bool(getattr(args, "nats", None)))
     url = nats_url(getattr(args, "nats", None), creds)
     author = f"{getpass.getuser()}@{socket.gethostname()}"
     async with operator_connection(url, creds) as nc:
@@ -61,18 +61,17 @@ async def _run(args: argparse.Namespace) -> int:
                 await store.unrevoke(args.device_id)
                 print(f"lifted the revocation of {args.device_id}")
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            refused(url, nc)
             raise CliError(f"NATS at {redact_url(url)} has no JetStream for the devices bucket", 2) from None
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            denied = permission_errors(nc)
-            if denied:
-                raise CliError(f"NATS at {redact_url(url)} refused: {denied[0]} (the operator user's credentials "
-                               f"are needed: --creds FILE)", 2) from None
+            refused(url, nc)
             raise CliError(f"NATS at {redact_url(url)} did not answer: {exc or type(exc).__name__}", 2) from None
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_asyncio()
     try:
         return asyncio.run(_run(args))
     except CliError as exc:

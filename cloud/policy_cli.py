@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import difflib
+import logging
 import os
 import sys
 from collections import Counter
@@ -52,14 +53,15 @@ EMBEDDED_CREDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               "security", "operator.creds")
 
 
-def credentials(arg: str | None) -> NatsCredentials:
-    """--creds FILE, else $NATS_CREDS, else the environment; the embedded default's file when none is set."""
+def credentials(arg: str | None, url_given: bool = False) -> NatsCredentials:
+    """--creds FILE, else $NATS_CREDS, else the environment; with nothing set at all (no URL either: the
+    topology's hub), the embedded default's operator file when ``make run`` has made one."""
     path = arg or os.environ.get("NATS_CREDS")
     try:
         if path:
             return NatsCredentials.from_file(path)
         creds = NatsCredentials.from_env()
-        if creds.user is None and os.path.isfile(EMBEDDED_CREDS):
+        if creds.user is None and creds.url is None and not url_given and os.path.isfile(EMBEDDED_CREDS):
             return NatsCredentials.from_file(EMBEDDED_CREDS)
         return creds
     except CredentialsError as exc:
@@ -113,8 +115,12 @@ async def operator_connection(url: str, creds: NatsCredentials):
             await nc.close()
 
 
-def permission_errors(nc) -> list[str]:
-    return [str(e) for e in getattr(nc, "xz_errors", []) if "permission" in str(e).lower()]
+def refused(url: str, nc) -> None:
+    """Raise the CliError for a permission violation the server reported on ``nc``, if any."""
+    denied = [str(e) for e in getattr(nc, "xz_errors", []) if "permission" in str(e).lower()]
+    if denied:
+        raise CliError(f"NATS at {redact_url(url)} refused: {denied[0]} (the operator user's credentials are "
+                       f"needed: --creds FILE)", 2)
 
 
 @contextlib.asynccontextmanager
@@ -268,26 +274,30 @@ COMMANDS = {"show": cmd_show, "set": cmd_set, "diff": cmd_diff, "history": cmd_h
 async def _run(args: argparse.Namespace) -> int:
     if args.command in ("set", "diff", "dry-run"):
         _read_policy(args.file)  # refuse a bad file before touching NATS
-    creds = credentials(getattr(args, "creds", None))
+    creds = credentials(getattr(args, "creds", None), url_given=bool(getattr(args, "nats", None)))
     url = nats_url(getattr(args, "nats", None), creds)
     async with _store(url, creds) as store:
         try:
             return await COMMANDS[args.command](store, args)
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            refused(url, store._nc)
             raise CliError(f"NATS at {redact_url(url)} has no JetStream for the policy bucket", 2) from None
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            denied = permission_errors(store._nc)
-            if denied:
-                raise CliError(f"NATS at {redact_url(url)} refused: {denied[0]} (the operator user's "
-                               f"credentials are needed: --creds FILE)", 2) from None
+            refused(url, store._nc)
             detail = str(exc) or type(exc).__name__
             raise CliError(f"NATS at {redact_url(url)} did not answer: {detail}", 2) from None
         except PolicyError as exc:  # the stored value itself is invalid
             raise CliError(f"stored policy is invalid: {exc.errors[0]}", 1) from None
 
 
+def quiet_asyncio() -> None:
+    """asyncio's TLS teardown chatter ("returning true from eof_received()...") is no error for the user."""
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_asyncio()
     try:
         return asyncio.run(_run(args))
     except CliError as exc:

@@ -219,14 +219,16 @@ async def start_hub(
     jetstream: bool = True,
     workdir: str | os.PathLike | None = None,
     security: NatsSecurity | None = None,
+    js_domain: str | None = JS_DOMAIN,
 ) -> NatsProcess:
-    """A hub node: clients, leaf nodes, JetStream (KV for the escalation policy)."""
+    """A hub node: clients, leaf nodes, JetStream (KV for the escalation policy; ``js_domain=None``: a lab
+    hub without a domain, which clients detect)."""
     wd, own = _workdir(workdir)
     port = port or free_port(host)
     leafnode_port = leafnode_port or free_port(host)
     config: dict = {"server_name": name, "listen": f"{host}:{port}", "leafnodes": {"listen": f"{host}:{leafnode_port}"}}
     if jetstream:
-        config["jetstream"] = {"store_dir": str(wd / "js"), "domain": JS_DOMAIN}
+        config["jetstream"] = {"store_dir": str(wd / "js"), **({"domain": js_domain} if js_domain else {})}
     if security is not None:
         config["tls"] = security.tls_block(name)
         config["leafnodes"]["tls"] = security.tls_block(name)
