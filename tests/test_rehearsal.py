@@ -337,7 +337,7 @@ async def test_strangers_cannot_use_a_leaf(running):
             await writer.wait_closed()
 
 
-def test_rendered_configs_pass_the_static_checks(deployment):
+async def test_rendered_configs_pass_the_static_checks(deployment):
     for conf in sorted(deployment.root.rglob("*.conf")):
         t = subprocess.run([str(Path(sys.executable).parent / "nats-server"), "-t", "-c", str(conf)],
                            capture_output=True, text=True, timeout=30)
