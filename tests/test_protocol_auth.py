@@ -129,14 +129,22 @@ def test_default_secret_is_refused_unless_allow_insecure_dev(monkeypatch):
 
 
 async def test_non_ascii_bearer_is_401(edge_server, fake_engine):
+    """Raw bytes in the Authorization header (what a broken or hostile client sends): 401, never 500."""
+    import asyncio
+    from urllib.parse import urlsplit
+
     edge = await edge_server(fake_engine)
-    base = {"Protocol-Version": "1", "Device-Id": DEVICE}
-    async with aiohttp.ClientSession() as http:
-        async with http.get(edge.ws_url, headers={**base, "Authorization": "Bearer v1.\xe9\xff.1.x".encode("latin-1"),
-                                                  "Upgrade": "websocket", "Connection": "Upgrade",
-                                                  "Sec-WebSocket-Version": "13",
-                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
-            assert resp.status == 401
+    url = urlsplit(edge.ws_url)
+    for token in (b"v1.\xc3\xa9\xc3\xbf.1.x", b"v1.\xff\xfe.1.x", "v1.ä.1.é".encode()):
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(b"GET " + url.path.encode() + b" HTTP/1.1\r\nHost: x\r\nProtocol-Version: 1\r\n"
+                     b"Device-Id: " + DEVICE.encode() + b"\r\nAuthorization: Bearer " + token + b"\r\n"
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.split()[1] == b"401", (token, status)
 
 
 async def test_revocation_applies_without_restart(edge_server, fake_engine):
