@@ -68,7 +68,7 @@ def rehearsal_topology(path: Path) -> dict:
     if isinstance(tools.get("sites"), dict) and "local-site" in tools["sites"]:
         tools["sites"] = {"site-a": tools["sites"]["local-site"]}
     doc["edge"]["auth"]["allow_insecure_dev"] = False  # the rendered secret must be what the edges use
-    doc["edge"]["escalation"]["trace_path"] = str(path.parent / "turns.jsonl")
+    doc["edge"].setdefault("escalation", {})["trace_path"] = str(path.parent / "turns.jsonl")
     doc["edge"]["tts"].setdefault("cache", {})["disk_dir"] = str(path.parent / "tts-cache")
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return doc
@@ -240,7 +240,7 @@ class Recorder:
     def __init__(self):
         self.errors: list[str] = []
 
-    async def __call__(self, exc):
+    async def record(self, exc):
         self.errors.append(str(exc))
 
     async def denied(self, what: str, timeout: float = 10) -> str:
@@ -289,6 +289,9 @@ async def test_a_turn_at_site_a_escalates_and_the_worker_answers_over_tls(runnin
         await asyncio.sleep(2)
     assert report is not None and report.answered_by == "cloud", report.summary() if report else None
     assert report.reply and report.frames > 0
+    served = [json.loads(line) for line in dep.log_tail("worker", 10**7).splitlines()
+              if '"escalation served"' in line]
+    assert any(s.get("site") == "site-a" and s.get("edge") == "edge-a" for s in served)  # the worker's own record
 
 
 async def test_site_b_cannot_read_cancel_or_write_what_is_not_its_own(running):
@@ -297,7 +300,7 @@ async def test_site_b_cannot_read_cancel_or_write_what_is_not_its_own(running):
     assert creds_b.user == "site-site-b" and creds_b.password and creds_b.ca_file
     leaf_b = f"nats://127.0.0.1:{dep.leaf('site-b')['client_port']}"
     errors = Recorder()
-    nc = await nats.connect(leaf_b, error_cb=errors, allow_reconnect=False, inbox_prefix=b"_INBOX.site-b",
+    nc = await nats.connect(leaf_b, error_cb=errors.record, allow_reconnect=False, inbox_prefix=b"_INBOX.site-b",
                             **creds_b.connect_options())
     try:
         await nc.subscribe("_INBOX.site-a.>")
