@@ -58,16 +58,18 @@ async def run_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    launched: list[LlamaServer] = []
+    launched: dict[str, LlamaServer] = {}
     pool = runner = worker = nc = registration = None
     try:
         if args.launch_backends:
             for b in spec.backends:
                 if b.launch is not None:
-                    server = LlamaServer.for_url(b.launch, b.url, alias=b.model)
-                    launched.append(server)
+                    server = LlamaServer.for_url(b.launch, b.url, alias=b.model, name=f"backend:{b.name}")
+                    launched[b.name] = server
                     await server.start()
         pool = BackendPool.from_specs(spec.backends)
+        for name, server in launched.items():  # a crashed server is out of the pool at once, back once restarted
+            server.supervisor.on_event = lambda state, _info, name=name: pool.mark(name, state == "up")
         await pool.start()
         cache = None if args.no_cache else await AnswerCache.create(threshold=args.cache_threshold)
         try:
@@ -77,6 +79,7 @@ async def run_worker(args: argparse.Namespace) -> int:
             return 1
         worker = Worker(nc, spec.name, spec.model_class, pool, max_inflight=spec.max_inflight, cache=cache,
                         sites=[s.name for s in topo.sites])
+        worker.launched = launched
         await worker.start()
         if args.http_port:
             runner = await serve_http(worker, args.http_host, args.http_port)
@@ -103,7 +106,7 @@ async def run_worker(args: argparse.Namespace) -> int:
             await runner.cleanup()
         if pool is not None:
             await pool.stop()
-        for server in reversed(launched):
+        for server in reversed(list(launched.values())):
             await server.stop()
 
 

@@ -143,11 +143,21 @@ class BackendPool:
         probed = [ep for ep in self.endpoints if ep.inflight == 0]
         results = await asyncio.gather(*(ep.client.health() for ep in probed))
         for ep, ok in zip(probed, results):
-            if ok != ep.healthy:
-                log_event(log, "backend health changed", logging.WARNING if not ok else logging.INFO,
-                          backend=ep.name, healthy=ok)
-            ep.healthy = ok
-            metrics.BACKEND_UP.labels(backend=ep.name).set(1 if ok else 0)
+            self._set_health(ep, ok)
+
+    def mark(self, name: str, healthy: bool) -> None:
+        """Set an endpoint's health from outside the probes (its supervised server went down or came back)."""
+        for ep in self.endpoints:
+            if ep.name == name:
+                self._set_health(ep, healthy)
+
+    @staticmethod
+    def _set_health(ep: Endpoint, ok: bool) -> None:
+        if ok != ep.healthy:
+            log_event(log, "backend health changed", logging.WARNING if not ok else logging.INFO,
+                      backend=ep.name, healthy=ok)
+        ep.healthy = ok
+        metrics.BACKEND_UP.labels(backend=ep.name).set(1 if ok else 0)
 
     async def _health_loop(self) -> None:
         while True:

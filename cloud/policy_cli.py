@@ -219,7 +219,7 @@ def replay(policy: Policy, turns: Sequence, revision: int = 0) -> ReplayResult:
 
 
 async def cmd_dry_run(store: PolicyStore, args: argparse.Namespace) -> int:
-    from edge.turn_trace import read_trace  # the edge's trace format, read where it is written
+    from shared.turn_trace import read_trace
 
     new = _read_policy(args.file)
     try:
@@ -232,6 +232,10 @@ async def cmd_dry_run(store: PolicyStore, args: argparse.Namespace) -> int:
     a, b = replay(cur, turns, rev), replay(new, turns)
     pct = lambda n: f"{n} ({n / len(turns):.1%})"  # noqa: E731
     print(f"dry-run over {len(turns)} turns from {args.turns}" + (f" ({skipped} unusable lines skipped)" if skipped else ""))
+    textless = sum(1 for _, f in turns if f.text is None)
+    if textless:
+        print(f"  {textless} turns were traced without text (store_text: false): keyword and pattern conditions "
+              "match none of them")
     print(f"  current policy (revision {rev}) escalates: {pct(a.escalated)}")
     print(f"  new policy ({args.file}) escalates: {pct(b.escalated)}")
     changed = sum(1 for x, y in zip(a.decisions, b.decisions) if x != y)

@@ -21,10 +21,9 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
-
 
 from aiohttp import web
+from cachetools import TTLCache
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -62,10 +61,12 @@ class Worker:
         self.cache = cache
         self.heartbeat_s = heartbeat_s
         self._active: dict[str, asyncio.Task] = {}  # cancel subject -> generation task
-        self._cancel_requested: OrderedDict[str, float] = OrderedDict()  # also remembers early cancels
+        # cancel subjects asked for: also early cancels (the request is still on its way), kept a minute
+        self._cancel_requested: TTLCache[str, float] = TTLCache(maxsize=1024, ttl=60.0, timer=time.monotonic)
         self._subs: list = []
         self._request_sub = None
         self._heartbeat_task: asyncio.Task | None = None
+        self.launched: dict = {}  # backend name -> the supervised LlamaServer this worker started for it
 
     @property
     def inflight(self) -> int:
@@ -115,7 +116,8 @@ class Worker:
                 "inflight": self.inflight, "max_inflight": self.max_inflight,
                 "backends": {ep.name: {"healthy": ep.healthy, "breaker": ep.breaker.state.value,
                                        "inflight": ep.inflight} for ep in self.pool.endpoints},
-                "cache": self.cache is not None}
+                "cache": self.cache is not None,
+                "launched": {name: server.status() for name, server in self.launched.items()}}
 
     # ------------------------------------------------------------ NATS handlers
     async def _reply(self, inbox: str, chunk: ReplyChunk) -> None:
@@ -161,20 +163,12 @@ class Worker:
         except WireError as exc:
             log_event(log, "bad cancel message", logging.WARNING, error=str(exc), subject=msg.subject)
             reason = "abort"
-        task = self._active.get(msg.subject)
-        if task is None:  # not ours, or not arrived yet: remember briefly in case it is on its way
-            self._remember_cancel(msg.subject)
-            return
         self._cancel_requested[msg.subject] = time.monotonic()
+        task = self._active.get(msg.subject)
+        if task is None:  # not ours, or not arrived yet: remembered briefly in case it is on its way
+            return
         log_event(log, "cancel received", subject=msg.subject, reason=reason)
         task.cancel()
-
-    def _remember_cancel(self, subject: str, keep: int = 1024, ttl_s: float = 60.0) -> None:
-        now = time.monotonic()
-        self._cancel_requested[subject] = now
-        while self._cancel_requested and (len(self._cancel_requested) > keep
-                                          or now - next(iter(self._cancel_requested.values())) > ttl_s):
-            self._cancel_requested.popitem(last=False)
 
     # ------------------------------------------------------------ one generation
     async def _serve(self, req: EscalationRequest, inbox: str, key: str) -> None:

@@ -11,7 +11,8 @@ is handed over together (sherpa-onnx decodes such a batch in one call).
 
 ``prefetch(pcm)`` starts a transcription early (the VAD's SpeechPaused); a later
 ``transcribe`` of the same samples awaits that job instead of running the model again
-(a small memo keyed by a hash of the pcm bytes).
+(a small memo keyed by a hash of the pcm bytes). ``submit(pcm)`` queues a job and hands
+back its future: the listening stage keeps that job and reuses it as is.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import logging
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
 from edge import metrics
+from shared import faults
 from shared.log import log_event
 from shared.topology import AsrSpec, ModelNotFound, resolve_model_path
 
@@ -214,6 +217,15 @@ BACKENDS: dict[str, type] = {"faster-whisper": FasterWhisperBackend, "sherpa-onn
 
 
 # ---------------------------------------------------------------- the queue
+def _retrieve(job: asyncio.Future) -> None:
+    if not job.cancelled():
+        job.exception()
+
+
+async def _mark_reused(job: asyncio.Future) -> Transcript:
+    return replace(await job, reused=True)
+
+
 @dataclass
 class _Job:
     pcm: np.ndarray  # float32
@@ -235,7 +247,7 @@ class AsrService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()
-        self._memo: OrderedDict[bytes, Future] = OrderedDict()
+        self._memo: LRUCache[bytes, Future] = LRUCache(maxsize=max(memo_size, 1))
 
     async def load(self) -> None:
         """Load the configured backend in the inference thread; config errors surface here."""
@@ -260,8 +272,28 @@ class AsrService:
         """Start transcribing now; a later ``transcribe`` of the same samples reuses the result."""
         self._submit(pcm16k)
 
+    def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
+        """Queue now, await later (the listening stage's speculative job): a Future of the Transcript.
+
+        Errors (bad input, a full queue, the model failing) surface when it is awaited;
+        cancelling an awaiting caller does not cancel the job (await it through ``asyncio.shield``)."""
+        loop = asyncio.get_running_loop()
+        try:
+            future, reused = self._submit(pcm16k)
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the job
+            failed = loop.create_future()
+            failed.set_exception(exc)
+            job = failed
+        else:
+            job = asyncio.wrap_future(future, loop=loop)
+            if reused:
+                job = asyncio.ensure_future(_mark_reused(job))
+        job.add_done_callback(_retrieve)  # a dropped speculative job must not log "never retrieved"
+        return job
+
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""
+        faults.check("asr")
         future, reused = self._submit(pcm16k)
         result: Transcript = await asyncio.shield(asyncio.wrap_future(future))
         return replace(result, reused=True) if reused else result
@@ -278,9 +310,8 @@ class AsrService:
             raise ValueError(f"ASR expects a 1-D int16 array of 16 kHz samples, got {kind}")
         key = hashlib.blake2b(pcm16k.tobytes(), digest_size=16).digest()
         with self._lock:
-            known = self._memo.get(key)
+            known = self._memo.get(key)  # a hit makes it the most recent
             if known is not None and not known.cancelled() and not (known.done() and known.exception()):
-                self._memo.move_to_end(key)
                 return known, True
             if len(self._queue) >= self.max_queue:
                 raise AsrOverloaded(f"ASR queue full ({self.max_queue} utterances waiting)")
@@ -290,8 +321,6 @@ class AsrService:
                 return job.future, False
             self._queue.append(job)
             self._memo[key] = job.future
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
         self._executor.submit(self._drain)
         return job.future, False
 

@@ -2,7 +2,7 @@
 
 Detects CPU cores, RAM and GPUs (nvidia-smi / rocm-smi when present), runs a short CPU
 benchmark (float32 matrix multiply, GFLOPS), then picks the highest tier of
-edge/tiers.py whose requirements the host meets and prints why each better tier was
+shared/tiers.py whose requirements the host meets and prints why each better tier was
 rejected. ``--json`` prints the same for ansible, including the ``XZ_CFG__`` overrides that
 configure the edge node for the chosen tier. Exit 0 when a tier fits, 1 when none does
 (or a pinned ``--tier`` does not fit), 2 for bad arguments.
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edge.tiers import TIER_NAMES, TIERS, Tier, UnknownTier, get_tier
+from shared.tiers import TIER_NAMES, TIERS, Tier, UnknownTier, get_tier
 from shared.topology import ModelNotFound, resolve_model_path
 
 

@@ -18,12 +18,20 @@ import logging
 from dataclasses import fields
 
 from edge import metrics
-from edge.answer import AnswerPlanner
 from edge.asr import AsrService
-from edge.tools.config import load_tools_spec
+from edge.cloud_link import CloudLink
+from edge.pipeline.observers import Observer, TraceObserver
+from edge.pipeline.ports import DeviceOutput
+from edge.pipeline.turn import Phrases, TurnPipeline, TurnResult, TurnStart
+from edge.stages.answering import Answering
+from edge.stages.answering.local import LocalHealth
+from edge.stages.answering.phrase import PhraseAnswer
+from edge.stages.deciding import Deciding
+from edge.stages.listening import Listening
+from edge.stages.speaking import Speaking
+from edge.stages.understanding import Understanding
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
-from edge.turn import DeviceOutput, Phrases, TurnRequest, TurnResult, TurnRunner
 from edge.vad import VadService
 from shared.chat import ChatClient, build_chat_client
 from shared.log import log_event
@@ -33,6 +41,20 @@ from shared.topology import Topology
 log = logging.getLogger("edge.engine")
 
 NATS_RETRY_S = 2.0
+
+
+def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
+                   tools: SiteTools | None = None, health: LocalHealth | None = None,
+                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: []) -> TurnPipeline:
+    """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
+    deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
+                        active_turns=lambda: pipeline.active, local_available=local_available)
+    pipeline = TurnPipeline(
+        Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
+        greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
+        observers=observers)
+    return pipeline
 
 
 class EdgeEngine:
@@ -48,10 +70,11 @@ class EdgeEngine:
         self.vad = VadService(self.settings.vad)
         self.asr = AsrService(self.settings.asr)
         self.tts = TtsService(self.settings.tts, self.settings.audio)
+        self.cloud = CloudLink()
+        self.llm_health = LocalHealth()
         self.llm: ChatClient | None = None
-        self.planner: AnswerPlanner | None = None
         self.tools: SiteTools | None = None
-        self.turns: TurnRunner | None = None
+        self.pipeline: TurnPipeline | None = None
         self.nc = None
         self._llama = None
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
@@ -71,25 +94,27 @@ class EdgeEngine:
         self.llm = build_chat_client(spec)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)])
         esc = self.settings.escalation
-        if esc.trace_path:
-            from edge.turn_trace import TurnTrace
+        if self.settings.trace.path:
+            from shared.turn_trace import TurnTrace
 
-            self._trace = TurnTrace(esc.trace_path)
+            self._trace = TurnTrace.from_spec(self.settings.trace)
         self.tools = self._site_tools()
         if self.tools is not None:
             await self.tts.prewarm(self.tools.loop.phrases.all())
-        self.planner = AnswerPlanner(self.llm, spec, esc, self.phrases, trace=self._trace,
-                                     queue_depth=lambda: self.asr.queue_depth, tools=self.tools)
-        self.turns = TurnRunner(self.asr, self.tts, self.planner, spec.system_prompt, self.phrases,
-                                history_turns=spec.history_turns)
+        self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
+                                       health=self.llm_health, queue_depth=lambda: self.asr.queue_depth,
+                                       local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
+                                       observers=self._observers)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True
         log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id)
 
+    def _observers(self, start: TurnStart) -> list[Observer]:
+        return [TraceObserver(self._trace, start.device_id)] if self._trace is not None else []
     def _site_tools(self) -> SiteTools | None:
         """The ``tools:`` section of topology.yaml for this site (None when ``mode: off``)."""
-        spec = load_tools_spec(self.topology)
+        spec = self.topology.tools
         if spec.mode == "off":
             return None
         llm = self.settings.llm
@@ -141,21 +166,49 @@ class EdgeEngine:
         self._cloud = [client, health, watcher]
         for hook in self.on_cloud:
             hook(self.nc)
-        self.planner.escalation, self.planner.watcher, self.planner.health = client, watcher, health
+        self.cloud.attach(client, watcher, health)
         log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 
     # ------------------------------------------------------------ serving
-    def health(self) -> dict:
-        snapshot = self.planner.policy() if self.planner else None
+    def llm_process_alive(self) -> bool:
+        """The launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
+        if self._llama is None:
+            return True
+        return self._llama.available  # the supervisor's view: False while crashed or restarting
+
+    def components(self) -> dict[str, bool]:
+        """Per component: can it do its part right now?"""
         return {
-            "ready": self.ready,
-            "site": self.site.name,
-            "edge": self.edge_id,
-            "cloud_link": bool(self.nc is not None and self.nc.is_connected),
-            "policy_revision": snapshot.revision if snapshot else None,
+            "vad": self.vad.loaded,
+            "asr": self.asr.backend is not None,
+            "llm": self.llm is not None and self.llm_process_alive() and self.llm_health.ok,
+            "tts": self.tts.primary is not None,
+            "cloud_link": self.cloud.up,
         }
 
-    async def run_turn(self, req: TurnRequest, out: DeviceOutput) -> TurnResult:
-        if self.turns is None:
+    def can_answer(self, parts: dict[str, bool]) -> bool:
+        """Some answer is possible: hearing works, and the local model or the cloud can answer, and speech works."""
+        return self.ready and parts["vad"] and parts["asr"] and parts["tts"] and (parts["llm"] or parts["cloud_link"])
+
+    def health(self) -> dict:
+        parts = self.components()
+        snapshot = self.cloud.policy() if self.ready else None
+        return {
+            "ready": self.ready,
+            "can_answer": self.can_answer(parts),
+            "components": {name: "up" if ok else "down" for name, ok in parts.items()},
+            "site": self.site.name,
+            "edge": self.edge_id,
+            "cloud_link": parts["cloud_link"],
+            "active_turns": self.pipeline.active if self.pipeline else 0,
+            "policy_revision": snapshot.revision if snapshot else None,
+            **({"llm_error": self.llm_health.error} if not self.llm_health.ok else {}),
+        }
+
+    def listening(self, mode: str) -> Listening:
+        return Listening(self.vad, self.asr, mode)
+
+    async def run_turn(self, start: TurnStart, out: DeviceOutput) -> TurnResult:
+        if self.pipeline is None:
             raise RuntimeError("engine not started")
-        return await self.turns.run(req, out)
+        return await self.pipeline.run(start, out)

@@ -16,8 +16,10 @@ fast, so the caller answers locally instead:
 Leaving the stream early (device abort, task cancellation, a failure above)
 publishes a cancel message, so the worker stops generating within one token.
 
-:class:`CloudHealthMonitor` follows the workers' heartbeats, so the policy can
-skip a cloud that is down or full without spending a request to find out.
+:class:`CloudHealthMonitor` follows the workers' heartbeats and probes the link
+itself (a NATS PING/PONG every half second), so the policy can skip a cloud that
+is down, full or behind a frozen leaf node without spending a request (and its
+first-token timeout) to find out.
 
 One wildcard inbox subscription serves every stream of the client; a stream's
 replies are routed to it by the last subject token. That keeps a request to one
@@ -222,29 +224,63 @@ class CloudHealth:
     workers: int  # workers heard from recently
     free_slots: int  # sum of (max_inflight - inflight) over them
     backends_up: int
+    link_up: bool = True  # the NATS connection answered its last probe
 
     @property
     def available(self) -> bool:
-        return self.workers > 0 and self.backends_up > 0 and self.free_slots > 0
+        return self.link_up and self.workers > 0 and self.backends_up > 0 and self.free_slots > 0
 
 
 class CloudHealthMonitor:
     """Follows worker heartbeats so the escalation policy can skip a cloud that is down or full
-    without spending a request (and its first-token timeout) to find out."""
+    without spending a request (and its first-token timeout) to find out.
+
+    Heartbeats alone notice a frozen leaf node only once they go stale (seconds); a
+    round trip to the leaf (``flush``: PING/PONG) every ``probe_interval_s`` that
+    must come back within ``probe_timeout_s`` marks the link down within about
+    ``probe_interval_s + probe_timeout_s``, and so does a dropped connection."""
 
     def __init__(self, nc: NATS, model_class: str = "large", stale_after_s: float = 6.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, probe_interval_s: float = 0.5,
+                 probe_timeout_s: float = 0.75):
         self.nc = nc
         self.model_class = subjects.token(model_class, "model class")
         self.stale_after_s = stale_after_s
         self.clock = clock
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.link_up = True
         self._last: dict[str, tuple[float, WorkerHeartbeat]] = {}
         self._sub = None
+        self._probe: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.heartbeat_class(self.model_class), cb=self._on_beat)
+        self._probe = asyncio.create_task(self._probe_loop(), name="cloud-link-probe")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            ok = False
+            if self.nc.is_connected:
+                try:
+                    await self.nc.flush(timeout=self.probe_timeout_s)
+                    ok = True
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - timeout, connection closed or reconnecting: the link is down
+                    ok = False
+            if ok != self.link_up:
+                log_event(log, "cloud link " + ("up" if ok else "down"), logging.INFO if ok else logging.WARNING,
+                          model_class=self.model_class)
+                self.link_up = ok
+            await asyncio.sleep(self.probe_interval_s)
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -261,5 +297,6 @@ class CloudHealthMonitor:
     def snapshot(self) -> CloudHealth:
         now = self.clock()
         fresh = [b for seen, b in self._last.values() if now - seen <= self.stale_after_s]
+        link = self.link_up and self.nc.is_connected
         return CloudHealth(len(fresh), sum(max(0, b.max_inflight - b.inflight) for b in fresh),
-                           sum(b.backends_up for b in fresh))
+                           sum(b.backends_up for b in fresh), link)

@@ -33,10 +33,11 @@ class McpError(Exception):
 
 
 class McpClient:
-    """Sends requests through ``send_json`` and resolves them from :meth:`handle_payload`."""
+    """Sends requests through ``send`` (one JSON-RPC payload; the session wraps it in an ``mcp`` message)
+    and resolves them from :meth:`handle_payload`."""
 
-    def __init__(self, send_json: Callable[[dict], Awaitable[None]], timeout: float = 10.0):
-        self._send_json = send_json
+    def __init__(self, send: Callable[[dict], Awaitable[None]], timeout: float = 10.0):
+        self._send = send
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -44,6 +45,9 @@ class McpClient:
         self.server_info: dict[str, Any] = {}
         self.ready = asyncio.Event()
         self._closed = False
+        # (tools, registry) merged by edge.tools.site for these tools; kept here, not in a table keyed by
+        # this client, so it is garbage with the session (the registry refers back to this client)
+        self.merged: tuple[list, Any] | None = None
 
     async def request(self, method: str, params: dict[str, Any] | None = None,
                       timeout: float | None = None) -> Any:
@@ -55,7 +59,7 @@ class McpClient:
         self._pending[rid] = fut
         payload = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
         try:
-            await self._send_json({"type": "mcp", "payload": payload})
+            await self._send(payload)
             return await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
         except asyncio.TimeoutError:
             metrics.ERRORS.labels(kind="mcp_timeout").inc()

@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edge import metrics
 from edge.admission import DeviceAdmission
 from edge.ota import WS_PATH, ChooseEdge, OtaHandler, json_error
-from edge.protocol import ProtocolError, check_version
-from edge.session import DeviceSession
+from edge.device.protocol import ProtocolError, check_version
+from edge.device.session import DeviceSession
 from edge.tokens import TokenIssuer
 from shared.log import log_event
 from shared.topology import Topology
@@ -97,10 +97,11 @@ class EdgeServer:
         return ws
 
     async def health(self, request: web.Request) -> web.Response:
+        """200 while the edge can answer somehow (per ``components``), 503 while it cannot (or is loading)."""
         health = self.engine.health() if hasattr(self.engine, "health") else {}
         ready = bool(getattr(self.engine, "ready", False))
         body = {**health, "ready": ready, "sessions": len(self.sessions)}
-        return web.json_response(body, status=200 if ready else 503)
+        return web.json_response(body, status=200 if ready and health.get("can_answer", True) else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

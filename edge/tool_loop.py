@@ -78,7 +78,7 @@ class ToolRun:
         msgs = list(self.messages)
         for step in range(loop.max_steps):
             self.steps = step + 1
-            last = step == loop.max_steps - 1
+            last = not loop.offers_tools(step)
             calls: list[ToolCall] = []
             async for delta in loop.caller.step(msgs, None if last else self.registry,
                                                 max_tokens=loop.max_tokens, temperature=loop.temperature):
@@ -116,6 +116,16 @@ class ToolLoop:
         self.call_timeout_s = call_timeout_s
         self.max_calls_per_step = max_calls_per_step
         self.phrases = phrases
+
+    def offers_tools(self, step: int) -> bool:
+        """Round ``step`` (from 0) may call tools; the last allowed round offers none, so the model answers."""
+        return step < self.max_steps - 1
+
+    async def answer_only(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:
+        """The model's spoken answer with no tools offered (e.g. telling the outcome of tools that already ran)."""
+        async for delta in self.caller.step(messages, None, max_tokens=self.max_tokens, temperature=self.temperature):
+            if delta.text:
+                yield delta.text
 
     def start(self, messages: list[dict[str, Any]], registry: ToolRegistry, ctx: ToolContext) -> ToolRun:
         return ToolRun(self, messages, registry, ctx)

@@ -36,6 +36,7 @@ from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
 from edge.tts_cache import CacheKey, PhraseCache
+from shared import faults
 from shared.log import log_event
 from shared.topology import AudioSpec, ModelNotFound, TtsSpec, resolve_model_path
 
@@ -237,7 +238,7 @@ class TtsService:
         self.audio = audio
         self.sample_rate = audio.downstream_sample_rate
         self.frame_ms = audio.frame_ms
-        self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir)
+        self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir, spec.cache.disk_max_mb)
         self.fallback: EspeakBackend | None = None  # voice for other languages and the last resort
         self.edge_tts_proxy: str | None = None  # e.g. http://proxy:3128 for the online backend
         self._chain: list[TtsBackend] = []  # loaded backends, most preferred first
@@ -322,6 +323,7 @@ class TtsService:
         metrics.CACHE_LOOKUPS.labels(cache="tts", result="hit" if frames is not None else "miss").inc()
         if frames is not None:
             return self._clip(text, frames, True, backend.voice_id)
+        faults.check("tts")
         frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm)
         return self._clip(text, frames, False, voice)
 

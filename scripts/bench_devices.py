@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench_devices.py --ota http://127.0.0.1:8000/xiaozhi/ota/ --devices 5 --say "Hello"
 
 ``--fake`` serves the devices from an in-process edge with the deterministic stand-in
-engine of the tests (energy VAD, a tone for an answer), so the numbers are what the
-device side (WebSocket, Opus decode, pacing, session logic) costs, without models;
+engine of the tests (the real turn pipeline with stand-in models: energy VAD, a tone for
+an answer), so the numbers are what the device side (WebSocket, Opus decode, pacing,
+session and pipeline logic) costs, without models;
 server and devices share one process and event loop. Prints one JSON object.
 """
 

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.tool_calling import caller_for  # noqa: E402
 from edge.tools.calculator import CalcError, calculate  # noqa: E402
-from edge.tools.config import ToolsSpec, build_server_tools  # noqa: E402
+from edge.tools.config import build_server_tools  # noqa: E402
 from shared.tool_intent import needs_tools  # noqa: E402
 from edge.tools.registry import ToolRegistry  # noqa: E402
 from scripts.sim_board import SimBoard  # noqa: E402
 from shared.chat import ChatClient, ChatError  # noqa: E402
 from shared.nats_runtime import free_port  # noqa: E402
-from shared.topology import LaunchSpec, load_topology  # noqa: E402
+from shared.topology import LaunchSpec, ToolsSpec, load_topology  # noqa: E402
 
 SUITE = Path(__file__).resolve().parent.parent / "tests" / "data" / "tool_suite.yaml"
 SYSTEM = "You are Xiaozhi, a friendly voice assistant. Answer in one or two short spoken sentences."

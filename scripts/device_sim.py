@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.opus import OpusDecoder, OpusEncoder, resample  # noqa: E402
-from edge.protocol import ProtocolError, pack_audio, unpack_audio  # noqa: E402
+from edge.device.protocol import ProtocolError, pack_audio, unpack_audio  # noqa: E402
 from scripts.sim_board import SimBoard  # noqa: E402
 
 UPSTREAM_RATE = 16000

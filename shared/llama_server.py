@@ -4,7 +4,9 @@ The edge's local LLM and the embedded cloud worker both talk to their model over
 HTTP exactly as they would to vLLM or Ollama in production; in the embedded
 default this module starts that server from a ``LaunchSpec`` and stops it again.
 A separate process keeps model compute off the caller's event loop and lets the
-OS reclaim everything on stop.
+OS reclaim everything on stop. The process is supervised (:mod:`shared.supervisor`):
+it dies with its parent and is restarted with back-off when it crashes;
+``available`` and ``status()`` say whether it serves right now.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from shared.log import log_event
+from shared.supervisor import Backoff, Supervisor, describe_holder, spawn, terminate
 from shared.topology import LaunchSpec, resolve_model_path
 
 log = logging.getLogger("shared.llama_server")
@@ -34,13 +37,29 @@ class LlamaServer:
     """One ``python -m llama_cpp.server`` process serving one GGUF model under ``alias``."""
 
     def __init__(self, launch: LaunchSpec, host: str = "127.0.0.1", port: int = 8090,
-                 alias: str = "local", log_path: str | os.PathLike | None = None):
+                 alias: str = "local", log_path: str | os.PathLike | None = None,
+                 name: str = "llm", backoff: Backoff | None = None):
         self.launch = launch
         self.host = host
         self.port = port
         self.alias = alias
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"xz-llama-{port}.log"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.ready_timeout = 180.0
+        self._grace = 10.0
+        self.supervisor = Supervisor(name, self._launch, lambda proc: terminate(proc, self._grace), backoff)
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.supervisor.proc
+
+    @property
+    def available(self) -> bool:
+        """True while the server runs and answered its readiness probe (not while restarting)."""
+        return self.supervisor.available
+
+    def status(self) -> dict:
+        """``{"state": up|restarting|down|starting|stopped, "restarts": n, "pid": ...}`` for /health."""
+        return self.supervisor.status()
 
     @classmethod
     def for_url(cls, launch: LaunchSpec, url: str, alias: str, **kw) -> "LlamaServer":
@@ -67,42 +86,45 @@ class LlamaServer:
         ]
 
     async def start(self, timeout: float = 180.0) -> "LlamaServer":
-        """Start the process and return once ``/v1/models`` answers; LlamaServerError otherwise."""
+        """Start the process and return once ``/v1/models`` answers (LlamaServerError otherwise);
+        from then on a crash restarts it."""
         if importlib.util.find_spec("llama_cpp") is None:
             raise LlamaServerError("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]'")
+        self.ready_timeout = timeout
+        await self.supervisor.start()
+        return self
+
+    async def _launch(self) -> asyncio.subprocess.Process:
         cmd = self.command()
         if await self._answers():
-            raise LlamaServerError(f"{self.base_url}: something already listens there; pick a free port")
+            raise LlamaServerError(f"{self.base_url}: something already listens there "
+                                   f"({describe_holder(self.port, self.host)}); stop it or pick a free port")
         with open(self.log_path, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=out,
-                                                             stdin=asyncio.subprocess.DEVNULL)
-        log_event(log, "llama.cpp server starting", url=self.base_url, model=cmd[4], pid=self.proc.pid)
+            proc = await spawn(*cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
+        log_event(log, "llama.cpp server starting", url=self.base_url, model=cmd[4], pid=proc.pid)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if self.proc.returncode is not None:
-                tail = self._log_tail()
-                self.proc = None
-                raise LlamaServerError(f"llama.cpp server exited at start: {tail}")
-            if await self._answers():
-                log_event(log, "llama.cpp server ready", url=self.base_url)
-                return self
-            await asyncio.sleep(0.25)
-        await self.stop()
-        raise LlamaServerError(f"llama.cpp server at {self.base_url} not ready within {timeout:.0f}s: {self._log_tail()}")
+        deadline = loop.time() + self.ready_timeout
+        try:
+            while loop.time() < deadline:
+                if proc.returncode is not None:
+                    raise LlamaServerError(f"llama.cpp server exited at start: {self._log_tail()}")
+                if await self._answers():
+                    log_event(log, "llama.cpp server ready", url=self.base_url, pid=proc.pid)
+                    return proc
+                await asyncio.sleep(0.25)
+        except BaseException:
+            await terminate(proc, 2.0)
+            raise
+        await terminate(proc, 2.0)
+        raise LlamaServerError(f"llama.cpp server at {self.base_url} not ready within {self.ready_timeout:.0f}s: "
+                               f"{self._log_tail()}")
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Terminate (then kill after ``grace`` seconds); safe to call twice."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-        log_event(log, "llama.cpp server stopped", url=self.base_url)
+        """Stop supervising and terminate (then kill after ``grace`` seconds); safe to call twice."""
+        was_running, self._grace = self.proc is not None, grace
+        await self.supervisor.stop()
+        if was_running:
+            log_event(log, "llama.cpp server stopped", url=self.base_url)
 
     async def __aenter__(self) -> "LlamaServer":
         return await self.start()

@@ -26,6 +26,10 @@ from nats.aio.client import Client as NATS
 from shared.log import log_event
 
 log = logging.getLogger("shared.nats")
+# A server that stops answering (a frozen leaf node) counts as gone after about
+# PING_INTERVAL_S * MAX_OUTSTANDING_PINGS seconds; nats-py's default is 4 minutes.
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 2
 
 ENV_KEYS = ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE", "NATS_CA")
 
@@ -155,6 +159,7 @@ async def connect_nats(url: str, name: str, connect_timeout_s: float = 10.0, on_
     try:
         nc = await asyncio.wait_for(
             nats.connect(servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+                         ping_interval=PING_INTERVAL_S, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                          allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
                          reconnected_cb=reconnected_cb, **extra), connect_timeout_s)
     except asyncio.TimeoutError:

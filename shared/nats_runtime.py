@@ -28,6 +28,7 @@ from shared import nats_permissions as perms
 from shared.nats_conn import NatsCredentials
 from shared.nats_permissions import JS_DOMAIN
 from shared.pki import HostCert, ensure_ca, ensure_host_cert, ensure_password
+from shared.supervisor import spawn, terminate
 
 OPERATOR = "operator"
 
@@ -166,9 +167,7 @@ class NatsProcess:
 
     async def start(self) -> "NatsProcess":
         log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            nats_server_binary(), "-c", str(self.config_path), stdout=log, stderr=log
-        )
+        self.proc = await spawn(nats_server_binary(), "-c", str(self.config_path), stdout=log, stderr=log)
         log.close()
         try:
             await wait_port(self.host, self.port)
@@ -180,13 +179,8 @@ class NatsProcess:
 
     async def stop(self) -> None:
         """Stop the process; the work dir (JetStream store) stays, so start() resumes it."""
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        if self.proc is not None:
+            await terminate(self.proc, 5.0)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -211,7 +205,17 @@ def _write_config(wd: Path, name: str, config: dict) -> Path:
     return cfg
 
 
-async def start_hub(
+async def start_hub(*args, **kw) -> NatsProcess:
+    """A started hub node (see :func:`hub_process`)."""
+    return await hub_process(*args, **kw).start()
+
+
+async def start_leaf(*args, **kw) -> NatsProcess:
+    """A started leaf node (see :func:`leaf_process`)."""
+    return await leaf_process(*args, **kw).start()
+
+
+def hub_process(
     name: str = "hub",
     host: str = "127.0.0.1",
     port: int = 0,
@@ -235,10 +239,10 @@ async def start_hub(
         config["accounts"] = {"XZ": {"jetstream": "enabled" if jetstream else "disabled",
                                      "users": security.hub_users()}}
     cfg = _write_config(wd, name, config)
-    return await NatsProcess(name, host, port, cfg, wd, leafnode_port, _own_workdir=own, security=security).start()
+    return NatsProcess(name, host, port, cfg, wd, leafnode_port, _own_workdir=own, security=security)
 
 
-async def start_leaf(
+def leaf_process(
     hub_leafnode_url: str,
     name: str = "leaf",
     host: str = "127.0.0.1",
@@ -267,4 +271,4 @@ async def start_leaf(
         config["tls"] = security.tls_block(name)
         config["authorization"] = {"users": security.leaf_users(site)}
     cfg = _write_config(wd, name, config)
-    return await NatsProcess(name, host, port, cfg, wd, _own_workdir=own, security=security).start()
+    return NatsProcess(name, host, port, cfg, wd, _own_workdir=own, security=security)

@@ -25,7 +25,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -83,6 +83,7 @@ class Match(_Model):
     min_active_turns: int | None = Field(None, ge=0)
     max_active_turns: int | None = Field(None, ge=0)
     cloud_healthy: bool | None = None  # link up and breaker closed
+    local_available: bool | None = None  # the edge's own model serves (not crashed or restarting)
 
 
     @field_validator("pattern")
@@ -118,10 +119,11 @@ class Match(_Model):
 
     def holds_before_confidence(self, f: "TurnFeatures") -> bool:
         """Every condition except the confidence one holds."""
-        chars = len(f.text)
+        chars = f.char_count
+        text = f.text or ""  # a trace without text (store_text: false) matches no keyword or pattern
         checks = (
-            not self.keywords or bool(_keyword_regex(self.keywords).search(f.text)),
-            self.pattern is None or bool(_regex(self.pattern).search(f.text)),
+            not self.keywords or bool(_keyword_regex(self.keywords).search(text)),
+            self.pattern is None or bool(_regex(self.pattern).search(text)),
             not self.languages or f.language in self.languages,
             self.min_words is None or f.word_count >= self.min_words,
             self.max_words is None or f.word_count <= self.max_words,
@@ -133,6 +135,7 @@ class Match(_Model):
             self.min_active_turns is None or f.active_turns >= self.min_active_turns,
             self.max_active_turns is None or f.active_turns <= self.max_active_turns,
             self.cloud_healthy is None or f.cloud_healthy == self.cloud_healthy,
+            self.local_available is None or f.local_available == self.local_available,
         )
         return all(checks)
 
@@ -253,6 +256,8 @@ DEFAULT_POLICY = parse_policy({
     "budget": {"max_share": 0.5, "window_s": 60, "min_turns": 10},
     "rules": [
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
+        # The local model is down (restarting): the cloud answers (the budget does not apply), or nobody can.
+        {"name": "local-down", "match": {"local_available": False}, "action": "escalate"},
         {"name": "greeting", "action": "local", "match": {
             "max_words": 6,
             "keywords": ["hello", "hi", "hey", "thanks", "thank you", "good morning", "good night",
@@ -293,40 +298,58 @@ def mean_logprob(logprobs: Sequence[float], n: int) -> float | None:
 
 @dataclass
 class TurnFeatures:
-    """What the policy looks at for one turn; one JSON object in the turn trace."""
+    """What the policy looks at for one turn; one JSON object in the turn trace.
 
-    text: str
+    ``text`` is None for a turn traced with ``store_text: false``: its length and word
+    count are kept, its words are not.
+    """
+
+    text: str | None
     language: str = "en"
     word_count: int = 0
+    char_count: int = 0
     needs_tools: bool = False
     local_confidence: float | None = None
     queue_depth: int = 0
     active_turns: int = 0
     cloud_healthy: bool = True
+    local_available: bool = True  # false while the local model server is down: escalating is the only answer
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
-        return cls(text=text, word_count=count_words(text), **kw)
+        return cls(text=text, word_count=count_words(text), char_count=len(text), **kw)
+
+    def without_text(self) -> "TurnFeatures":
+        """The same turn with the user's words dropped (lengths kept)."""
+        return replace(self, text=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TurnFeatures":
-        """Build from a trace record; unknown keys are ignored, a bad record raises ValueError."""
-        if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-            raise ValueError("features need a 'text' string")
+        """Build from a trace record; unknown keys are ignored, a bad record raises ValueError.
+
+        A record needs the text, or (traced without text) its word count.
+        """
+        if not isinstance(d, dict):
+            raise ValueError("features must be an object")
+        text = d.get("text")
+        if not isinstance(text, str) and not (text is None and "word_count" in d):
+            raise ValueError("features need a 'text' string (or 'word_count' when traced without text)")
         try:
             conf = d.get("local_confidence")
             return cls(
-                text=d["text"],
+                text=text,
                 language=str(d.get("language", "en")),
-                word_count=int(d["word_count"]) if "word_count" in d else count_words(d["text"]),
+                word_count=int(d["word_count"]) if "word_count" in d else count_words(text),
+                char_count=int(d["char_count"]) if "char_count" in d else len(text or ""),
                 needs_tools=bool(d.get("needs_tools", False)),
                 local_confidence=None if conf is None else float(conf),
                 queue_depth=int(d.get("queue_depth", 0)),
                 active_turns=int(d.get("active_turns", 0)),
                 cloud_healthy=bool(d.get("cloud_healthy", True)),
+                local_available=bool(d.get("local_available", True)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
@@ -397,7 +420,7 @@ def evaluate(
 
     escalate = action == "escalate"
     budget_limited = False
-    if escalate:
+    if escalate and features.local_available:  # with the local model down the budget has no alternative
         b = policy.budget
         turns, escalated = state.counts(now, b.window_s)
         allowed = b.max_share * max(turns + 1, b.min_turns)

@@ -2,8 +2,11 @@
 
 Every component loads configuration through :func:`load_topology`, so a typo in
 the file is reported once, with its path in the document, before anything
-starts. Environment variables ``XZ_CFG__a__b__c=value`` override any key
-(values parsed as YAML), so containers and tests need no edited copies.
+starts. Environment variables ``XZ_CFG__a__b__0__c=value`` override any key
+(values parsed as YAML, list items by index), so containers and tests need no
+edited copies; each is checked against the model's fields first, so a typo is
+one line naming the variable. Tier names (shared/tiers.py) and the ``tools:``
+section are validated here too: this module imports neither edge/ nor cloud/.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.tiers import TIER_NAMES
 
 ENV_PREFIX = "XZ_CFG__"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "topology.yaml"
@@ -83,9 +90,11 @@ class LaunchSpec(_Model):
     model_path: str
     n_threads: int = Field(2, gt=0)
     n_ctx: int = Field(2048, gt=0)
-    # Keep the evaluated state of recent prompts (system prompt, tool router) in RAM and resume from
-    # the longest matching prefix: prompt evaluation, not generation, dominates small models on CPU.
-    prompt_cache_mb: int = Field(256, ge=0)
+    # llama-cpp-python's RAM prompt cache (states of recent prompts, resumed from the longest matching
+    # prefix). Off by default: it counts only the KV bytes of an entry, not the logits copy stored with
+    # it (tens of MB each), so RSS outgrows the bound (316 -> 876 MB within 50 prompts at 256 MB;
+    # scripts/bench_llama_memory.py). Without it the server still reuses the previous request's prefix.
+    prompt_cache_mb: int = Field(0, ge=0)
 
 
 class BackendSpec(_Model):
@@ -129,6 +138,12 @@ class CloudSpec(_Model):
 
 
 # ---------------------------------------------------------------- edge sites
+def _check_tier(name: str | None) -> str | None:
+    if name is not None and name != "auto" and name not in TIER_NAMES:
+        raise ValueError(f"unknown tier {name!r} (known: {', '.join(('auto',) + TIER_NAMES)})")
+    return name
+
+
 class Location(_Model):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
@@ -147,8 +162,10 @@ class EdgeHost(_Model):
     host: str
     port: int = Field(8000, gt=0, lt=65536)
     capacity: int = Field(150, gt=0)  # devices
-    tier: str | None = None  # a name from edge/tiers.py, "auto" (edge doctor decides) or unset (site's)
+    tier: str | None = None  # a name from shared/tiers.py, "auto" (edge doctor decides) or unset (site's)
     llm_port: int | None = Field(None, gt=0, lt=65536)  # this edge's local LLM server (several edges on one host)
+
+    _tier = field_validator("tier")(classmethod(lambda cls, v: _check_tier(v)))
 
     def url(self, scheme: str = "ws", path: str = "/xiaozhi/v1/") -> str:
         return f"{scheme}://{self.host}:{self.port}{path}"
@@ -161,6 +178,8 @@ class SiteSpec(_Model):
     nats_leaf: NatsLeaf
     tier: str = "auto"  # model tier of this site's edges unless an edge pins its own
     edges: list[EdgeHost] = Field(min_length=1)
+
+    _tier = field_validator("tier")(classmethod(lambda cls, v: _check_tier(v)))
 
     @property
     def capacity(self) -> int:
@@ -266,12 +285,16 @@ class LlmSpec(_Model):
     # Earlier turns sent with each request: every one costs prompt evaluation before the first
     # token, and small local models answer no better with long histories.
     history_turns: int = Field(2, ge=0)
+    # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
+    # turn ends with the cached apology.
+    stall_timeout_ms: int = Field(20000, gt=0)
     launch: LaunchSpec | None = None
 
 
 class TtsCacheSpec(_Model):
     memory_items: int = Field(512, ge=0)
     disk_dir: str | None = None
+    disk_max_mb: float = Field(256, gt=0)  # least recently used entries are deleted past this
     prewarm: list[str] = []
 
 
@@ -295,7 +318,18 @@ class EscalationSpec(_Model):
     # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
     # server, so the embedded default leaves it off (confidence rules then never fire).
     measure_confidence: bool = False
-    trace_path: str | None = ".cache/turns.jsonl"  # per-turn features for `cloud policy dry-run`
+    # No cloud text this long after escalating: speak the cached "let me think" phrase while still waiting.
+    lead_in_ms: int = Field(300, ge=0)
+
+
+class TraceSpec(_Model):
+    """The turn trace (per-turn features and decisions, for ``cloud policy dry-run``) and its retention."""
+
+    path: str | None = ".cache/turns.jsonl"  # None: no trace
+    max_mb: float = Field(20, gt=0)  # the live file rotates at this size
+    backups: int = Field(3, ge=1)  # rotated files kept (turns.jsonl.1, .2, ...)
+    max_age_days: float | None = Field(None, gt=0)  # also: no line older than this stays on disk
+    store_text: bool = True  # false: the user's words are not written (lengths and the other features are)
 
 
 class EdgeSettings(_Model):
@@ -308,6 +342,96 @@ class EdgeSettings(_Model):
     llm: LlmSpec
     tts: TtsSpec
     escalation: EscalationSpec = EscalationSpec()
+    trace: TraceSpec = TraceSpec()
+
+
+# ---------------------------------------------------------------- tools
+# The names of the edge's built-in server tools (edge/tools/: clock, calculator); the edge
+# checks at import time that its registry has exactly these.
+BUILTIN_TOOLS: tuple[str, ...] = ("get_time", "calculate")
+
+
+def _check_tz(tz: str | None) -> str | None:
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {tz!r} (use an IANA name like Europe/Berlin)") from None
+    return tz
+
+
+class HttpToolSpec(_Model):
+    """One ``tools.http`` entry: an operator-configured HTTP API the model may call (edge/tools/http_tool.py)."""
+
+    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$")
+    description: str
+    url: str  # http(s) URL; ``{arg}`` placeholders are replaced by URL-quoted argument values
+    method: Literal["GET", "POST"] = "GET"
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    headers: dict[str, str | SecretRef] = {}
+    body: dict[str, Any] | None = None  # POST JSON; string values may hold placeholders
+    timeout_s: float = Field(3.0, gt=0, le=30)
+    result_path: str | None = None  # dot path into the JSON reply, e.g. ``current.temperature_2m``
+    result_prefix: str = ""  # text put before the value, e.g. "Temperature in Celsius: "
+    max_chars: int = Field(600, gt=0)
+    examples: list[tuple[str, dict[str, Any]]] = []
+
+
+class SiteTools(_Model):
+    enabled: list[str] | None = None  # None: the global list
+    timezone: str | None = None
+
+    _tz = field_validator("timezone")(classmethod(lambda cls, v: _check_tz(v)))
+
+
+class DeviceTimezone(_Model):
+    prefix: str
+    timezone: str
+
+    _tz = field_validator("timezone")(classmethod(lambda cls, v: _check_tz(v)))
+
+
+class ToolsSpec(_Model):
+    """Which server tools each site enables, and how the LLM calls tools.
+
+    ``mode: auto`` uses the server's native tool calling for vLLM/Ollama/OpenAI and
+    grammar-forced JSON for llama.cpp (small models' chat templates have no tool
+    support); see shared.grammar_tools.
+    """
+
+    mode: Literal["auto", "native", "grammar", "off"] = "auto"
+    max_steps: int = Field(3, ge=1, le=8)  # LLM rounds per turn (tool rounds + the spoken answer)
+    device_timeout_s: float = Field(5.0, gt=0, le=60)  # a slower device tools/call is an apology
+    timezone: str = "UTC"  # get_time's default
+    enabled: list[str] = list(BUILTIN_TOOLS)
+    sites: dict[str, SiteTools] = {}
+    devices: list[DeviceTimezone] = []
+    http: list[HttpToolSpec] = []
+
+    _tz = field_validator("timezone")(classmethod(lambda cls, v: _check_tz(v)))
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "ToolsSpec":
+        known = set(BUILTIN_TOOLS) | {h.name for h in self.http}
+        for where, names in [("enabled", self.enabled)] + [
+                (f"sites.{s}.enabled", t.enabled or []) for s, t in self.sites.items()]:
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{where}: unknown tools {unknown} (known: {sorted(known)})")
+        return self
+
+    def enabled_for(self, site: str | None) -> list[str]:
+        per_site = self.sites.get(site) if site else None
+        return per_site.enabled if per_site and per_site.enabled is not None else self.enabled
+
+    def timezone_for(self, site: str | None, device_id: str | None) -> str:
+        """The device's timezone: a device prefix rule, else its site's, else the default."""
+        for rule in self.devices:
+            if device_id and device_id.startswith(rule.prefix):
+                return rule.timezone
+        if site and site in self.sites and self.sites[site].timezone:
+            return self.sites[site].timezone
+        return self.timezone
 
 
 class Region(_Model):
@@ -317,8 +441,6 @@ class Region(_Model):
 class Topology(_Model):
     """The whole deployment: regions, cloud, edge sites, devices, edge node settings."""
 
-    model_config = ConfigDict(extra="allow")  # sections owned by later features (escalation, tools)
-
     version: Literal[1] = 1
     regions: list[Region] = Field(min_length=1)
     cloud: CloudSpec
@@ -327,6 +449,7 @@ class Topology(_Model):
     discovery: DiscoverySpec = DiscoverySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     edge: EdgeSettings
+    tools: ToolsSpec = ToolsSpec()
     source: str | None = Field(default=None, exclude=True)
 
     def site(self, name: str | None = None) -> SiteSpec:
@@ -443,6 +566,11 @@ def _cross_check(doc: dict[str, Any]) -> list[str]:
             errors.append(f"devices.overrides[{i}].site: unknown site {o['site']!r}")
         if isinstance(o, dict) and o.get("prefix") == "":
             errors.append(f"devices.overrides[{i}].prefix: must not be empty")
+    tools = doc.get("tools") if isinstance(doc.get("tools"), dict) else {}
+    tool_sites = tools.get("sites") if isinstance(tools.get("sites"), dict) else {}
+    unknown_sites = sorted(set(tool_sites) - set(site_region))
+    if unknown_sites:
+        errors.append(f"tools.sites: unknown sites {unknown_sites} (have: {sorted(site_region)})")
     fleet = devices.get("fleet_size")
     try:
         total = sum(int(e.get("capacity", 150)) for s in sites_raw for e in _list(s, "edges") if isinstance(e, dict))
@@ -453,34 +581,117 @@ def _cross_check(doc: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _apply_env_overrides(doc: dict, environ: dict[str, str]) -> None:
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p for p in key[len(ENV_PREFIX):].split("__") if p]
-        node: Any = doc
-        for part in path[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        value = yaml.safe_load(raw) if raw != "" else ""
-        if isinstance(node, list):
-            node[int(path[-1])] = value
+class _Override(ValueError):
+    """One environment override that cannot be applied; the message names the variable."""
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` (the override path goes through the value type)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _field_of(model: type[BaseModel], key: str) -> tuple[str, Any] | None:
+    """(document key, annotation) of ``key`` in ``model``, by field name or alias."""
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias) and not info.exclude:
+            return info.alias or name, info.annotation
+    return None
+
+
+def _resolve(var: str, parts: list[str], doc: dict) -> tuple[Any, Any, tuple[Any, ...]]:
+    """Walk the override path through the document, guided by the model's fields.
+
+    Returns the container to set into, the key or index in it, and the path as
+    validation reports it. Missing mappings on the way are created (so an override can
+    add an optional section); anything else that does not fit raises _Override.
+    """
+    node: Any = doc
+    kind: Any = Topology
+    loc: list[Any] = []
+    for depth, part in enumerate(parts):
+        where = _format_loc(tuple(loc))
+        kind = _unwrap(kind)
+        if not (kind is Any or get_origin(kind) in (dict, list)
+                or (isinstance(kind, type) and issubclass(kind, BaseModel))):
+            raise _Override(f"{var}: {where} is a single value, it has no {part!r}")
+        if not isinstance(node, list if get_origin(kind) is list else (dict, list) if kind is Any else dict):
+            raise _Override(f"{var}: {where} is {node!r} in the document, not a section")
+        if kind is Any:  # free-form data (e.g. a tool's JSON schema): follow the document
+            key = int(part) if isinstance(node, list) and part.isdigit() else part
+            if isinstance(node, list) and not (isinstance(key, int) and key < len(node)):
+                raise _Override(f"{var}: {where} has {len(node)} item(s): no index {part}")
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            found = _field_of(kind, part)
+            if found is None:
+                known = ", ".join(info.alias or n for n, info in kind.model_fields.items() if not info.exclude)
+                raise _Override(f"{var}: {where} has no key {part!r} (known: {known})")
+            key, kind = found
+        elif get_origin(kind) is dict:
+            key, kind = part, get_args(kind)[1]
         else:
-            node[path[-1]] = value
+            if not part.isdigit():
+                raise _Override(f"{var}: {where} is a list: {part!r} is not an index")
+            key, kind = int(part), get_args(kind)[0]
+            if key >= len(node):
+                raise _Override(f"{var}: {where} has {len(node)} item(s): no index {key}")
+        loc.append(key)
+        if depth == len(parts) - 1:
+            return node, key, tuple(loc)
+        if isinstance(node, dict) and node.get(key) is None:
+            node[key] = [] if get_origin(_unwrap(kind)) is list else {}
+        node = node[key]
+    raise _Override(f"{var}: names no key")
+
+
+def _apply_env_overrides(doc: dict, environ: dict[str, str]) -> dict[tuple[Any, ...], str]:
+    """Apply ``XZ_CFG__a__b__0__c=value`` (value parsed as YAML); returns validation path -> variable.
+
+    Every variable is checked against the model's shape first, so a typo is one line
+    naming the variable (TopologyError), never a traceback.
+    """
+    applied: dict[tuple[Any, ...], str] = {}
+    errors: list[str] = []
+    for var in sorted(k for k in environ if k.startswith(ENV_PREFIX)):
+        raw = environ[var]
+        parts = var[len(ENV_PREFIX):].split("__")
+        try:
+            if not parts or any(p == "" for p in parts):
+                raise _Override(f"{var}: empty key in the path (write XZ_CFG__section__key)")
+            try:
+                value = yaml.safe_load(raw) if raw != "" else ""
+            except yaml.YAMLError as exc:
+                raise _Override(f"{var}: value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+            container, key, loc = _resolve(var, parts, doc)
+            container[key] = value
+            applied[loc] = f"{var}={raw}"
+        except _Override as exc:
+            errors.append(str(exc))
+    if errors:
+        raise TopologyError(errors)
+    return applied
+
+
+def _from_override(loc: tuple[Any, ...], applied: dict[tuple[Any, ...], str]) -> str:
+    """`` (from XZ_CFG__...=value)`` when a validation error lies under an overridden path."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in applied:
+            return f" (from {applied[loc[:n]]})"
+    return ""
 
 
 def parse_topology(doc: Any, source: str = "<memory>", environ: dict[str, str] | None = None) -> Topology:
     """Validate a parsed document; raises TopologyError listing every problem by path."""
     if not isinstance(doc, dict):
         raise TopologyError([f"{source}: the document must be a mapping"])
-    _apply_env_overrides(doc, dict(os.environ) if environ is None else environ)
+    applied = _apply_env_overrides(doc, dict(os.environ) if environ is None else environ)
     errors: list[str] = []
     try:
         topo = Topology.model_validate(doc)
     except ValidationError as exc:
-        errors = [f"{_format_loc(e['loc'])}: {_friendly(e)}" for e in exc.errors()]
+        errors = [f"{_format_loc(e['loc'])}: {_friendly(e)}{_from_override(e['loc'], applied)}" for e in exc.errors()]
     errors += _cross_check(doc)
     if errors:
         raise TopologyError(errors)

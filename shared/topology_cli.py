@@ -2,69 +2,16 @@
 
 ``check`` validates a topology document and prints every error with its path in the
 document (exit 1), ``show`` prints a readable summary of regions, cloud, sites and device
-assignment. Tier names are checked against edge/tiers.py here, not in the model, so that
-shared/ does not depend on the edge package.
+assignment. Everything (tier names, the tools section) is checked by the one model in
+shared/topology.py, so this works on a cloud-only install too.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from shared.topology import DEFAULT_PATH, Topology, TopologyError, load_topology
-
-
-def tier_errors(doc: Any) -> list[str]:
-    """Unknown tier names in a raw document (reported along with the model's own errors)."""
-    try:
-        from edge.tiers import TIER_NAMES
-    except ImportError:  # a cloud-only install has no edge package
-        return []
-    allowed = set(TIER_NAMES) | {"auto"}
-    known = ", ".join(("auto",) + TIER_NAMES)
-    errors = []
-    sites = doc.get("sites") if isinstance(doc, dict) else None
-    for i, s in enumerate(sites if isinstance(sites, list) else []):
-        if not isinstance(s, dict):
-            continue
-        if s.get("tier", "auto") not in allowed:
-            errors.append(f"sites[{i}].tier: unknown tier {s['tier']!r} (known: {known})")
-        edges = s.get("edges")
-        for j, e in enumerate(edges if isinstance(edges, list) else []):
-            if isinstance(e, dict) and e.get("tier") is not None and e["tier"] not in allowed:
-                errors.append(f"sites[{i}].edges[{j}].tier: unknown tier {e['tier']!r} (known: {known})")
-    return errors
-
-
-def validate(path: str | None) -> Topology:
-    """Load ``path`` and apply every check (the model, tier names, the tools section), all errors at once."""
-    errors: list[str] = []
-    topo: Topology | None = None
-    try:
-        topo = load_topology(path)
-    except TopologyError as exc:
-        errors = list(exc.errors)
-    file = Path(path or os.environ.get("XZ_TOPOLOGY") or DEFAULT_PATH)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError):
-        raw = None  # already reported by load_topology
-    errors += tier_errors(raw)
-    if topo is not None:
-        from edge.tools.config import load_tools_spec
-
-        try:
-            load_tools_spec(topo)
-        except TopologyError as exc:
-            errors += exc.errors
-    if errors or topo is None:
-        raise TopologyError(errors)
-    return topo
+from shared.topology import Topology, TopologyError, load_topology
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -111,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
     try:
-        topo = validate(args.file)
+        topo = load_topology(args.file)
     except TopologyError as exc:
         where = args.file or "topology"
         print(f"{where}: {len(exc.errors)} error(s)", file=sys.stderr)

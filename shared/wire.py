@@ -3,8 +3,9 @@
 Edges and workers are upgraded independently, so every message carries
 ``schema``; a peer speaking another version is refused with a clear error
 instead of being half-understood. Decoding never trusts its input: size,
-schema version, missing fields and every field's type are checked (msgspec
-validates while decoding) and any problem becomes a :class:`WireError`.
+schema version, missing fields and every field's type are checked (msgpack
+decodes, a pydantic TypeAdapter of the dataclass validates) and any problem
+becomes a :class:`WireError` naming the field.
 Unknown extra fields are ignored, so a peer may add optional fields within v1.
 
 The reply to a request is a stream of :class:`ReplyChunk` published to the
@@ -25,9 +26,11 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, TypeVar
 
-import msgspec
+import msgpack
+from pydantic import TypeAdapter, ValidationError
 
 from shared import subjects
 
@@ -196,8 +199,18 @@ class WorkerHeartbeat:
 
 
 # ---------------------------------------------------------------- codec
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder()
+@cache
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    """The validator of one wire dataclass (built once per class).
+
+    Pydantic's lax mode: a number never becomes a string and a list never a scalar, but an
+    int is accepted for a float (as msgpack peers write whole numbers) and unknown keys are ignored.
+    """
+    return TypeAdapter(cls)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
 def epoch_ms() -> int:
@@ -213,7 +226,7 @@ def encode(obj: Any) -> bytes:
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise WireError(f"cannot encode {type(obj).__name__}: not a wire message")
     try:
-        data = _ENCODER.encode(obj)
+        data = msgpack.packb(_adapter(type(obj)).dump_python(obj), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"cannot encode {type(obj).__name__}: {exc}") from None
     if len(data) > MAX_MESSAGE_BYTES:
@@ -231,8 +244,8 @@ def decode(data: bytes, cls: type[T], max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     if not data:
         raise WireError(f"{name}: empty message")
     try:
-        raw = _DECODER.decode(data)
-    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (msgpack.UnpackException, ValueError, TypeError, RecursionError) as exc:
         raise WireError(f"{name}: not valid msgpack: {exc}") from None
     if not isinstance(raw, dict):
         raise WireError(f"{name}: expected a map, got {type(raw).__name__}")
@@ -242,9 +255,11 @@ def decode(data: bytes, cls: type[T], max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise WireError(f"{name}: unknown schema version {version!r} (this side speaks {SCHEMA_VERSION})")
     try:
-        return msgspec.convert(raw, cls)
-    except msgspec.ValidationError as exc:
-        raise WireError(f"{name}: {exc}") from None
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise WireError(f"{name}: {first['msg']} - at `{_where(first['loc'])}`{more}") from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise WireError(f"{name}: invalid: {exc}") from None
 

@@ -21,7 +21,7 @@ async def running_edge(workdir: Path, **overrides: str) -> AsyncIterator[tuple[s
     env = {**os.environ,
            "XZ_CFG__edge__llm__url": f"http://127.0.0.1:{free_port()}/v1",
            "XZ_CFG__edge__tts__cache__disk_dir": str(workdir / "tts-cache"),
-           "XZ_CFG__edge__escalation__trace_path": str(workdir / "turns.jsonl"),
+           "XZ_CFG__edge__trace__path": str(workdir / "turns.jsonl"),
            "XZ_CFG__edge__escalation__enabled": "false"}
     env.update({f"XZ_CFG__{k}": v for k, v in overrides.items()})
     topo = load_topology(environ=env)

@@ -1,8 +1,9 @@
 """Fixtures: edge.
 
-``fake_engine``: a deterministic stand-in for ``edge.engine.EdgeEngine`` (energy VAD,
-an answer of real Opus frames of a tone), so protocol and session tests need no
-models. ``edge_server``: runs ``edge.server.create_app`` on a free port.
+``fake_engine``: ``edge.engine.EdgeEngine``'s interface over the real turn pipeline
+(listening, understanding, deciding, answering, speaking) with deterministic stand-in
+models (energy VAD, a transcript of the audio's length, a two-sentence LLM, a TTS of
+real Opus frames of a tone), so protocol and session tests need no models. ``edge_server``: runs ``edge.server.create_app`` on a free port.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edge.opus import encode_pcm
 from edge.tokens import TokenIssuer
 from shared.topology import DEFAULT_PATH, Topology, parse_topology
 
-# edge.vad, edge.turn and edge.server are imported where used: this plugin loads for every
+# edge.vad, edge.pipeline and edge.server are imported where used: this plugin loads for every
 # test of the suite, which must not depend on the edge pipeline's modules importing.
 
 ASR_RATE = 16000
@@ -86,9 +87,11 @@ class EnergyVadStream:
             self.silence_ms += ms
             if not self.paused and self.silence_ms >= self.pause_ms:
                 self.paused = True
-                events.append(SpeechPaused(np.concatenate(self.buf)))
+                self.paused_pcm = np.concatenate(self.buf)
+                events.append(SpeechPaused(self.paused_pcm))
             if self.silence_ms >= self.end_ms:
-                events.append(SpeechEnded(np.concatenate(self.buf)))
+                # as edge.vad guarantees: the utterance ends on the samples it paused on
+                events.append(SpeechEnded(self.paused_pcm if self.paused else np.concatenate(self.buf)))
                 self._reset()
         return events
 
@@ -105,26 +108,86 @@ class FakeVad:
 
 
 class FakeAsr:
-    def __init__(self) -> None:
-        self.prefetched: list[int] = []
+    """Hears "heard N ms"; ``jobs`` lists every transcription submitted (a reused speculative job counts once)."""
 
-    def prefetch(self, pcm16k: np.ndarray) -> None:
-        self.prefetched.append(pcm16k.size)
+    def __init__(self) -> None:
+        self.jobs: list[int] = []
+
+    def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
+        from edge.asr import Transcript
+
+        self.jobs.append(pcm16k.size)
+        job = asyncio.get_running_loop().create_future()
+        job.set_result(Transcript(f"heard {round(pcm16k.size * 1000 / ASR_RATE)} ms", "en", pcm16k.size / ASR_RATE, 0.0))
+        return job
+
+
+class FakeLlm:
+    """The local model: answers two sentences (or fails, as a crashed server does); keeps what it was asked."""
+
+    def __init__(self, engine: "FakeEngine") -> None:
+        self.engine = engine
+        self.seen: list[list[dict]] = []
+
+    async def stream(self, messages, *, tools=None, max_tokens, temperature, logprobs=False):
+        from shared.chat import ChatDelta, ChatError
+
+        self.seen.append(messages)
+        if self.engine.fail_turns:
+            raise ChatError("stand-in: cannot connect to http://127.0.0.1:9/v1")
+        if self.engine.stall_turns:
+            await asyncio.Event().wait()  # a hung server: no token, ever
+        yield ChatDelta(text="First sentence. ")
+        yield ChatDelta(text="Second sentence.")
+        yield ChatDelta(finish_reason="stop")
+
+
+class FakeTts:
+    """Every sentence is half of ``engine.reply_ms`` of tone (real Opus frames); phrases count as cached."""
+
+    def __init__(self, engine: "FakeEngine") -> None:
+        self.engine = engine
+        self.fail = False
+
+    async def speak(self, text: str, language: str | None = None):
+        from edge.tts import SpeechClip, TtsError
+
+        if self.fail and not text.startswith("Sorry"):
+            raise TtsError("stand-in: the voice is gone")
+        audio = self.engine.audio
+        frames = list(_reply_frames(self.engine.reply_ms // 2, audio.downstream_sample_rate, audio.frame_ms))
+        return SpeechClip(text, frames, audio.downstream_sample_rate, audio.frame_ms, len(frames) * audio.frame_ms,
+                          text.startswith("Sorry"), "tone")
 
 
 @dataclass
 class FakeEngine:
-    """``EdgeEngine``'s interface; ``run_turn`` speaks ``reply_ms`` of tone in two sentences."""
+    """``EdgeEngine``'s interface over the real turn pipeline, with stand-in models (energy VAD, a
+    transcript of the audio's length, a two-sentence LLM, a tone TTS)."""
 
     reply_ms: int = 1200
-    fail_turns: bool = False
+    fail_turns: bool = False  # the local model refuses connections
+    stall_turns: bool = False  # the local model never sends a token
+    edge: dict = field(default_factory=dict)  # topology overrides for the pipeline (e.g. llm.stall_timeout_ms)
     ready: bool = True
     vad: FakeVad = field(default_factory=FakeVad)
     asr: FakeAsr = field(default_factory=FakeAsr)
     requests: list[Any] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
     finished: int = 0
     cancelled: int = 0
     turn_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        from edge.cloud_link import CloudLink
+        from edge.engine import build_pipeline
+        from edge.pipeline.turn import Phrases
+
+        settings = make_topology(self.edge).edge
+        self.audio = settings.audio
+        self.llm = FakeLlm(self)
+        self.tts = FakeTts(self)
+        self.pipeline = build_pipeline(self.tts, self.llm, settings, Phrases(), CloudLink())
 
     async def start(self) -> None:
         self.ready = True
@@ -135,35 +198,27 @@ class FakeEngine:
     def health(self) -> dict:
         return {"ready": self.ready, "site": "fake"}
 
-    async def run_turn(self, req, out):
-        from edge.turn import TurnResult
+    def listening(self, mode: str):
+        from edge.stages.listening import Listening
 
-        self.requests.append(req)
+        return Listening(self.vad, self.asr, mode)
+
+    async def run_turn(self, start, out):
+        self.requests.append(start)
         self.turn_started.set()
         try:
-            if self.fail_turns:
-                await out.send_json({"type": "tts", "state": "start"})
-                raise RuntimeError("engine exploded")
-            heard = req.text if req.kind != "speech" else f"heard {round(req.pcm16k.size * 1000 / ASR_RATE)} ms"
-            await out.send_json({"type": "stt", "text": heard})
-            await out.send_json({"type": "llm", "emotion": "happy", "text": "😀", "answered_by": "fake"})
-            await out.send_json({"type": "tts", "state": "start"})
-            frames = _reply_frames(self.reply_ms, out.sample_rate, out.frame_ms)
-            half = len(frames) // 2
-            for text, part in (("First sentence.", frames[:half]), ("Second sentence.", frames[half:])):
-                await out.send_json({"type": "tts", "state": "sentence_start", "text": text})
-                await out.send_audio(part)
-            await out.drain()
-            await out.send_json({"type": "tts", "state": "stop"})
-            self.finished += 1
-            return TurnResult(heard, "First sentence. Second sentence.", "fake", {})
+            result = await self.pipeline.run(start, out)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        self.results.append(result)
+        self.finished += result.outcome == "ok"
+        return result
 
 
 @pytest.fixture
 def fake_engine() -> FakeEngine:
+    """A FakeEngine; ``FakeEngine(edge={...})`` for other pipeline settings."""
     return FakeEngine()
 
 

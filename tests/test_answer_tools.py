@@ -1,4 +1,4 @@
-"""Tool turns through the answer planner: the intent gate, the local tool loop, and the cloud round trip
+"""Tool turns through the deciding and answering stages: the intent gate, the local tool loop, and the cloud round trip
 over a real nats-server (the worker returns tool calls, the edge runs them on the device, the worker continues).
 
 The models are deterministic stand-ins (tests/tool_helpers.py) so that the assertions are exact;
@@ -7,27 +7,33 @@ test_tool_loop_llm.py and test_e2e_cloud.py run the real bundled model.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from cloud.backends import BackendPool, Endpoint
 from cloud.breaker import CircuitBreaker
 from cloud.worker import Worker
-from edge.answer import AnswerPlanner
-from edge.escalation import EscalationClient
+from edge.cloud_link import CloudLink
+from edge.escalation import CloudHealthMonitor, EscalationClient
+from edge.pipeline.observers import TurnEvents
+from edge.pipeline.turn import TurnStart
 from edge.policy_watcher import PolicySnapshot
-from edge.tools.config import ToolsSpec, build_server_tools
+from edge.stages.answering import Answering
+from edge.stages.deciding import Deciding
+from edge.stages.understanding import Heard
+from edge.tools.config import build_server_tools
 from edge.tools.site import SiteTools
-from edge.turn import Phrases, TurnRequest, TurnTimer
 from scripts.sim_board import SimBoard
 from shared.argument_hints import argument_hints, spoken_numbers
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.grammar_tools import plain_messages, spoken_result
 from shared.tool_intent import clear_winner, matched_words, needs_tools, shortlist
 from shared.policy import DEFAULT_POLICY
-from shared.topology import BackendSpec, EscalationSpec, LlmSpec
+from shared.topology import BackendSpec, EscalationSpec, LlmSpec, ToolsSpec
 from tests.tool_helpers import ScriptedModel, connect
 
 SUITE = yaml.safe_load((Path(__file__).parent / "data" / "tool_suite.yaml").read_text())["requests"]
@@ -48,11 +54,11 @@ class PlainModel(ChatClient):
         yield ChatDelta(finish_reason="stop")
 
 
-async def board_session(**board_kw) -> tuple[SimBoard, TurnRequest]:
+async def board_session(**board_kw) -> tuple[SimBoard, TurnStart]:
     board = SimBoard(**board_kw)
     mcp = connect(board, timeout=5.0)
     await mcp.initialize()
-    return board, TurnRequest(TurnRequest.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
+    return board, TurnStart(TurnStart.new_id(), "s1", "aa:bb:cc", "text", mcp=mcp)
 
 
 def site_tools(local: ScriptedModel, **spec) -> SiteTools:
@@ -61,10 +67,26 @@ def site_tools(local: ScriptedModel, **spec) -> SiteTools:
     return tools
 
 
-async def answer(planner: AnswerPlanner, req: TurnRequest, text: str):
+class Planner:
+    """The deciding and answering stages of a turn, as the engine wires them."""
+
+    def __init__(self, plain: ChatClient, tools: SiteTools | None, client: EscalationClient | None = None,
+                 watcher=None, health=None, spec: EscalationSpec = EscalationSpec()):
+        link = CloudLink()
+        if client is not None:
+            link.attach(client, watcher, health)
+        self.answering = Answering(plain, LLM_SPEC, spec, link)
+        self.deciding = Deciding(spec, link, self.answering.probe, tools)
+
+
+async def answer(planner: Planner, req: TurnStart, text: str, deltas: list[str] | None = None):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
-    stream = await planner(req, text, messages, TurnTimer(0))
-    return stream.answered_by, "".join([d async for d in stream.deltas]).strip()
+    route = await planner.deciding.run(req, Heard(text), messages, TurnEvents(req.turn_id, []))
+    source = planner.answering.source(route, req)
+    got = [d async for d in source.stream()]
+    if deltas is not None:
+        deltas += got
+    return source.answered_by, "".join(got).strip()
 
 
 # ---------------------------------------------------------------- the intent gate
@@ -138,7 +160,7 @@ async def test_local_tool_turn_runs_the_device_tool():
     board, req = await board_session()
     local = ScriptedModel([("self_light_turn_on", {})], "The light is on.")
     plain = PlainModel()
-    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    planner = Planner(plain, site_tools(local))
     assert await answer(planner, req, "Turn on the light") == ("edge", "The light is on.")
     assert board.state.light_on is True and [c.name for c in board.calls] == ["self.light.turn_on"]
     assert "self_light_turn_on" in local.offered[0] and local.seen[1][-1]["content"] == "true"
@@ -149,7 +171,7 @@ async def test_chat_turn_pays_nothing_for_tools():
     _, req = await board_session()
     local = ScriptedModel()  # would fail if asked anything
     plain = PlainModel("Leonardo da Vinci.")
-    planner = AnswerPlanner(plain, LLM_SPEC, EscalationSpec(), Phrases(), tools=site_tools(local))
+    planner = Planner(plain, site_tools(local))
     assert await answer(planner, req, "Who painted the Mona Lisa?") == ("edge", "Leonardo da Vinci.")
     assert plain.calls == 1 and local.seen == []
 
@@ -160,10 +182,10 @@ async def cloud(nats_hub, nats_connect):
     """A real worker on a real nats-server whose backend model is scripted per test; yields a factory."""
     started: list = []
 
-    async def make(*rounds) -> tuple[EscalationClient, ScriptedModel]:
+    async def make(*rounds, chat: ChatClient | None = None) -> tuple[EscalationClient, ScriptedModel]:
         model = ScriptedModel(*rounds)
         spec = BackendSpec(name="scripted", url="http://127.0.0.1:9/v1", model="scripted")
-        endpoint = Endpoint(spec, ChatClient(spec.url, spec.model), CircuitBreaker("scripted", 3, 10.0))
+        endpoint = Endpoint(spec, chat or ChatClient(spec.url, spec.model), CircuitBreaker("scripted", 3, 10.0))
         endpoint.tool_caller = model
         pool = BackendPool([endpoint])
         worker = Worker(await nats_connect(nats_hub.url), "w-tools", "large", pool)
@@ -186,9 +208,8 @@ class StaticPolicy:
             for r in DEFAULT_POLICY.rules)}), 7)
 
 
-def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> AnswerPlanner:
-    return AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
-                         watcher=StaticPolicy(), tools=site_tools(local, **kw))
+def cloud_planner(client: EscalationClient, local: ScriptedModel, **kw) -> Planner:
+    return Planner(PlainModel(), site_tools(local, **kw), client, StaticPolicy())
 
 
 async def test_cloud_tool_call_runs_on_the_edge_and_continues_the_generation(cloud):
@@ -237,8 +258,7 @@ async def test_default_policy_keeps_tool_turns_on_the_edge(cloud):
     client, remote = await cloud()  # would fail if asked anything
     board, req = await board_session()
     local = ScriptedModel([("self_light_turn_on", {})], "Done.")
-    planner = AnswerPlanner(PlainModel(), LLM_SPEC, EscalationSpec(), Phrases(), escalation=client,
-                            tools=site_tools(local))  # no watcher: the built-in default policy
+    planner = Planner(PlainModel(), site_tools(local), client)  # no watcher: the built-in default policy
     assert await answer(planner, req, "Turn on the light") == ("edge", "Done.")
     assert board.state.light_on and remote.seen == []
 
@@ -249,3 +269,63 @@ async def test_unreachable_cloud_falls_back_to_the_local_tool_loop(cloud, nats_h
     local = ScriptedModel([("self_light_turn_on", {})], "Done, the light is on.")
     by, text = await answer(cloud_planner(client, local), req, "Switch the light on please")
     assert by == "edge" and text.endswith("Done, the light is on.") and board.state.light_on
+
+
+# ---------------------------------------------------------------- escalated chat: never a long silence
+class SlowModel(PlainModel):
+    """A cloud model that needs ``delay`` seconds before its first token."""
+
+    def __init__(self, answer: str, delay: float):
+        super().__init__(answer)
+        self.delay = delay
+
+    async def stream(self, messages, *, tools=None, max_tokens, temperature, logprobs=False):
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        yield ChatDelta(text=self.answer)
+        yield ChatDelta(finish_reason="stop")
+
+
+class EscalateAll:
+    def current(self) -> PolicySnapshot:
+        return PolicySnapshot(DEFAULT_POLICY.model_copy(update={
+            "rules": (), "default_action": "escalate",
+            "budget": DEFAULT_POLICY.budget.model_copy(update={"max_share": 1.0})}), 3)
+
+
+async def test_slow_cloud_gets_the_let_me_think_lead_in_then_its_answer(cloud):
+    slow = SlowModel("Paris is the capital.", delay=0.8)  # longer than lead_in_ms, shorter than the timeout
+    client, _ = await cloud(chat=slow)
+    _, req = await board_session()
+    deltas: list[str] = []
+    local = PlainModel("local answer")
+    by, text = await answer(Planner(local, None, client, EscalateAll(), spec=EscalationSpec(lead_in_ms=300)), req,
+                            "What is the capital of France?", deltas)
+    assert by == "cloud" and deltas[0].strip() == DEFAULT_POLICY.settings.let_me_think_phrase
+    assert text.endswith("Paris is the capital.") and slow.calls == 1 and local.calls == 0
+
+
+async def test_no_lead_in_when_the_cloud_answers_within_it(cloud):
+    client, _ = await cloud(chat=PlainModel("Quick cloud answer."))
+    _, req = await board_session()
+    by, text = await answer(Planner(PlainModel(), None, client, EscalateAll(), spec=EscalationSpec(lead_in_ms=60000)),
+                            req, "What is the capital of France?")
+    assert (by, text) == ("cloud", "Quick cloud answer.")
+
+
+async def test_cloud_known_down_is_answered_locally_at_once(nats_hub, nats_connect):
+    nc = await nats_connect(nats_hub.url)
+    client = EscalationClient(nc, "edge-1", "local-site")
+    health = CloudHealthMonitor(nc, "large")  # listening, but no worker heartbeat: the cloud is down
+    await health.start()
+    _, req = await board_session()
+    deltas: list[str] = []
+    local = PlainModel("Local answer.")
+    def fallbacks() -> float:
+        return sum(s.value for m in REGISTRY.collect() for s in m.samples if s.name == "xz_edge_cloud_fallbacks_total")
+
+    tried = fallbacks()
+    by, text = await answer(Planner(local, None, client, EscalateAll(), health), req, "Explain relativity", deltas)
+    assert (by, text) == ("edge", "Local answer.") and deltas == ["Local answer."]  # no "let me think" either
+    assert fallbacks() == tried  # the cloud was not even tried
+    await health.stop()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from edge.doctor import Gpu, Hardware, choose, detect, main, unmet
-from edge.tiers import TIERS, get_tier
+from shared.tiers import TIERS, get_tier
 
 ROOT = Path(__file__).resolve().parent.parent
 

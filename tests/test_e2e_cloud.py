@@ -64,11 +64,11 @@ class Stack:
         self.worker = None
 
     async def cloud_ready(self, timeout: float = 20) -> None:
-        """Until the edge's planner sees the worker (connected, heartbeats across the leaf)."""
+        """Until the edge's cloud link sees the worker (connected, heartbeats across the leaf)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            planner = self.engine.planner
-            if planner.escalation is not None and planner.health.snapshot().available:
+            link = self.engine.cloud
+            if link.client is not None and link.health.snapshot().available:
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError("the edge never saw a healthy cloud worker")
@@ -79,7 +79,7 @@ class Stack:
             revision = await PolicyStore(operator).set(policy)
         finally:
             await operator.close()
-        await self.engine.planner.watcher.wait_revision(revision, timeout=5)
+        await self.engine.cloud.watcher.wait_revision(revision, timeout=5)
         return revision
 
     async def ask(self, pcm, board: SimBoard | None = None):
@@ -145,7 +145,7 @@ async def test_policy_change_reaches_running_edge_live(stack, speak):
     revision = await stack.set_policy(parse_policy(LOCAL_ONLY))  # returns once the edge has it
     print(f"policy revision {revision} reached the edge in {(time.monotonic() - t0) * 1000:.0f} ms")
     try:
-        assert stack.engine.planner.policy().revision == revision
+        assert stack.engine.cloud.policy().revision == revision
         report = await stack.ask(speak(HARD))
         assert report.answered_by == "edge"  # the same question now stays local
     finally:

@@ -7,6 +7,8 @@ WebSocket -> Silero VAD -> Whisper -> SmolLM2 (llama.cpp server) -> piper -> Opu
 from __future__ import annotations
 
 import asyncio
+
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -21,10 +23,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def edge_url(tmp_path_factory):
-    """A real edge node (all bundled models, no cloud) on a free port; yields its base http URL."""
-    async with running_edge(tmp_path_factory.mktemp("edge")) as (url, _engine):
-        yield url
+async def edge_stack(tmp_path_factory):
+    """A real edge node (all bundled models, no cloud) on a free port; yields (base http URL, engine)."""
+    async with running_edge(tmp_path_factory.mktemp("edge")) as (url, engine):
+        yield url, engine
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def edge_url(edge_stack):
+    return edge_stack[0]
 
 
 async def _device(edge_url: str, **kw) -> DeviceSimulator:
@@ -119,3 +126,35 @@ async def test_spoken_command_calls_the_device_tool_locally(edge_url, speak):
     assert [(c["name"], c["arguments"], c["ok"]) for c in report.tool_calls] == [
         ("self.audio_speaker.set_volume", {"volume": 30}, True)]
     assert board.state.volume == 30
+
+
+# Last in this module: it kills the module's llama.cpp server.
+async def test_killed_local_model_turn_ends_and_the_supervisor_brings_it_back(edge_stack, speak):
+    """A turn racing the crash ends with audio + tts stop (the apology, or the restarted model's answer);
+    the supervisor restarts the server and /health says llm up again; the session keeps serving."""
+    url, engine = edge_stack
+    restarts = engine._llama.status()["restarts"]
+    proc = engine._llama.proc
+    proc.kill()
+    await proc.wait()
+    sim = await _device(url)
+    try:
+        report = await sim.run_turn(speak("What is the capital of France?"))
+        assert report.frames > 0 and report.tts_stop and report.reply, report.summary()
+        for _ in range(120):  # generous: the restart reloads the model
+            if engine._llama.available:
+                break
+            await asyncio.sleep(0.5)
+        assert engine._llama.available and engine._llama.status()["restarts"] > restarts
+        async with aiohttp.ClientSession() as http:
+            for _ in range(90):  # a failed call is held against the model for a while, then it is presumed back
+                async with http.get(f"{url}/health") as resp:
+                    body = await resp.json()
+                if body["components"]["llm"] == "up":
+                    break
+                await asyncio.sleep(0.5)
+        assert resp.status == 200 and body["components"]["llm"] == "up", body
+        report = await sim.run_turn(speak("Hello there."))
+        assert report.frames > 0 and report.tts_stop and report.reply != engine.phrases.error, report.summary()
+    finally:
+        await sim.close()

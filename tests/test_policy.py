@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from edge.turn_trace import TurnTrace, read_trace
 from shared.policy import (
     DEFAULT_POLICY,
     Decision,
@@ -21,6 +21,8 @@ from shared.policy import (
     mean_logprob,
     parse_policy,
 )
+from shared.topology import TraceSpec
+from shared.turn_trace import TurnTrace, read_trace
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -125,6 +127,20 @@ def test_tools_load_and_cloud_health():
     down = one_rule({"cloud_healthy": False}, action="local", default="escalate")
     assert decide(down, cloud_healthy=False).rule == "r"
     assert decide(down, cloud_healthy=True).escalate
+    assert decide(one_rule({"local_available": False}), local_available=False).escalate
+    assert not decide(one_rule({"local_available": False}), local_available=True).escalate
+    assert TurnFeatures.from_dict({"text": "hi", "local_available": False}).local_available is False
+
+
+def test_local_down_escalates_past_the_budget():
+    """With the local model down an escalation the budget refuses would be an apology: the budget yields."""
+    policy = parse_policy({"budget": {"max_share": 0.0, "min_turns": 1},
+                           "rules": [{"name": "local-down", "match": {"local_available": False},
+                                      "action": "escalate"}]})
+    state = PolicyState()
+    for _ in range(3):
+        assert evaluate(TurnFeatures.from_text("hello", local_available=False), state, policy).escalate
+    assert not evaluate(TurnFeatures.from_text("hello"), state, policy).escalate
 
 
 def test_conditions_are_anded_and_first_match_wins():
@@ -147,6 +163,10 @@ def test_default_policy_behaviour():
     d = ev("why is the sky blue", cloud_healthy=False)
     assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
     assert ev("turn on the lights", needs_tools=True).rule == "needs-tools"
+    d = ev("hello there", local_available=False)  # the local model is restarting: the cloud answers even this
+    assert (d.rule, d.escalate) == ("local-down", True)
+    d = ev("hello there", local_available=False, cloud_healthy=False)  # nobody can: local, i.e. the apology
+    assert (d.rule, d.escalate) == ("cloud-unhealthy", False)
     assert loads_policy(DEFAULT_POLICY.to_yaml()) == DEFAULT_POLICY  # evaluating leaves the document unchanged
 
 
@@ -241,3 +261,61 @@ async def test_turn_trace_appends_lines_and_rotates(tmp_path):
     assert skipped == 0 and turns[-1][1].text == "why is number 59 so interesting" and turns[-1][0] > 0
     path.write_text(path.read_text() + "not json\n{\"features\": {\"x\": 1}}\n")
     assert read_trace(path)[1] == 2
+
+
+def test_trace_without_text_keeps_the_other_features(tmp_path):
+    path = tmp_path / "turns.jsonl"
+    trace = TurnTrace.from_spec(TraceSpec(path=str(path), store_text=False))
+    f = TurnFeatures.from_text("why is my secret diary so long", needs_tools=False, local_confidence=-1.0)
+    trace.record(f, evaluate(f, PolicyState()), "cloud", turn_id="t1")
+    trace.close()
+    assert "secret" not in path.read_text()
+    [(ts, back)] = read_trace(path)[0]
+    assert back.text is None and (back.word_count, back.char_count) == (7, len(f.text))
+    assert back.local_confidence == -1.0 and ts is not None
+    # rules on lengths still decide such a turn; keyword and pattern rules match none
+    by_length = parse_policy(one_rule({"min_words": 5}))
+    by_word = parse_policy(one_rule({"keywords": ["why"]}))
+    by_chars = parse_policy(one_rule({"min_chars": 20}))
+    assert evaluate(back, PolicyState(), by_length).escalate and evaluate(back, PolicyState(), by_chars).escalate
+    assert not evaluate(back, PolicyState(), by_word).escalate
+    with pytest.raises(ValueError):
+        TurnFeatures.from_dict({"language": "en"})  # neither text nor word count: not a turn
+
+
+def test_trace_rotates_at_max_mb_and_keeps_backups(tmp_path):
+    path = tmp_path / "turns.jsonl"
+    trace = TurnTrace.from_spec(TraceSpec(path=str(path), max_mb=2000 / (1024 * 1024), backups=1))
+    state = PolicyState()
+    for i in range(40):
+        f = TurnFeatures.from_text(f"hello number {i}")
+        trace.record(f, evaluate(f, state), "edge", turn_id=f"t{i}")
+    trace.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["turns.jsonl", "turns.jsonl.1"]
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+
+
+def test_trace_drops_lines_older_than_max_age(tmp_path):
+    """Old files are pruned at start; a live file whose first line is half the limit old rotates."""
+    path = tmp_path / "turns.jsonl"
+    day = 86400
+    old = {"ts": time.time() - 10 * day, "features": {"text": "old"}}
+    middle = {"ts": time.time() - 2 * day, "features": {"text": "middle"}}
+    (tmp_path / "turns.jsonl.2").write_text(json.dumps(old) + "\n")
+    (tmp_path / "turns.jsonl.1").write_text(json.dumps(old) + "\n" + json.dumps(middle) + "\n")
+    path.write_text(json.dumps(middle) + "\n")
+    trace = TurnTrace.from_spec(TraceSpec(path=str(path), max_age_days=3, backups=5))
+    f = TurnFeatures.from_text("new")
+    trace.record(f, evaluate(f, PolicyState()), "edge")
+    trace.close()
+    # .2 and the old .1 (first line 10 days old) are gone; the live file (2 days > 3/2) was rotated to .1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["turns.jsonl", "turns.jsonl.1"]
+    assert [t.text for _, t in read_trace(tmp_path / "turns.jsonl.1")[0]] == ["middle"]
+    assert [t.text for _, t in read_trace(path)[0]] == ["new"]
+
+
+def test_trace_settings_are_validated():
+    assert TraceSpec().store_text and TraceSpec().path == ".cache/turns.jsonl"
+    for bad in ({"max_mb": 0}, {"backups": 0}, {"max_age_days": -1}, {"store_text": "sometimes"}):
+        with pytest.raises(ValueError):
+            TraceSpec(**bad)

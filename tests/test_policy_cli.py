@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.turn_trace import TurnTrace
 from shared.nats_runtime import free_port
 from shared.policy import DEFAULT_POLICY, PolicyState, TurnFeatures, evaluate, loads_policy
 from shared.policy_store import PolicyStore
+from shared.turn_trace import TurnTrace
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +167,21 @@ async def test_only_the_operators_credentials_may_set_the_policy(tmp_path):
         assert code == 2 and "missing.creds" in err
     finally:
         await hub.stop()
+
+
+async def test_dry_run_on_a_trace_without_text(nats_hub, tmp_path):
+    """store_text: false: the dry-run still counts on lengths and the other features, and says what it cannot see."""
+    trace_path = tmp_path / "turns.jsonl"
+    trace = TurnTrace(trace_path, store_text=False)
+    state = PolicyState()
+    for text in ["hello there"] * 3 + ["tell me everything you know about the history of the roman empire"] * 2:
+        f = TurnFeatures.from_text(text)
+        trace.record(f, evaluate(f, state), "edge")
+    trace.close()
+    assert "roman" not in trace_path.read_text()
+    long_ones = write(tmp_path, "long.yaml", {"budget": {"max_share": 1}, "rules": [
+        {"name": "long", "match": {"min_words": 10}, "action": "escalate"}]})
+    code, out, err = await cli("dry-run", long_ones, "--turns", str(trace_path), "--nats", nats_hub.url)
+    assert code == 0, err
+    assert "dry-run over 5 turns" in out and "5 turns were traced without text" in out
+    assert "escalates: 2 (40.0%)" in out.split("new policy", 1)[1]

@@ -8,9 +8,9 @@ import struct
 import pytest
 
 from edge.opus import OpusDecoder, encode_pcm
-from edge.protocol import (
-    Abort, Alert, AudioParams, DeviceHello, Error, Listen, Llm, McpMessage, ProtocolError, ServerHello, ServerMcp,
-    Stt, System, Tts, check_version, pack_audio, parse_device_message, serialize, unpack_audio,
+from edge.device.protocol import (
+    Abort, Alert, AudioParams, DeviceHello, Error, Listen, Llm, McpIn, McpOut, ProtocolError, ServerHello, Stt,
+    System, Tts, check_version, pack_audio, parse_device_message, parse_server_message, serialize, unpack_audio,
 )
 from tests.fixtures_edge import tone
 
@@ -36,7 +36,7 @@ def test_firmware_hello_parses():
     ('{"type":"abort","reason":"wake_word_detected"}', Abort("wake_word_detected")),
     ('{"type":"abort"}', Abort()),
     ('{"type":"mcp","payload":{"jsonrpc":"2.0","id":1,"result":{}}}',
-     McpMessage({"jsonrpc": "2.0", "id": 1, "result": {}})),
+     McpIn({"jsonrpc": "2.0", "id": 1, "result": {}})),
 ])
 def test_device_messages_parse(text, expected):
     assert parse_device_message(text) == expected
@@ -73,10 +73,57 @@ def test_server_messages_serialize_like_the_firmware_expects():
     assert json.loads(serialize(Tts("start"))) == {"type": "tts", "state": "start"}
     assert json.loads(serialize(Tts("sentence_start", "Hi."))) == {"type": "tts", "state": "sentence_start",
                                                                      "text": "Hi."}
-    assert json.loads(serialize(ServerMcp({"jsonrpc": "2.0", "id": 1, "method": "initialize"})))["payload"]["id"] == 1
+    assert json.loads(serialize(McpOut({"jsonrpc": "2.0", "id": 1, "method": "initialize"})))["payload"]["id"] == 1
     assert json.loads(serialize(System("reboot"))) == {"type": "system", "command": "reboot"}
     assert json.loads(serialize(Alert("warn", "low battery", "sad")))["status"] == "warn"
     assert json.loads(serialize(Error("bad_json", "x")))["type"] == "error"
+
+
+# Server messages as the firmware's documentation shows them (main/protocols, docs/websocket.md).
+GOLDEN_SERVER = [
+    ('{"type":"hello","transport":"websocket","session_id":"s1",'
+     '"audio_params":{"format":"opus","sample_rate":24000,"channels":1,"frame_duration":60}}',
+     ServerHello("s1", AudioParams("opus", 24000, 1, 60))),
+    ('{"session_id":"s1","type":"stt","text":"what time is it"}', Stt("what time is it")),
+    ('{"session_id":"s1","type":"llm","emotion":"happy","text":"😀"}', Llm("happy", "😀")),
+    ('{"type":"tts","state":"start"}', Tts("start")),
+    ('{"type":"tts","state":"sentence_start","text":"It is noon."}', Tts("sentence_start", "It is noon.")),
+    ('{"type":"tts","state":"stop"}', Tts("stop")),
+    ('{"type":"mcp","payload":{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":""}}}',
+     McpOut({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": ""}})),
+    ('{"type":"system","command":"reboot"}', System("reboot")),
+    ('{"type":"alert","status":"warning","message":"low battery","emotion":"sad"}',
+     Alert("warning", "low battery", "sad")),
+]
+
+
+@pytest.mark.parametrize("text, expected", GOLDEN_SERVER)
+def test_server_messages_round_trip_through_golden_firmware_json(text, expected):
+    msg = parse_server_message(text)
+    assert msg == expected
+    session = json.loads(text).get("session_id")
+    assert json.loads(serialize(msg, session)) == json.loads(text)  # serialize(parse(x)) == x
+    assert parse_server_message(serialize(msg, "s9")) == msg  # parse(serialize(m)) == m
+
+
+@pytest.mark.parametrize("text", [FIRMWARE_HELLO,
+                                  '{"session_id":"s","type":"listen","state":"start","mode":"auto"}',
+                                  '{"session_id":"s","type":"listen","state":"detect","text":"你好小明"}',
+                                  '{"session_id":"s","type":"abort","reason":"wake_word_detected"}',
+                                  '{"session_id":"s","type":"mcp","payload":{"jsonrpc":"2.0","id":2,"result":{}}}'])
+def test_device_messages_round_trip_through_golden_firmware_json(text):
+    msg = parse_device_message(text)
+    assert msg.to_json() == json.loads(text)  # nothing lost, nothing invented
+    assert parse_device_message(json.dumps(msg.to_json())) == msg
+
+
+def test_llm_says_who_answered_and_bad_server_json_is_a_protocol_error():
+    assert json.loads(serialize(Llm("neutral", "🙂", "cloud")))["answered_by"] == "cloud"
+    for text, kind in (('{"type":"tts"}', "bad_field"), ('{"type":"tts","state":1}', "bad_field"),
+                       ('{"type":"custom"}', "unknown_type"), ("[]", "bad_json")):
+        with pytest.raises(ProtocolError) as err:
+            parse_server_message(text)
+        assert err.value.kind == kind
 
 
 # ---------------------------------------------------------------- framing

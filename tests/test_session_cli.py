@@ -62,7 +62,7 @@ async def test_device_sim_cli_turns_through_ota(edge_server, fake_engine, tmp_pa
     assert len(lines) == 2
     for line in lines:
         assert line["stt"].startswith("heard") and line["reply"] == "First sentence. Second sentence."
-        assert line["answered_by"] == "fake" and line["frames"] == 20 and line["sample_rate"] == 24000
+        assert line["answered_by"] == "edge" and line["frames"] == 20 and line["sample_rate"] == 24000
         assert set(line["timings_ms"]) == {"stt", "llm", "first_audio", "tts_stop"}
     for i in (1, 2):
         with wave.open(str(tmp_path / f"reply-{i}.wav"), "rb") as w:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from edge.opus import encode_pcm
-from edge.protocol import pack_audio
+from edge.device.protocol import pack_audio
 from scripts.device_sim import DeviceSimulator
 from tests.fixtures_edge import tone
 
@@ -151,14 +151,16 @@ async def test_idle_session_closes_quietly(edge_server, fake_engine):
 
 
 async def test_turn_failure_closes_tts_and_keeps_the_session(edge_server, fake_engine):
-    fake_engine.fail_turns = True
+    fake_engine.tts.fail = True  # the voice fails; only the cached apology still speaks
     edge = await edge_server(fake_engine)
     async with RawDevice(edge) as dev:
         await dev.hello()
         await dev.ws.send_str('{"type":"listen","state":"detect","text":"hi"}')
-        assert (await dev.json())["state"] == "start"
-        assert (await dev.json())["state"] == "stop"  # the device is not left in "speaking"
-        fake_engine.fail_turns = False
+        got = [await dev.json() for _ in range(5)]
+        assert [(m["type"], m.get("state")) for m in got] == [
+            ("stt", None), ("llm", None), ("tts", "start"), ("tts", "sentence_start"), ("tts", "stop")]
+        assert got[3]["text"] == "Sorry, something went wrong."  # the device is not left in "speaking"
+        fake_engine.tts.fail = False
         await dev.ws.send_str('{"type":"listen","state":"detect","text":"again"}')
         assert (await dev.json())["text"] == "again"
 

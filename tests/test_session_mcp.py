@@ -22,10 +22,9 @@ class FakeDevice:
         self.client: McpClient | None = None
         self.sent: list[dict] = []
 
-    async def send_json(self, msg: dict) -> None:
-        assert msg["type"] == "mcp"
-        self.sent.append(msg["payload"])
-        asyncio.get_running_loop().call_soon(self._answer, msg["payload"])
+    async def send(self, payload: dict) -> None:
+        self.sent.append(payload)
+        asyncio.get_running_loop().call_soon(self._answer, payload)
 
     def _answer(self, req: dict) -> None:
         method, rid, params = req["method"], req["id"], req["params"]
@@ -52,7 +51,7 @@ class FakeDevice:
 
 
 def _client(device: FakeDevice, timeout: float = 2.0) -> McpClient:
-    device.client = McpClient(device.send_json, timeout=timeout)
+    device.client = McpClient(device.send, timeout=timeout)
     return device.client
 
 
@@ -130,3 +129,29 @@ async def test_mcp_message_without_mcp_feature_is_rejected(edge_server, fake_eng
         await dev.hello()  # features: {} (no mcp)
         await dev.ws.send_str('{"type":"mcp","payload":{"jsonrpc":"2.0","id":1,"result":{}}}')
         assert (await dev.json())["kind"] == "mcp_unexpected"
+
+
+async def test_a_closed_sessions_mcp_client_is_garbage_collected():
+    """The site's merged tool registry refers back to the McpClient; it must not keep the session alive."""
+    import gc
+    import weakref
+
+    from edge.pipeline.turn import TurnStart
+    from edge.tools.site import SiteTools
+    from shared.topology import ToolsSpec
+    from shared.chat import ChatClient
+
+    site = SiteTools(ToolsSpec(), "local-site", ChatClient("http://127.0.0.1:9/v1", "stand-in"), "llamacpp",
+                     max_tokens=40, temperature=0.0)
+    dev = FakeDevice(page=5)
+    client = _client(dev)
+    await client.initialize()
+    req = TurnStart("t1", "s1", "aa:bb:cc", "text", mcp=client)
+    registry = site.registry_for(req)
+    assert registry.get("self.tool_1") is not None
+    assert site.registry_for(req) is registry  # kept while the session lives and its tool list is unchanged
+    alive = weakref.ref(client)
+    client.close()
+    del client, req, registry, dev.client
+    gc.collect()
+    assert alive() is None

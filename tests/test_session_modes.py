@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from edge.emotion import pick_emotion
 from edge.opus import decode_packets
 from scripts.device_sim import DeviceSimulator
 from tests.fixtures_edge import tone
@@ -38,7 +39,7 @@ async def test_auto_mode_turns(edge_server, fake_engine, version):
     assert 600 <= _heard_ms(first) < _heard_ms(second) <= 900 + 600
     for report in (first, second):
         assert report.reply == "First sentence. Second sentence."
-        assert report.answered_by == "fake" and report.emotion == "happy"
+        assert report.answered_by == "edge" and report.emotion == pick_emotion("First sentence.")[0]
         assert report.frames == 20 and report.sample_rate == 24000
         pcm = decode_packets(report.packets, 24000)
         assert pcm.size == 20 * 1440 and np.abs(pcm.astype(np.int32)).mean() > 1000  # the tone, decoded
@@ -47,7 +48,12 @@ async def test_auto_mode_turns(edge_server, fake_engine, version):
     assert [r.kind for r in fake_engine.requests] == ["speech", "speech"]
     assert fake_engine.requests[1].history == [{"role": "user", "content": first.stt},
                                                {"role": "assistant", "content": first.reply}]
-    assert fake_engine.asr.prefetched, "SpeechPaused did not prefetch ASR"
+    # one ASR job per utterance: the one started at the pause became the turn's transcript
+    assert len(fake_engine.asr.jobs) == 2 and all(r.speculative for r in fake_engine.requests)
+    second_prompt = fake_engine.llm.seen[1]
+    assert second_prompt[-3:] == [{"role": "user", "content": first.stt},
+                                  {"role": "assistant", "content": first.reply},
+                                  {"role": "user", "content": second.stt}]
     assert all(r.speech_end_ms > 0 for r in fake_engine.requests)
 
 
@@ -111,7 +117,8 @@ async def test_wake_word_detect_starts_a_wake_turn(edge_server, fake_engine):
     finally:
         await sim.close()
     assert fake_engine.requests[0].kind == "wake" and fake_engine.requests[0].text == "你好小智"
-    assert kinds[0] == ("stt", None) and kinds[-1] == ("tts", "stop") and kinds.count("audio") == 20
+    # the greeting is one sentence (the stand-in voice speaks half of reply_ms per sentence)
+    assert kinds[0] == ("stt", None) and kinds[-1] == ("tts", "stop") and kinds.count("audio") == 10
 
 
 async def test_abort_stops_audio_within_100ms_and_sends_tts_stop(edge_server, fake_engine):

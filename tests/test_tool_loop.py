@@ -10,9 +10,10 @@ import pytest
 
 from edge.mcp import McpError
 from edge.tool_loop import ToolLoop, ToolPhrases
-from edge.tools.config import ToolsSpec, build_server_tools
+from edge.tools.config import build_server_tools
 from edge.tools.registry import ToolContext, ToolRegistry
 from scripts.sim_board import SimBoard
+from shared.topology import ToolsSpec
 from tests.tool_helpers import ScriptedModel, connect
 
 CTX = ToolContext(device_id="aa:bb", timezone="UTC")

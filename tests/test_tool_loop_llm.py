@@ -8,7 +8,7 @@ import pytest
 
 from edge.tool_loop import ToolLoop
 from edge.tools.calculator import calculate
-from edge.tools.config import ToolsSpec, build_server_tools
+from edge.tools.config import build_server_tools
 from edge.tools.registry import ToolContext
 from scripts.bench_tools import board_registry
 from scripts.sim_board import SimBoard
@@ -18,7 +18,7 @@ from shared.llama_server import LlamaServer
 from shared.nats_runtime import free_port
 from shared.tool_calling import caller_for
 from shared.tool_intent import clear_winner, shortlist
-from shared.topology import load_topology
+from shared.topology import ToolsSpec, load_topology
 
 pytestmark = pytest.mark.timeout(240)
 

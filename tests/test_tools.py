@@ -11,13 +11,13 @@ from aiohttp import web
 
 from edge.tools.calculator import CalcError, calculate
 from edge.tools.clock import now_text
-from edge.tools.config import ToolsSpec, build_server_tools, load_tools_spec
-from edge.tools.http_tool import HttpToolSpec, http_tool
+from edge.tools.config import build_server_tools, builtin_tools, tool_context
+from edge.tools.http_tool import http_tool
 from edge.tools.registry import Tool, ToolContext, ToolError, ToolRegistry, mcp_result_text
 from shared.tool_calling import llm_name
 from edge.tools.schema import ArgumentError, BadSchema, check_schema, validate_arguments
 from shared.nats_runtime import free_port
-from shared.topology import DEFAULT_PATH, TopologyError, parse_topology
+from shared.topology import BUILTIN_TOOLS, DEFAULT_PATH, HttpToolSpec, TopologyError, ToolsSpec, parse_topology
 
 CTX = ToolContext(device_id="aa:bb", timezone="Asia/Shanghai")
 
@@ -190,12 +190,16 @@ def test_tools_section_per_site_and_device_timezones():
         "devices": [{"prefix": "aa:", "timezone": "America/Chicago"}],
         "http": [{"name": "weather", "description": "w", "url": "http://127.0.0.1:1/{city}"}],
     }
-    spec = load_tools_spec(parse_topology(doc, environ={}))
+    spec = parse_topology(doc, environ={}).tools
     assert build_server_tools(spec, "local-site").names() == ["get_time", "calculate", "weather"]
     assert build_server_tools(spec, "other").names() == ["get_time"]
-    assert spec.context("local-site", "bb:1").timezone == "Asia/Tokyo"
-    assert spec.context("local-site", "aa:1").timezone == "America/Chicago"
-    assert spec.context(None, None).timezone == "Europe/Berlin"
+    assert tool_context(spec, "local-site", "bb:1").timezone == "Asia/Tokyo"
+    assert tool_context(spec, "local-site", "aa:1") == ToolContext(device_id="aa:1", timezone="America/Chicago")
+    assert tool_context(spec, None, None).timezone == "Europe/Berlin"
+
+
+def test_shared_builtin_tool_names_match_the_edge_registry():
+    assert tuple(builtin_tools()) == BUILTIN_TOOLS
 
 
 @pytest.mark.parametrize("section, needle", [
@@ -208,5 +212,5 @@ def test_bad_tools_section_is_a_clear_error(section, needle):
     doc = yaml.safe_load(DEFAULT_PATH.read_text())
     doc["tools"] = section
     with pytest.raises(TopologyError) as exc:
-        load_tools_spec(parse_topology(doc, environ={}))
+        parse_topology(doc, environ={})
     assert needle in str(exc.value)

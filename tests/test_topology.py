@@ -143,3 +143,81 @@ def test_module_entry_point(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "shared.topology", "check"], capture_output=True, text=True,
                         cwd=ROOT, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert ok.returncode == 0, ok.stderr
+
+
+# ---------------------------------------------------------------- environment overrides
+@pytest.mark.parametrize("var, value, needle", [
+    ("XZ_CFG__edge__audoi__lead_ms", "1", "XZ_CFG__edge__audoi__lead_ms: edge has no key 'audoi' (known: "),
+    ("XZ_CFG__sites__9__name", "x", "XZ_CFG__sites__9__name: sites has 1 item(s): no index 9"),
+    ("XZ_CFG__sites__first__name", "x", "XZ_CFG__sites__first__name: sites is a list: 'first' is not an index"),
+    ("XZ_CFG__edge__audio__lead_ms__x", "1", "XZ_CFG__edge__audio__lead_ms__x: edge.audio.lead_ms is a single value"),
+    ("XZ_CFG__edge__session", "5", "edge.session: Input should be a valid dictionary"),
+    ("XZ_CFG__edge____x", "1", "XZ_CFG__edge____x: empty key in the path"),
+    ("XZ_CFG__edge__audio__lead_ms", "[1", "XZ_CFG__edge__audio__lead_ms: value '[1' is not valid YAML"),
+    ("XZ_CFG__edge__audio__downstream_sample_rate", "44100",
+     "edge.audio.downstream_sample_rate: Input should be 16000 or 24000 (got 44100) "
+     "(from XZ_CFG__edge__audio__downstream_sample_rate=44100)"),
+    ("XZ_CFG__sites__0__edges__0__capacity", "many", "(from XZ_CFG__sites__0__edges__0__capacity=many)"),
+])
+def test_bad_override_is_one_line_naming_the_variable(var, value, needle):
+    with pytest.raises(TopologyError) as info:
+        load_topology(ROOT / "topology.yaml", environ={var: value})
+    assert len(info.value.errors) == 1 and needle in info.value.errors[0], info.value.errors
+
+
+def test_overrides_reach_lists_aliases_optional_sections_and_free_form_data():
+    t = load_topology(EXAMPLE, environ={
+        "XZ_CFG__sites__2__edges__0__capacity": "7",
+        "XZ_CFG__monitoring__alerts__for": "10m",  # a field whose key is an alias
+        "XZ_CFG__edge__llm__launch__model_path": "/models/x.gguf",  # an optional section the file leaves out
+        "XZ_CFG__devices__default_site__eu": "fra",  # a mapping key
+        "XZ_CFG__edge__tts__cache__prewarm": "[Hi, Bye]",  # YAML values
+    })
+    assert t.sites[2].edges[0].capacity == 7 and t.monitoring.alerts.for_ == "10m"
+    assert t.edge.llm.launch is not None and t.edge.llm.launch.model_path == "/models/x.gguf"
+    assert t.devices.default_site["eu"] == "fra" and t.edge.tts.cache.prewarm == ["Hi", "Bye"]
+    t = load_topology(ROOT / "topology.yaml", environ={"XZ_CFG__tools__http__0__parameters__properties__lat__type": "string"})
+    assert t.tools.http[0].parameters["properties"]["lat"]["type"] == "string"
+
+
+def test_bad_override_exits_non_zero_with_that_line_from_both_commands():
+    env = {"PATH": "/usr/bin:/bin", "XZ_CFG__edge__audio__lead_mss": "5"}
+    line = "XZ_CFG__edge__audio__lead_mss: edge.audio has no key 'lead_mss'"
+    check = subprocess.run([sys.executable, "-m", "shared.topology", "check"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60, env=env)
+    assert check.returncode == 1 and line in check.stderr and "Traceback" not in check.stderr
+    serve = subprocess.run([sys.executable, "-m", "edge", "serve", "--port", "1"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=120, env=env)
+    assert serve.returncode != 0 and line in serve.stderr and "Traceback" not in serve.stderr
+
+
+# ---------------------------------------------------------------- tools and tiers in the one model
+def test_tools_section_is_part_of_the_validated_model():
+    t = load_topology(ROOT / "topology.yaml", environ={})
+    assert t.tools.enabled_for("local-site") == ["get_time", "calculate", "weather"]
+    assert t.tools.http[0].result_path == "current.temperature_2m"
+    doc = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    doc["tools"]["max_steps"] = 0
+    doc["tools"]["http"][0]["timeout_s"] = "soon"
+    doc["tools"]["colour"] = "blue"
+    errors = errors_of(doc)
+    assert "tools.max_steps: Input should be greater than or equal to 1 (got 0)" in errors
+    assert any(e.startswith("tools.http[0].timeout_s: ") for e in errors)
+    assert "tools.colour: unknown key" in errors
+    doc = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    doc["surprise"] = {}
+    assert errors_of(doc) == ["surprise: unknown key"]
+
+
+def test_check_runs_on_a_cloud_only_install():
+    """No edge/ and no cloud/ package: `topology check` still validates everything (tiers, tools)."""
+    code = ("import sys; sys.modules['edge'] = None; sys.modules['cloud'] = None\n"
+            "from shared.topology_cli import main; sys.exit(main(sys.argv[1:]))")
+    ok = subprocess.run([sys.executable, "-c", code, "check", str(EXAMPLE)], capture_output=True, text=True,
+                        cwd=ROOT, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["sites"][0]["tier"] = "quantum"
+    bad = subprocess.run([sys.executable, "-c", code, "check", "/dev/stdin"], input=yaml.safe_dump(doc),
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 1 and "sites[0].tier: unknown tier 'quantum' (known: auto, cpu-small" in bad.stderr

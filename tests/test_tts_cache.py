@@ -3,6 +3,8 @@ a hit costs no synthesis, the disk tier survives a restart, prewarm."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import msgpack
@@ -100,6 +102,68 @@ def test_disk_write_failure_keeps_memory_entry(tmp_path):
     (blocker / key("hi").digest()[:2]).write_text("a file where a directory should be")
     cache.put(key("hi"), frames(1))  # logs, does not raise
     assert cache.get(key("hi")) == frames(1)
+
+
+def entry_size(tmp_path: Path, text: str, n: int = 20) -> int:
+    """Bytes one entry of ``n`` frames takes on disk (measured, not assumed)."""
+    probe = PhraseCache(memory_items=0, disk_dir=tmp_path / "probe")
+    probe.put(key(text), frames(n))
+    return probe.disk_bytes
+
+
+def test_disk_tier_is_capped_and_evicts_the_least_recently_used(tmp_path):
+    size = entry_size(tmp_path, "phrase 0")
+    cap_mb = (3 * size + size // 2) / (1024 * 1024)  # room for three entries
+    cache = PhraseCache(memory_items=0, disk_dir=tmp_path / "tts", disk_max_mb=cap_mb)
+    for i in range(3):
+        cache.put(key(f"phrase {i}"), frames(20))
+    assert len(disk_files(tmp_path / "tts")) == 3
+    assert cache.get(key("phrase 0")) == frames(20)  # now the most recently used
+    cache.put(key("phrase 3"), frames(20))  # over the cap: phrase 1, least recently used, goes
+    assert cache.get(key("phrase 1")) is None
+    for i in (0, 2, 3):
+        assert cache.get(key(f"phrase {i}")) == frames(20)
+    assert len(disk_files(tmp_path / "tts")) == 3 and cache.disk_bytes <= cap_mb * 1024 * 1024
+    assert cache.stats.disk_evictions == 1
+
+
+def test_recency_and_the_cap_survive_a_restart(tmp_path):
+    size = entry_size(tmp_path, "phrase 0")
+    cap_mb = (3 * size + size // 2) / (1024 * 1024)
+    first = PhraseCache(memory_items=0, disk_dir=tmp_path / "tts", disk_max_mb=cap_mb)
+    for i in range(3):
+        first.put(key(f"phrase {i}"), frames(20))
+    paths = [first._path(key(f"phrase {i}")) for i in range(3)]
+    for age, path in zip((300, 200, 100), paths):  # written minutes apart: phrase 0 is the oldest
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert first.get(key("phrase 0")) == frames(20)  # a disk hit refreshes its mtime
+    # a restart rebuilds the index from the directory: phrase 1 is now the least recently used
+    second = PhraseCache(memory_items=0, disk_dir=tmp_path / "tts", disk_max_mb=cap_mb)
+    assert second.disk_bytes == 3 * size
+    second.put(key("phrase 3"), frames(20))
+    assert second.get(key("phrase 1")) is None and second.get(key("phrase 0")) == frames(20)
+    # a smaller cap at start trims the directory to it, oldest first
+    third = PhraseCache(memory_items=0, disk_dir=tmp_path / "tts", disk_max_mb=(size + 1) / (1024 * 1024))
+    assert len(disk_files(tmp_path / "tts")) == 1 and third.disk_bytes == size
+
+
+def test_an_entry_bigger_than_the_cap_is_not_kept_on_disk(tmp_path):
+    cache = PhraseCache(memory_items=4, disk_dir=tmp_path, disk_max_mb=100 / (1024 * 1024))
+    cache.put(key("long"), frames(50))
+    assert disk_files(tmp_path) == [] and cache.get(key("long")) == frames(50)  # memory still serves it
+
+
+def test_leftover_temp_files_are_removed_at_start(tmp_path):
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / ".tmp-123.msgpack").write_bytes(b"half written")
+    PhraseCache(disk_dir=tmp_path)
+    assert disk_files(tmp_path) == []
+
+
+def test_disk_cap_is_validated_in_topology():
+    assert TtsCacheSpec().disk_max_mb == 256
+    with pytest.raises(ValueError, match="disk_max_mb"):
+        TtsCacheSpec(disk_max_mb=0)
 
 
 # ---------------------------------------------------------------- through TtsService (real piper)

@@ -39,11 +39,10 @@ def connect(board: SimBoard, timeout: float = 2.0) -> McpClient:
     """An McpClient whose messages reach the board (and its replies come back) as on a WebSocket."""
     holder: dict[str, McpClient] = {}
 
-    async def send_json(msg: dict) -> None:
-        assert msg["type"] == "mcp"
-        reply = board.handle(json.loads(json.dumps(msg["payload"])))
+    async def send(payload: dict) -> None:
+        reply = board.handle(json.loads(json.dumps(payload)))
         if reply is not None:
             asyncio.get_running_loop().call_soon(holder["c"].handle_payload, json.loads(json.dumps(reply)))
 
-    holder["c"] = McpClient(send_json, timeout=timeout)
+    holder["c"] = McpClient(send, timeout=timeout)
     return holder["c"]

@@ -11,35 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge.tools.registry import Tool, ToolContext, ToolError
-from shared.topology import SecretRef
+from shared.topology import HttpToolSpec, SecretRef
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class HttpToolSpec(BaseModel):
-    """One ``tools.http`` entry of topology.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$")
-    description: str
-    url: str  # http(s) URL; ``{arg}`` placeholders are replaced by URL-quoted argument values
-    method: Literal["GET", "POST"] = "GET"
-    parameters: dict[str, Any] = {"type": "object", "properties": {}}
-    headers: dict[str, str | SecretRef] = {}
-    body: dict[str, Any] | None = None  # POST JSON; string values may hold placeholders
-    timeout_s: float = Field(3.0, gt=0, le=30)
-    result_path: str | None = None  # dot path into the JSON reply, e.g. ``current.temperature_2m``
-    result_prefix: str = ""  # text put before the value, e.g. "Temperature in Celsius: "
-    max_chars: int = Field(600, gt=0)
-    examples: list[tuple[str, dict[str, Any]]] = []
 
 
 def _fill(template: str, values: dict[str, Any], quote_values: bool) -> str:

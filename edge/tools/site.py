@@ -8,19 +8,19 @@ one, so ordinary chat pays nothing for tool support.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge.tool_loop import ToolLoop
-from edge.tools.config import ToolsSpec, build_server_tools
-from shared.tool_intent import needs_tools
+from edge.tools.config import build_server_tools, tool_context
 from edge.tools.registry import ToolContext, ToolRegistry
 from shared.chat import ChatClient
 from shared.tool_calling import caller_for
+from shared.tool_intent import needs_tools
+from shared.topology import ToolsSpec
 
 if TYPE_CHECKING:
-    from edge.turn import TurnRequest
+    from edge.pipeline.turn import TurnStart
 
 
 @dataclass
@@ -40,29 +40,27 @@ class SiteTools:
         self.spec = spec
         self.site = site
         self.server = build_server_tools(spec, site)
-        self._merged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # McpClient -> (tools, registry)
         if spec.mode == "off":
             raise ValueError("tools.mode is off: the engine builds no SiteTools")
         self.loop = ToolLoop(caller_for(llm, spec.mode, llm_kind), max_steps=spec.max_steps, max_tokens=max_tokens,
                              temperature=temperature, call_timeout_s=spec.device_timeout_s + 2.0)
 
-    def registry_for(self, req: "TurnRequest") -> ToolRegistry:
+    def registry_for(self, req: "TurnStart") -> ToolRegistry:
         """Server tools plus the device's MCP tools once its ``tools/list`` has arrived.
 
-        Merging checks every tool's schema, so the result is kept per session until the
-        device's tool list changes."""
+        Merging checks every tool's schema, so the result is kept on the session's McpClient
+        until the device's tool list changes (and goes with the session)."""
         mcp = req.mcp if req.mcp is not None and req.mcp.ready.is_set() else None
         if mcp is None:
             return self.server
-        cached = self._merged.get(mcp)
+        cached = mcp.merged
         if cached is None or cached[0] is not mcp.tools:
-            cached = (mcp.tools, self.server.with_device(mcp, self.spec.device_timeout_s))
-            self._merged[mcp] = cached
+            cached = mcp.merged = (mcp.tools, self.server.with_device(mcp, self.spec.device_timeout_s))
         return cached[1]
 
-    def for_turn(self, req: "TurnRequest", user_text: str) -> TurnTools | None:
+    def for_turn(self, req: "TurnStart", user_text: str) -> TurnTools | None:
         """The turn's tools when the request looks like it needs one."""
         registry = self.registry_for(req)
         if not needs_tools(registry, user_text):
             return None
-        return TurnTools(registry, self.spec.context(self.site, req.device_id), self.loop)
+        return TurnTools(registry, tool_context(self.spec, self.site, req.device_id), self.loop)

@@ -10,18 +10,17 @@ device and nothing more is sent.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from aiohttp import web
 
 from edge import metrics
-from edge.protocol import pack_audio
+from edge.device.protocol import ServerMessage, Tts, pack_audio, serialize
 
 
 class PacedOutput:
-    """The session's ``DeviceOutput``: ``send_json``, paced ``send_audio``, ``drain``, ``clear``."""
+    """The session's ``DeviceOutput``: typed ``send``, paced ``send_audio``, ``drain``, ``clear``."""
 
     def __init__(self, ws: web.WebSocketResponse, protocol_version: int, sample_rate: int, frame_ms: int,
                  lead_ms: int, session_id: str = ""):
@@ -38,16 +37,18 @@ class PacedOutput:
         self._epoch = 0  # bumped by clear(): an in-flight send_audio stops at its next frame
         self._lock = asyncio.Lock()
 
-    async def send_json(self, msg: dict[str, Any]) -> None:
-        if self.session_id and "session_id" not in msg:
-            msg = {"session_id": self.session_id, **msg}
-        if msg.get("type") == "tts":
-            if msg.get("state") == "start":
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def send(self, msg: ServerMessage) -> None:
+        if isinstance(msg, Tts):
+            if msg.state == "start":
                 self.tts_open = True
                 self.tts_starts += 1
-            elif msg.get("state") == "stop":
+            elif msg.state == "stop":
                 self.tts_open = False
-        await self.ws.send_str(json.dumps(msg, ensure_ascii=False, separators=(",", ":")))
+        await self.ws.send_str(serialize(msg, self.session_id))
 
     async def send_audio(self, frames: Sequence[bytes]) -> None:
         """Send frames, each ``lead_ms`` ahead of its play time; returns when the last one is out."""

@@ -18,7 +18,13 @@ input or a failing turn take the connection (or any other session) down:
   utterance. realtime: the VAD keeps running while the answer plays; new speech
   (``SpeechStarted``) during ``tts`` is a barge-in.
 * One turn at a time: a new utterance, an ``abort`` or a barge-in cancels the
-  running turn, drops queued audio and closes the ``tts`` with a ``stop``.
+  running turn (its speaking stage drops queued audio and closes the ``tts``
+  with a ``stop``). A failing turn is the pipeline's business
+  (:mod:`edge.pipeline.turn`): the session just goes on.
+
+The session owns the device's :class:`~edge.pipeline.conversation.Conversation`
+and its listening stage (VAD, endpointing, speculative ASR: :mod:`edge.stages.listening`,
+made by the engine for the current mode).
 """
 
 from __future__ import annotations
@@ -28,20 +34,21 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from edge import metrics
-from edge.mcp import McpClient, McpError
-from edge.opus import SUPPORTED_RATES, InvalidOpus, OpusDecoder, resample
-from edge.playback import PacedOutput
-from edge.protocol import (
-    Abort, AudioParams, DeviceHello, Listen, McpMessage, ProtocolError, ServerHello, parse_device_message, to_dict,
+from edge.device.output import PacedOutput
+from edge.device.protocol import (
+    Abort, AudioParams, DeviceHello, Error, Listen, McpIn, McpOut, ProtocolError, ServerHello, parse_device_message,
     unpack_audio,
 )
-from edge.turn import TurnRequest
+from edge.mcp import McpClient, McpError
+from edge.opus import SUPPORTED_RATES, InvalidOpus, OpusDecoder, resample
+from edge.pipeline.conversation import Conversation
+from edge.pipeline.events import UserSpeaking, UtteranceEnded
+from edge.pipeline.turn import TurnStart
 from shared.log import device_id_var, log_event, monotonic_ms, session_id_var
 from shared.topology import EdgeSettings
 
@@ -49,16 +56,21 @@ log = logging.getLogger("edge.session")
 
 ASR_RATE = 16000
 EARLY_BINARY_LIMIT = 50  # ~3 s of audio before any hello: not a xiaozhi device
-HISTORY_MESSAGES = 10
-MANUAL_MIN_MS = 200  # a shorter push-to-talk press is a mis-press, not an utterance
-MANUAL_MAX_S = 60  # push-to-talk audio kept at most
 CLOSE_NO_HELLO = 1002
+
+
+class Engine(Protocol):
+    """What a session needs from the engine (:class:`edge.engine.EdgeEngine`, or a test's stand-in)."""
+
+    def listening(self, mode: str) -> Any: ...
+
+    async def run_turn(self, start: TurnStart, out: PacedOutput) -> Any: ...
 
 
 class DeviceSession:
     """Serves one device WebSocket until it closes; ``run()`` returns when the session is over."""
 
-    def __init__(self, ws: web.WebSocketResponse, engine: Any, settings: EdgeSettings, device_id: str,
+    def __init__(self, ws: web.WebSocketResponse, engine: Engine, settings: EdgeSettings, device_id: str,
                  protocol_version: int, client_id: str | None = None):
         self.ws = ws
         self.engine = engine
@@ -73,14 +85,12 @@ class DeviceSession:
         self.hello: DeviceHello | None = None
         self.mode = "auto"
         self.listening = False
-        self.history: list[dict] = []
+        self.conversation = Conversation(settings.llm.history_turns)
         self.mcp: McpClient | None = None
         self.turn_task: asyncio.Task | None = None
         self.close_code: int | None = None
         self._decoder: OpusDecoder | None = None
-        self._vad = None
-        self._manual: list[np.ndarray] = []
-        self._manual_samples = 0
+        self._listener: Any = None  # the engine's listening stage for the current mode
         self._early_binary = 0
         self._bad_opus_burst = 0
         self._background: set[asyncio.Task] = set()
@@ -133,10 +143,8 @@ class DeviceSession:
 
     async def _cleanup(self) -> None:
         if self.turn_task is not None and not self.turn_task.done():
-            self.output.clear()
-            self.turn_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.turn_task
+            self.turn_task.cancel("disconnect")
+            await asyncio.wait({self.turn_task})
         if self.mcp is not None:
             self.mcp.close()
         for task in list(self._background):
@@ -156,7 +164,7 @@ class DeviceSession:
         metrics.PROTOCOL_ERRORS.labels(kind=exc.kind).inc()
         log_event(log, "bad device message", logging.WARNING, kind=exc.kind, detail=exc.detail)
         if not self.ws.closed:
-            await self.output.send_json({"type": "error", "kind": exc.kind, "message": exc.detail})
+            await self.output.send(Error(exc.kind, exc.detail))
 
     # ------------------------------------------------------------ text
     async def _on_text(self, data: str) -> None:
@@ -174,7 +182,7 @@ class DeviceSession:
         elif isinstance(msg, Abort):
             log_event(log, "abort", reason=msg.reason)
             await self.cancel_turn("abort")
-        elif isinstance(msg, McpMessage):
+        elif isinstance(msg, McpIn):
             if self.mcp is None:
                 await self._reject(ProtocolError("mcp_unexpected", "mcp message, but the hello did not offer mcp"))
             else:
@@ -190,10 +198,10 @@ class DeviceSession:
         self._decoder = OpusDecoder(rate if rate in SUPPORTED_RATES else ASR_RATE)
         audio = self.settings.audio
         reply = ServerHello(self.session_id, AudioParams("opus", audio.downstream_sample_rate, 1, audio.frame_ms))
-        await self.output.send_json(to_dict(reply))
+        await self.output.send(reply)
         log_event(log, "hello", version=hello.version, features=hello.features, upstream_rate=rate)
         if first and hello.mcp:
-            self.mcp = McpClient(self.output.send_json)
+            self.mcp = McpClient(lambda payload: self.output.send(McpOut(payload)))
             self._spawn(self._init_mcp())
 
     async def _init_mcp(self) -> None:
@@ -210,25 +218,20 @@ class DeviceSession:
             log_event(log, "listen start", mode=self.mode)
         elif msg.state == "stop":
             self.listening = False
-            if self.mode == "manual":
-                await self._manual_utterance()
+            if self.mode == "manual" and self._listener is not None:
+                utterance = self._listener.stop()
+                if utterance is not None:
+                    await self._on_utterance(utterance)
         elif msg.state == "detect":
             if msg.text:
-                await self.start_turn(TurnRequest(TurnRequest.new_id(), self.session_id, self.device_id, "wake",
-                                                  text=msg.text, speech_end_ms=monotonic_ms()))
+                await self.start_turn(self._start("wake", text=msg.text))
 
     def _reset_listening(self) -> None:
-        self._manual, self._manual_samples = [], 0
-        self._vad = self.engine.vad.new_stream() if self.mode != "manual" else None
+        self._listener = self.engine.listening(self.mode)
 
-    async def _manual_utterance(self) -> None:
-        pcm = np.concatenate(self._manual) if self._manual else np.zeros(0, dtype=np.int16)
-        self._manual, self._manual_samples = [], 0
-        if pcm.size < ASR_RATE * MANUAL_MIN_MS // 1000:
-            log_event(log, "push-to-talk too short, ignored", ms=round(pcm.size * 1000 / ASR_RATE))
-            return
-        await self.start_turn(TurnRequest(TurnRequest.new_id(), self.session_id, self.device_id, "speech",
-                                          pcm16k=pcm, speech_end_ms=monotonic_ms()))
+    def _start(self, kind: str, **kw: Any) -> TurnStart:
+        return TurnStart(TurnStart.new_id(), self.session_id, self.device_id, kind, speech_end_ms=monotonic_ms(),
+                         **kw)
 
     # ------------------------------------------------------------ binary
     async def _on_binary(self, data: bytes) -> None:
@@ -268,73 +271,43 @@ class DeviceSession:
         self._bad_opus_burst = 0
         if self._decoder.sample_rate != ASR_RATE:
             pcm = resample(pcm, self._decoder.sample_rate, ASR_RATE)
-        if self.mode == "manual":
-            if self._manual_samples < ASR_RATE * MANUAL_MAX_S:
-                self._manual.append(pcm)
-                self._manual_samples += pcm.size
-            return
-        if self._vad is None:
-            self._vad = self.engine.vad.new_stream()
-        for event in await self._vad.feed(pcm):
-            await self._on_vad(event)
+        if self._listener is None:
+            self._reset_listening()
+        for event in await self._listener.feed(pcm):
+            match event:
+                case UserSpeaking():
+                    if self.mode == "realtime" and self.turn_task is not None and self.output.tts_open:
+                        log_event(log, "barge-in")
+                        await self.cancel_turn("barge-in")
+                case UtteranceEnded():
+                    await self._on_utterance(event)
 
-    async def _on_vad(self, event: Any) -> None:
-        """VAD events are matched by class name, so stand-in engines need not import the model code."""
-        name = type(event).__name__
-        if name == "SpeechStarted":
-            if self.mode == "realtime" and self.turn_task is not None and self.output.tts_open:
-                log_event(log, "barge-in")
-                await self.cancel_turn("barge-in")
-        elif name == "SpeechPaused":
-            prefetch = getattr(getattr(self.engine, "asr", None), "prefetch", None)
-            if callable(prefetch):
-                prefetch(event.pcm)
-        elif name == "SpeechEnded":
-            if self.mode == "auto":
-                self.listening = False  # until the device's next listen start
-            await self.start_turn(TurnRequest(TurnRequest.new_id(), self.session_id, self.device_id, "speech",
-                                              pcm16k=event.pcm, speech_end_ms=monotonic_ms()))
+    async def _on_utterance(self, utterance: UtteranceEnded) -> None:
+        if self.mode == "auto":
+            self.listening = False  # until the device's next listen start
+        await self.start_turn(self._start("speech", pcm16k=utterance.pcm, transcript=utterance.transcript,
+                                          speculative=utterance.speculative))
 
     # ------------------------------------------------------------ turns
-    async def start_turn(self, req: TurnRequest) -> None:
-        """Run ``req`` as this session's only turn (a running one is cancelled first)."""
-        await self.cancel_turn("new turn")
-        req.history = list(self.history)
-        req.mcp = self.mcp
-        self.turn_task = asyncio.create_task(self._turn(req), name=f"turn-{req.turn_id}")
+    async def start_turn(self, start: TurnStart) -> None:
+        """Run ``start`` as this session's only turn (a running one is cancelled first)."""
+        await self.cancel_turn("new-turn")
+        start.history = self.conversation.window()
+        start.mcp = self.mcp
+        self.turn_task = asyncio.create_task(self._turn(start), name=f"turn-{start.turn_id}")
 
     async def cancel_turn(self, reason: str) -> None:
-        """Stop the running turn now: no more frames, and a ``tts stop`` if a ``tts start`` went out."""
+        """Stop the running turn now: its speaking stage drops queued audio and sends its ``tts stop``."""
         task, self.turn_task = self.turn_task, None
-        self.output.clear()
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            log_event(log, "turn cancelled", reason=reason)
-        if self.output.tts_open and not self.ws.closed:
-            await self.output.send_json({"type": "tts", "state": "stop"})
+            task.cancel(reason)  # the turn ends with outcome "cancelled" and this reason
+            await asyncio.wait({task})
 
-    async def _turn(self, req: TurnRequest) -> None:
+    async def _turn(self, start: TurnStart) -> None:
         starts = self.output.tts_starts
-        try:
-            result = await self.engine.run_turn(req, self.output)
-            if result.user_text:
-                self.history.append({"role": "user", "content": result.user_text})
-                if result.reply_text:
-                    self.history.append({"role": "assistant", "content": result.reply_text})
-                del self.history[:-HISTORY_MESSAGES]
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if self.ws.closed:
-                return
-            metrics.ERRORS.labels(kind="turn").inc()
-            log_event(log, "turn failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
-            if self.output.tts_open:
-                self.output.clear()
-                with contextlib.suppress(Exception):
-                    await self.output.send_json({"type": "tts", "state": "stop"})
+        result = await self.engine.run_turn(start, self.output)  # never raises: the pipeline owns failures
+        if result.outcome == "ok":
+            self.conversation.add(result.user_text, result.reply_text)
         if self.output.tts_starts == starts and self.mode == "auto" and not self.ws.closed:
             # Nothing was spoken (e.g. silence transcribed to nothing): the device is still
             # listening and will not send another listen start, so listen again here.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Union
 
 SUPPORTED_VERSIONS = (1, 2, 3)
@@ -37,17 +37,35 @@ class ProtocolError(ValueError):
         self.detail = detail
 
 
+class Message:
+    """A protocol message: one dataclass per ``type``; ``to_json`` is its wire object (``None`` fields left out)."""
+
+    type: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        out.update({k: v for k, v in asdict(self).items() if v is not None})
+        return out
+
+
 # ---------------------------------------------------------------- device -> server
-@dataclass
+@dataclass(frozen=True)
 class AudioParams:
     format: str = "opus"
     sample_rate: int = 16000
     channels: int = 1
     frame_duration: int = 60
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "AudioParams":
+        return cls(format=_field(obj, "format", str, default="opus"),
+                   sample_rate=_field(obj, "sample_rate", int, default=16000),
+                   channels=_field(obj, "channels", int, default=1),
+                   frame_duration=_field(obj, "frame_duration", int, default=60))
 
-@dataclass
-class DeviceHello:
+
+@dataclass(frozen=True)
+class DeviceHello(Message):
     version: int = 1
     transport: str = "websocket"
     features: dict[str, Any] = field(default_factory=dict)
@@ -58,31 +76,61 @@ class DeviceHello:
     def mcp(self) -> bool:
         return bool(self.features.get("mcp"))
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "DeviceHello":
+        params = AudioParams.from_json(_field(obj, "audio_params", dict, default={}))
+        if params.format != "opus":
+            raise ProtocolError("bad_field", f"hello: audio format {params.format!r} is not supported (opus only)")
+        return cls(version=_field(obj, "version", int, default=1),
+                   transport=_field(obj, "transport", str, default="websocket"),
+                   features=_field(obj, "features", dict, default={}), audio_params=params)
 
-@dataclass
-class Listen:
+
+@dataclass(frozen=True)
+class Listen(Message):
     state: Literal["start", "stop", "detect"]
     mode: ListenMode | None = None  # the firmware sends it with "start" only
     text: str | None = None  # wake word, with "detect"
     session_id: str | None = None
     type: ClassVar[str] = "listen"
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "Listen":
+        state = _field(obj, "state", str, required=True)
+        if state not in LISTEN_STATES:
+            raise ProtocolError("bad_field", f"listen: unknown state {state!r}")
+        mode = _field(obj, "mode", str)
+        if mode is not None and mode not in LISTEN_MODES:
+            raise ProtocolError("bad_field", f"listen: unknown mode {mode!r}")
+        return cls(state=state, mode=mode, text=_field(obj, "text", str), session_id=_field(obj, "session_id", str))
 
-@dataclass
-class Abort:
+
+@dataclass(frozen=True)
+class Abort(Message):
     reason: str | None = None
     session_id: str | None = None
     type: ClassVar[str] = "abort"
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "Abort":
+        return cls(reason=_field(obj, "reason", str), session_id=_field(obj, "session_id", str))
 
-@dataclass
-class McpMessage:
+
+@dataclass(frozen=True)
+class McpIn(Message):
+    """A JSON-RPC payload from the device (its MCP server's replies and notifications)."""
+
     payload: dict[str, Any]
     session_id: str | None = None
     type: ClassVar[str] = "mcp"
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "McpIn":
+        return cls(payload=_field(obj, "payload", dict, required=True), session_id=_field(obj, "session_id", str))
 
-DeviceMessage = Union[DeviceHello, Listen, Abort, McpMessage]
+
+DeviceMessage = Union[DeviceHello, Listen, Abort, McpIn]
+DEVICE: dict[str, Any] = {c.type: c for c in (DeviceHello, Listen, Abort, McpIn)}
 
 
 def _field(obj: dict, name: str, kinds: type | tuple[type, ...], required: bool = False, default: Any = None) -> Any:
@@ -98,47 +146,7 @@ def _field(obj: dict, name: str, kinds: type | tuple[type, ...], required: bool 
     return value
 
 
-def _parse_hello(obj: dict) -> DeviceHello:
-    ap = _field(obj, "audio_params", dict, default={})
-    params = AudioParams(
-        format=_field(ap, "format", str, default="opus"),
-        sample_rate=_field(ap, "sample_rate", int, default=16000),
-        channels=_field(ap, "channels", int, default=1),
-        frame_duration=_field(ap, "frame_duration", int, default=60),
-    )
-    if params.format != "opus":
-        raise ProtocolError("bad_field", f"hello: audio format {params.format!r} is not supported (opus only)")
-    return DeviceHello(
-        version=_field(obj, "version", int, default=1),
-        transport=_field(obj, "transport", str, default="websocket"),
-        features=_field(obj, "features", dict, default={}),
-        audio_params=params,
-    )
-
-
-def _parse_listen(obj: dict) -> Listen:
-    state = _field(obj, "state", str, required=True)
-    if state not in LISTEN_STATES:
-        raise ProtocolError("bad_field", f"listen: unknown state {state!r}")
-    mode = _field(obj, "mode", str)
-    if mode is not None and mode not in LISTEN_MODES:
-        raise ProtocolError("bad_field", f"listen: unknown mode {mode!r}")
-    return Listen(state=state, mode=mode, text=_field(obj, "text", str), session_id=_field(obj, "session_id", str))
-
-
-def _parse_abort(obj: dict) -> Abort:
-    return Abort(reason=_field(obj, "reason", str), session_id=_field(obj, "session_id", str))
-
-
-def _parse_mcp(obj: dict) -> McpMessage:
-    return McpMessage(payload=_field(obj, "payload", dict, required=True), session_id=_field(obj, "session_id", str))
-
-
-_PARSERS = {"hello": _parse_hello, "listen": _parse_listen, "abort": _parse_abort, "mcp": _parse_mcp}
-
-
-def parse_device_message(text: str | bytes) -> DeviceMessage:
-    """One text frame from a device -> its message; ProtocolError(kind, detail) otherwise."""
+def _json_object(text: str | bytes) -> tuple[str, dict]:
     try:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -148,63 +156,78 @@ def parse_device_message(text: str | bytes) -> DeviceMessage:
     kind = obj.get("type")
     if not isinstance(kind, str) or not kind:
         raise ProtocolError("no_type", "message has no 'type'")
-    parser = _PARSERS.get(kind)
-    if parser is None:
+    return kind, obj
+
+
+def parse_device_message(text: str | bytes) -> DeviceMessage:
+    """One text frame from a device -> its message; ProtocolError(kind, detail) otherwise."""
+    kind, obj = _json_object(text)
+    cls = DEVICE.get(kind)
+    if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
-    return parser(obj)
+    return cls.from_json(obj)
 
 
 # ---------------------------------------------------------------- server -> device
-@dataclass
-class ServerHello:
+@dataclass(frozen=True)
+class ServerHello(Message):
     session_id: str
     audio_params: AudioParams
     transport: str = "websocket"
     type: ClassVar[str] = "hello"
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "ServerHello":
+        return cls(_field(obj, "session_id", str, required=True),
+                   AudioParams.from_json(_field(obj, "audio_params", dict, default={})),
+                   _field(obj, "transport", str, default="websocket"))
 
-@dataclass
-class Stt:
+
+@dataclass(frozen=True)
+class Stt(Message):
     text: str
     type: ClassVar[str] = "stt"
 
 
-@dataclass
-class Llm:
+@dataclass(frozen=True)
+class Llm(Message):
     emotion: str
     text: str = ""
+    answered_by: str | None = None  # edge | cloud | cache: not in the firmware, which ignores it
     type: ClassVar[str] = "llm"
 
 
-@dataclass
-class Tts:
+@dataclass(frozen=True)
+class Tts(Message):
     state: Literal["start", "sentence_start", "stop"]
     text: str | None = None
     type: ClassVar[str] = "tts"
 
 
-@dataclass
-class ServerMcp:
+@dataclass(frozen=True)
+class McpOut(Message):
+    """A JSON-RPC request to the device's MCP server."""
+
     payload: dict[str, Any]
     type: ClassVar[str] = "mcp"
 
 
-@dataclass
-class System:
+@dataclass(frozen=True)
+class System(Message):
     command: str
     type: ClassVar[str] = "system"
 
 
-@dataclass
-class Alert:
+@dataclass(frozen=True)
+class Alert(Message):
     status: str
     message: str
     emotion: str = "neutral"
     type: ClassVar[str] = "alert"
 
 
-@dataclass
-class Error:
+@dataclass(frozen=True)
+class Error(Message):
     """Not in the firmware (it ignores unknown types); tells a developer what the edge rejected."""
 
     kind: str
@@ -212,20 +235,33 @@ class Error:
     type: ClassVar[str] = "error"
 
 
-ServerMessage = Union[ServerHello, Stt, Llm, Tts, ServerMcp, System, Alert, Error]
-
-
-def to_dict(msg: ServerMessage, session_id: str | None = None) -> dict[str, Any]:
-    """The JSON object for a server message (``None`` fields left out)."""
-    out: dict[str, Any] = {"type": msg.type}
-    if session_id:
-        out["session_id"] = session_id
-    out.update({k: v for k, v in asdict(msg).items() if v is not None})
-    return out
+ServerMessage = Union[ServerHello, Stt, Llm, Tts, McpOut, System, Alert, Error]
+_SIMPLE_SERVER = {"stt": (Stt, {"text": str}), "llm": (Llm, {"emotion": str, "text": str, "answered_by": str}),
+                  "tts": (Tts, {"state": str, "text": str}), "mcp": (McpOut, {"payload": dict}),
+                  "system": (System, {"command": str}),
+                  "alert": (Alert, {"status": str, "message": str, "emotion": str}),
+                  "error": (Error, {"kind": str, "message": str})}
 
 
 def serialize(msg: ServerMessage, session_id: str | None = None) -> str:
-    return json.dumps(to_dict(msg, session_id), ensure_ascii=False, separators=(",", ":"))
+    """The text frame for a server message; ``session_id`` first, as xiaozhi servers send it."""
+    obj = msg.to_json()
+    if session_id and "session_id" not in obj:
+        obj = {"type": obj.pop("type"), "session_id": session_id, **obj}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_server_message(text: str | bytes) -> ServerMessage:
+    """One text frame from a server (simulators, tests) -> its message; unknown fields are ignored."""
+    kind, obj = _json_object(text)
+    if kind == "hello":
+        return ServerHello.from_json(obj)
+    if kind not in _SIMPLE_SERVER:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
+    cls, kinds = _SIMPLE_SERVER[kind]
+    required = {f.name for f in fields(cls) if f.default is MISSING}
+    return cls(**{k: v for k, t in kinds.items()
+                  if (v := _field(obj, k, t, required=k in required)) is not None})
 
 
 # ---------------------------------------------------------------- binary framing

@@ -1,0 +1,1 @@
+"""The device side of the edge: the xiaozhi protocol, one session per WebSocket, paced output."""

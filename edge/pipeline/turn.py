@@ -1,0 +1,182 @@
+"""One conversational turn, stage by stage, and the one place that makes sure it ends well.
+
+    TurnStart ─► understanding ─► deciding ─► answering ─► speaking ─► TurnEnded
+    (speech/      transcript,      policy,      AnswerSource  sentences,
+     wake/text)   stt message      Route        (text stream) TTS, playback
+
+A turn is one asyncio task (the session's): cancelling it (barge-in, abort, a new
+turn, disconnect) cancels every stage at once, and the speaking stage still sends
+its ``tts stop``. Whatever fails inside a turn (ASR, the local model crashing or
+stalling, the cloud, a tool, TTS, a bug) is handled here once: one ``TurnFailed``
+event (so one log line and one count), the cached apology, ``tts stop``, and the
+session goes on. The stages are passed in (built by :mod:`edge.engine`), so this
+module depends on no model, transport or stage implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
+
+import numpy as np
+
+from edge.pipeline.errors import as_stage_error
+from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnStarted
+from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
+from edge.pipeline.ports import AnswerSource, DeviceOutput
+from shared.log import log_event, monotonic_ms, turn_id_var
+
+if TYPE_CHECKING:
+    from edge.mcp import McpClient
+
+log = logging.getLogger("edge.turn")
+
+APOLOGY_TIMEOUT_S = 2.5  # the apology (a cached phrase) and its tts stop go out within 3 s of a failure
+
+
+@dataclass
+class TurnStart:
+    """What starts a turn: the end of an utterance (with its running ASR job), a wake word, or text."""
+
+    turn_id: str
+    session_id: str
+    device_id: str
+    kind: Literal["speech", "wake", "text"]
+    pcm16k: np.ndarray | None = None
+    transcript: Awaitable[Any] | None = None  # the listening stage's ASR job (speech turns)
+    speculative: bool = False  # that job was started at the pause, before the end of speech
+    text: str | None = None
+    speech_end_ms: float = 0.0
+    history: list[dict] = field(default_factory=list)  # the conversation's window, oldest first
+    mcp: "McpClient | None" = None
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class TurnResult:
+    user_text: str
+    reply_text: str
+    answered_by: str  # edge | cloud | cache | none
+    timings_ms: dict[str, float]
+    outcome: Outcome = "ok"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """Fixed phrases the edge speaks itself; pre-warmed in the TTS cache, so they cost no synthesis."""
+
+    greeting: str = "Hello! How can I help you?"
+    no_answer: str = "Sorry, I didn't catch that."
+    thinking: str = "One moment, let me think."
+    error: str = "Sorry, something went wrong."
+
+
+# ---------------------------------------------------------------- the stages, as the turn sees them
+class Heard(Protocol):
+    text: str
+    language: str
+
+
+class RouteLike(Protocol):
+    source: str
+    reason: str
+
+
+class UnderstandingStage(Protocol):
+    async def run(self, start: TurnStart, out: DeviceOutput, events: TurnEvents) -> Heard: ...
+
+
+class DecidingStage(Protocol):
+    async def run(self, start: TurnStart, heard: Heard, messages: list[dict], events: TurnEvents) -> RouteLike: ...
+
+
+class AnsweringStage(Protocol):
+    def source(self, route: Any, start: TurnStart) -> AnswerSource: ...
+
+
+class SpeakingStage(Protocol):
+    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents) -> str: ...
+
+    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache") -> str: ...
+
+
+class TurnPipeline:
+    """Runs turns through the stages; one per engine, shared by every session."""
+
+    def __init__(self, understanding: UnderstandingStage, deciding: DecidingStage, answering: AnsweringStage,
+                 speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[], AnswerSource],
+                 system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: []):
+        self.understanding = understanding
+        self.deciding = deciding
+        self.answering = answering
+        self.speaking = speaking
+        self.phrases = phrases
+        self.greeting = greeting
+        self.system_prompt = system_prompt
+        self.observers = observers
+        self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
+
+    def messages(self, start: TurnStart, user_text: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + start.history + [{"role": "user", "content": user_text}]
+
+    async def run(self, start: TurnStart, out: DeviceOutput) -> TurnResult:
+        """Run one turn to its end; never raises except CancelledError (the turn was stopped)."""
+        turn_id_var.set(start.turn_id)
+        events = TurnEvents(start.turn_id, [])
+        events.observers = [MetricsObserver(), LogObserver(events.timings_ms), *self.observers(start)]
+        events.emit(TurnStarted(kind=start.kind, origin_ms=start.speech_end_ms or monotonic_ms()))
+        result = TurnResult("", "", "none", {}, "ok")
+        answer: AnswerSource | None = None
+        self.active += 1
+        try:
+            heard = await self.understanding.run(start, out, events)
+            result.user_text = heard.text
+            if not heard.text:
+                result.outcome = "empty"
+                return result
+            if start.kind == "wake":
+                answer = self.greeting()
+            else:
+                route = await self.deciding.run(start, heard, self.messages(start, heard.text), events)
+                answer = self.answering.source(route, start)
+            result.reason = answer.reason
+            result.reply_text = await self.speaking.run(answer, out, events)
+            return result
+        except asyncio.CancelledError as stop:
+            result.outcome = "cancelled"
+            result.reason = str(stop.args[0]) if stop.args else "cancelled"  # barge-in, abort, new turn, disconnect
+            raise
+        except Exception as exc:  # the one owner of a failed turn
+            if out.closed:  # the device went away mid-turn: nobody to answer, nothing of ours failed
+                result.outcome, result.reason = "cancelled", "device disconnected"
+                return result
+            result.outcome = "error"
+            err = as_stage_error(exc)
+            events.emit(TurnFailed(stage=err.stage, code=err.code, detail=str(err), error=exc))
+            await self._apologize(out, events)
+            return result
+        finally:
+            self.active -= 1
+            if answer is not None:
+                result.answered_by = answer.answered_by
+            result.timings_ms = events.timings_ms()
+            events.emit(TurnEnded(outcome=result.outcome, answered_by=result.answered_by, reason=result.reason,
+                                  user_text=result.user_text, reply_text=result.reply_text))
+
+    async def _apologize(self, out: DeviceOutput, events: TurnEvents) -> None:
+        """The cached apology, bounded in time; speaking sends its tts stop even if this fails."""
+        if out.closed:
+            return
+        try:
+            async with asyncio.timeout(APOLOGY_TIMEOUT_S):
+                await self.speaking.say(self.phrases.error, out, events)
+        except Exception as exc:  # noqa: BLE001 - nothing more to try: the device got its tts stop
+            log_event(log, "apology failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,1 @@
+"""The turn's stages: listening, understanding, deciding, answering, speaking (each one module, one owner)."""

@@ -1,0 +1,63 @@
+"""An escalated answer that never leaves the device in silence.
+
+The cloud is asked at once. If no cloud text has come within ``lead_in_s``, the
+cached "one moment, let me think" phrase is spoken while it is still awaited; if
+the cloud fails before any text (timeout, no worker, refusal), the local source
+answers, opening with the same phrase unless it was already said. ``local`` is
+only called on fallback; a local source made before (the deciding stage's
+confidence probe) is handed over by the factory and closed when the cloud answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Callable
+
+from edge.escalation import EscalationFailed
+from edge.pipeline.ports import AnswerSource
+from edge.stages.answering.cloud import CloudAnswer, fell_back
+
+
+class WithFallback:
+    def __init__(self, cloud: CloudAnswer, local: Callable[[], AnswerSource], lead_in: str | None, lead_in_s: float,
+                 reason: str = "", probe: AnswerSource | None = None):
+        self.cloud = cloud
+        self.local = local
+        self.lead_in = lead_in
+        self.lead_in_s = lead_in_s
+        self.reason = reason
+        self.answered_by = "cloud"
+        self.probe = probe
+        self._source: AnswerSource | None = None
+
+    async def stream(self) -> AsyncIterator[str]:
+        starting = asyncio.ensure_future(self.cloud.start())
+        said = False
+        try:
+            await asyncio.wait({starting}, timeout=self.lead_in_s)
+            if not starting.done() and self.lead_in:
+                said = True
+                yield self.lead_in + " "
+            try:
+                await starting
+            except EscalationFailed as exc:
+                fell_back(exc.cause, exc.detail)
+                self.answered_by = "edge"
+                self.reason = f"{self.reason}; cloud failed ({exc.cause}), answered locally"
+                self._source = self.local()
+                if self.lead_in and not said:
+                    yield self.lead_in + " "
+            else:
+                self._source = self.cloud
+            async for text in self._source.stream():
+                yield text
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.wait({starting})  # its own finally sends the worker the cancel
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.cloud.aclose()
+        for spare in {id(s): s for s in (self._source, self.probe) if s is not None and s is not self.cloud}.values():
+            await spare.aclose()

@@ -1,0 +1,106 @@
+"""The local model's answer, as an AnswerSource; its failures become ``AnswerFailed`` and mark the model unhealthy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, TypeVar
+
+from edge.pipeline.errors import AnswerFailed
+from shared.chat import ChatClient, ChatDelta, ChatError
+from shared.topology import LlmSpec
+
+T = TypeVar("T")
+
+
+class LocalHealth:
+    """Whether the last local model call worked (``/health``'s ``llm`` component reads it).
+
+    A failure counts for ``hold_s``: after that the model is presumed back (e.g. its server was
+    restarted) until a call says otherwise, so a quiet edge is not reported down forever."""
+
+    def __init__(self, hold_s: float = 30.0) -> None:
+        self.hold_s = hold_s
+        self.error = ""
+        self._failed_at = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error or time.monotonic() - self._failed_at > self.hold_s
+
+    def record(self, error: str = "") -> None:
+        self.error = error
+        self._failed_at = time.monotonic() if error else 0.0
+
+
+async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None
+                  ) -> AsyncIterator[T]:
+    """``items`` with a stall watchdog: no item for ``stall_s`` (or a model error) -> AnswerFailed.
+
+    The local model's health is recorded from how the stream ended."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(stall_s):
+                    item = await anext(items)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise AnswerFailed("stall", f"{what}: nothing for {stall_s:g}s") from None
+            except ChatError as exc:
+                raise AnswerFailed("local_failed", f"{what}: {exc}") from exc
+            yield item
+    except AnswerFailed as exc:
+        if health is not None:
+            health.record(str(exc))
+        raise
+    else:
+        if health is not None:
+            health.record()
+    finally:
+        with contextlib.suppress(Exception):
+            await items.aclose()
+
+
+class LocalAnswer:
+    """The local model's streamed answer; can be probed (first tokens' confidence) before it is spoken."""
+
+    answered_by = "edge"
+
+    def __init__(self, llm: ChatClient, spec: LlmSpec, messages: list[dict], *, stall_s: float,
+                 health: LocalHealth | None = None, logprobs: bool = False, reason: str = ""):
+        self.reason = reason
+        raw = llm.stream(messages, max_tokens=spec.max_tokens, temperature=spec.temperature, logprobs=logprobs)
+        self._deltas: AsyncIterator[ChatDelta] = guarded(raw, stall_s, "local model", health)
+        self._buffer: list[str] = []
+        self._done = False
+
+    async def confidence(self, tokens: int) -> float | None:
+        """Mean log-probability of the first ``tokens`` streamed steps (buffered, spoken later)."""
+        logprobs: list[float] = []
+        while len(logprobs) < tokens and not self._done:
+            try:
+                delta = await anext(self._deltas)
+            except StopAsyncIteration:
+                self._done = True
+                break
+            if delta.text:
+                self._buffer.append(delta.text)
+            if delta.logprob is not None:
+                logprobs.append(delta.logprob)
+        return sum(logprobs) / len(logprobs) if logprobs else None
+
+    async def stream(self) -> AsyncIterator[str]:
+        for text in self._buffer:
+            yield text
+        self._buffer.clear()
+        if self._done:
+            return
+        async for delta in self._deltas:
+            if delta.text:
+                yield delta.text
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._deltas.aclose()

@@ -1,0 +1,25 @@
+"""The local tool loop as an AnswerSource (the model calls tools until it speaks; see :mod:`edge.tool_loop`)."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from edge.stages.answering.local import LocalHealth, guarded
+from edge.tools.site import TurnTools
+
+
+class LocalToolRounds:
+    answered_by = "edge"
+
+    def __init__(self, tools: TurnTools, messages: list[dict], *, stall_s: float, health: LocalHealth | None = None,
+                 reason: str = ""):
+        self.reason = reason
+        run = tools.loop.start(messages, tools.registry, tools.ctx)
+        # a device tool may take its whole timeout between two model outputs
+        self._deltas = guarded(run.deltas(), stall_s + tools.loop.call_timeout_s, "local tool loop", health)
+
+    def stream(self) -> AsyncIterator[str]:
+        return self._deltas
+
+    async def aclose(self) -> None:
+        await self._deltas.aclose()

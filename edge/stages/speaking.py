@@ -1,0 +1,137 @@
+"""Speaking: answer text -> sentences -> TTS clips -> paced playback; the only sender of ``tts start/stop``.
+
+Three concurrent steps joined by bounded queues, so each works while the next is busy:
+the first sentence is synthesized while the model still writes the rest, and the
+next sentence is synthesized while the current one plays. ``tts stop`` goes out
+from ``finally``: exactly once per ``tts start``, also when the turn is cancelled
+(barge-in, abort) or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator, Protocol
+
+from edge.device.protocol import Llm, Tts
+from edge.emotion import pick_emotion
+from edge.pipeline.errors import TtsFailed
+from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped
+from edge.pipeline.observers import TurnEvents
+from edge.pipeline.ports import AnswerSource, DeviceOutput
+from edge.sentences import SentenceSplitter
+from edge.stages.answering.phrase import PhraseAnswer
+from edge.tts import SpeechClip, normalize_text
+
+_END = object()  # queue sentinel
+SYNTH_AHEAD = 2  # sentences synthesized ahead of playback
+
+
+class Synthesizer(Protocol):
+    async def speak(self, text: str, language: str | None = None) -> SpeechClip: ...
+
+
+class Speaking:
+    def __init__(self, tts: Synthesizer, no_answer: str):
+        self.tts = tts
+        self.no_answer = no_answer
+
+    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents) -> str:
+        """Speak ``answer``; returns the text spoken. Answer errors propagate after ``tts stop``."""
+        return await _Utterance(self, answer, out, events).run()
+
+    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache") -> str:
+        """Speak one fixed (cached) phrase, e.g. the apology (no model: no FirstToken)."""
+        return await _Utterance(self, PhraseAnswer(text, answered_by=answered_by), out, events, model=False).run()
+
+
+class _Utterance:
+    """One answer being spoken (the state of one ``Speaking.run``)."""
+
+    def __init__(self, owner: Speaking, answer: AnswerSource, out: DeviceOutput, events: TurnEvents,
+                 model: bool = True):
+        self.tts = owner.tts
+        self.no_answer = owner.no_answer
+        self.answer = answer
+        self.out = out
+        self.events = events
+        self.sentences: asyncio.Queue = asyncio.Queue()
+        self.clips: asyncio.Queue = asyncio.Queue(maxsize=SYNTH_AHEAD)
+        self.spoken: list[str] = []
+        self.started = False
+        self.told_by = ""  # answered_by in the last llm message
+        self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
+
+    async def run(self) -> str:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._split())
+                tg.create_task(self._synthesize())
+                tg.create_task(self._play())
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None  # one failure is the turn's failure (the others were cancelled)
+        finally:
+            await self._stop()
+        return " ".join(self.spoken)
+
+    async def _split(self) -> None:
+        splitter = SentenceSplitter()
+        count = 0
+        deltas: AsyncIterator[str] = self.answer.stream()
+        try:
+            async for delta in deltas:
+                if self.model and not count and not self.events.first(FirstToken):
+                    self.events.emit(FirstToken(source=self.answer.answered_by))
+                for s in splitter.feed(delta):
+                    count += 1
+                    await self.sentences.put(s)
+        finally:
+            await self.answer.aclose()
+        for s in splitter.flush():
+            count += 1
+            await self.sentences.put(s)
+        if not count:  # the model said nothing: never leave the device waiting in silence
+            await self.sentences.put(self.no_answer)
+        await self.sentences.put(_END)
+
+    async def _synthesize(self) -> None:
+        while (sentence := await self.sentences.get()) is not _END:
+            if normalize_text(sentence):
+                try:
+                    clip = await self.tts.speak(sentence)
+                except Exception as exc:
+                    raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
+                await self.clips.put((sentence, clip, self.answer.answered_by))
+        await self.clips.put(_END)
+
+    async def _play(self) -> None:
+        out = self.out
+        while (item := await self.clips.get()) is not _END:
+            sentence, clip, answered_by = item
+            if answered_by != self.told_by:  # the first sentence, or a cloud answer that fell back locally
+                emotion, emoji = pick_emotion(sentence)
+                await out.send(Llm(emotion, emoji, answered_by))
+                self.told_by = answered_by
+            if not self.started:
+                self.started = True
+                await out.send(Tts("start"))
+                self.events.emit(SpeechStarted())
+            text = normalize_text(sentence)
+            await out.send(Tts("sentence_start", text))
+            self.spoken.append(text)
+            first = bool(clip.frames) and not any(isinstance(e, SentenceSpoken) and e.first_audio
+                                                  for e in self.events.events)
+            self.events.emit(SentenceSpoken(text=text, cached=clip.cached, first_audio=first))
+            if clip.frames:
+                await out.send_audio(clip.frames)
+        await out.drain()
+
+    async def _stop(self) -> None:
+        """``tts stop`` for our ``tts start`` (and the schedule dropped), whatever happened."""
+        if not self.started:
+            return
+        self.out.clear()
+        if not self.out.closed:
+            with contextlib.suppress(ConnectionError):
+                await self.out.send(Tts("stop"))
+        self.events.emit(SpeechStopped())

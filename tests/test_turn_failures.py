@@ -1,0 +1,117 @@
+"""A turn always ends: whatever breaks inside it, the device hears the cached apology and gets ``tts stop``,
+the failure is logged and counted once, and the session serves the next turn.
+
+The session, listening, pipeline, Opus framing and pacing are real; the models are the stand-ins of
+tests/fixtures_edge.py (a local model that refuses connections or hangs, a voice that fails), plus one
+turn against a real ChatClient pointed at a port nobody listens on. test_e2e_edge.py kills the real
+llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from prometheus_client import REGISTRY
+
+from scripts.device_sim import DeviceSimulator
+from shared.chat import ChatClient
+from shared.nats_runtime import free_port
+from tests.fixtures_edge import FakeEngine, tone
+
+APOLOGY = "Sorry, something went wrong."
+
+
+def count(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def failures(code: str) -> float:
+    return count("xz_edge_errors_total", kind=f"turn_{code}")
+
+
+def error_turns(answered_by: str) -> float:
+    return count("xz_edge_turns_total", answered_by=answered_by, outcome="error")
+
+
+DEVICE = "02:00:00:00:fa:11"
+
+
+async def _sim(edge) -> DeviceSimulator:
+    sim = DeviceSimulator(edge.ws_url, edge.token(DEVICE), DEVICE)
+    await sim.connect()
+    return sim
+
+
+def _failed_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "turn failed"]
+
+
+async def _apology_then_normal_turn(edge, engine: FakeEngine, code: str, answered_by: str, caplog) -> None:
+    before, before_turns = failures(code), error_turns(answered_by)
+    sim = await _sim(edge)
+    try:
+        report = await sim.run_turn(tone(600))
+        assert report.stt and report.reply == APOLOGY and report.frames > 0 and report.tts_stop, report.summary()
+        stops = [m for m in report.messages if m.get("type") == "tts" and m.get("state") == "stop"]
+        assert len(stops) == 1
+        assert failures(code) == before + 1 and error_turns(answered_by) == before_turns + 1  # counted once
+        assert len(_failed_lines(caplog)) == 1  # logged once
+        engine.fail_turns = engine.stall_turns = False
+        engine.tts.fail = False
+        again = await sim.run_turn(tone(900))  # the session goes on
+        assert again.reply == "First sentence. Second sentence." and again.tts_stop
+        assert engine.results[-1].outcome == "ok"
+    finally:
+        await sim.close()
+
+
+async def test_local_model_down_is_an_apology_and_the_next_turn_works(edge_server, fake_engine, caplog):
+    fake_engine.fail_turns = True
+    edge = await edge_server(fake_engine)
+    await _apology_then_normal_turn(edge, fake_engine, "local_failed", "edge", caplog)
+    assert fake_engine.results[0].outcome == "error"
+
+
+async def test_local_model_stall_is_an_apology(edge_server, caplog):
+    engine = FakeEngine(stall_turns=True, edge={"llm": {"stall_timeout_ms": 300}})
+    edge = await edge_server(engine)
+    await _apology_then_normal_turn(edge, engine, "stall", "edge", caplog)
+
+
+async def test_tts_failure_ends_with_tts_stop_counted_once(edge_server, fake_engine, caplog):
+    fake_engine.tts.fail = True
+    edge = await edge_server(fake_engine)
+    await _apology_then_normal_turn(edge, fake_engine, "tts_failed", "edge", caplog)
+
+
+async def test_real_client_on_a_dead_port_is_an_apology(edge_server, fake_engine, caplog):
+    real = ChatClient(f"http://127.0.0.1:{free_port()}/v1", "nobody-home", connect_timeout=2.0)
+    fake_engine.pipeline.answering.llm = real  # the engine's own client type, nothing listening
+    edge = await edge_server(fake_engine)
+    before = failures("local_failed")
+    sim = await _sim(edge)
+    try:
+        report = await sim.run_turn(tone(600))
+        assert report.reply == APOLOGY and report.tts_stop and report.frames > 0, report.summary()
+        assert failures("local_failed") == before + 1
+        assert not fake_engine.pipeline.answering.health.ok  # /health's llm component reads this
+        fake_engine.pipeline.answering.llm = fake_engine.llm
+        again = await sim.run_turn(tone(600))
+        assert again.reply == "First sentence. Second sentence." and fake_engine.pipeline.answering.health.ok
+    finally:
+        await sim.close()
+        await real.aclose()
+
+
+async def test_health_is_503_while_the_edge_cannot_answer(edge_server, fake_engine):
+    state = {"can_answer": True}
+    fake_engine.health = lambda: {"ready": True, "can_answer": state["can_answer"],
+                                  "components": {"llm": "up" if state["can_answer"] else "down"}}
+    edge = await edge_server(fake_engine)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.base_url}/health") as resp:
+            assert resp.status == 200 and (await resp.json())["components"]["llm"] == "up"
+        state["can_answer"] = False
+        async with http.get(f"{edge.base_url}/health") as resp:
+            assert resp.status == 503 and (await resp.json())["components"]["llm"] == "down"
