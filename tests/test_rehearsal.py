@@ -68,7 +68,7 @@ def rehearsal_topology(path: Path) -> dict:
     if isinstance(tools.get("sites"), dict) and "local-site" in tools["sites"]:
         tools["sites"] = {"site-a": tools["sites"]["local-site"]}
     doc["edge"]["auth"]["allow_insecure_dev"] = False  # the rendered secret must be what the edges use
-    doc["edge"].setdefault("escalation", {})["trace_path"] = str(path.parent / "turns.jsonl")
+    doc["edge"].setdefault("trace", {})["path"] = str(path.parent / "turns.jsonl")
     doc["edge"]["tts"].setdefault("cache", {})["disk_dir"] = str(path.parent / "tts-cache")
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return doc
