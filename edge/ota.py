@@ -3,7 +3,7 @@
 The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
 ``websocket {url, token, version}`` and ``server_time``. We never answer
 ``mqtt`` (that would switch the device to MQTT+UDP). A device the deployment does
-not admit (``edge/admission.py``) gets no token: 403, or ``activation`` when the
+not admit (``edge/device_access.py``) gets no token: 403, or ``activation`` when the
 firmware's activation flow is on. Which edge a device goes to is a pluggable
 ``choose_edge(device_id, request)`` so federation can assign devices to sites.
 """
@@ -20,7 +20,7 @@ from typing import Awaitable, Callable, Union
 from aiohttp import web
 
 from edge import metrics
-from edge.admission import DeviceAdmission
+from edge.device_access import DeviceAdmission
 from edge.tokens import TokenIssuer
 from shared.log import log_event
 from shared.topology import Topology

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import metrics
-from edge.admission import DeviceAdmission
+from edge.device_access import DeviceAdmission
 from edge.ota import WS_PATH, ChooseEdge, OtaHandler, json_error
 from edge.device.protocol import ProtocolError, check_version
 from edge.device.session import DeviceSession

@@ -179,7 +179,7 @@ async def test_credentials_come_from_a_file_and_urls_are_redacted(tmp_path, secu
 
 async def test_device_admission_follows_the_devices_kv_through_a_leaf(secured):
     """`cloud devices revoke/approve` (the operator's DevicesStore) reach an edge's admission without a restart."""
-    from edge.admission import DeviceAdmission
+    from edge.device_access import DeviceAdmission
     from shared.device_store import DevicesStore
     from shared.topology import AuthSpec
 

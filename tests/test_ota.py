@@ -135,7 +135,7 @@ async def test_allow_list_and_static_revocation(edge_server, fake_engine):
 async def test_firmware_activation_flow(edge_server, fake_engine, tmp_path):
     """OTA answers `activation`, /activate says 202 until the operator approves the code, then 200 and a token;
     the device proves its eFuse key exactly as the firmware computes it (HMAC-SHA256 of the challenge, hex)."""
-    from edge.admission import activation_hmac
+    from edge.device_access import activation_hmac
     from edge.server import SERVER_KEY
 
     key = bytes(range(32))

@@ -26,7 +26,7 @@ from shared.device_store import APPROVED, REVOKED, DevicesStore
 from shared.log import log_event
 from shared.topology import AuthSpec, TopologyError
 
-log = logging.getLogger("edge.admission")
+log = logging.getLogger("edge.device_access")
 
 CHALLENGE_TTL_S = 600.0
 
