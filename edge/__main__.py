@@ -18,6 +18,7 @@ import sys
 
 from aiohttp import web
 
+from shared.tiers import UnknownTier, pinned_tier
 from shared.log import log_event, setup_logging
 from shared.topology import ModelNotFound, Topology, TopologyError, load_topology
 
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         edge = next((e for e in edges if e.name == args.edge), None) if args.edge else edges[0]
         if edge is None:
             raise TopologyError([f"--edge {args.edge}: no such edge (have: {', '.join(e.name for e in edges)})"])
+        tier = pinned_tier(dict(os.environ), edge.tier, topology.site(args.site).tier)
+        if tier is not None:  # the tier's model settings, under any explicit XZ_CFG__ override
+            topology = load_topology(args.config, {**tier.overrides(os.cpu_count() or 1), **os.environ})
+            log_event(log, "model tier applied", tier=tier.name)
+    except UnknownTier as exc:
+        print(f"edge: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except TopologyError as exc:
         print(f"edge: bad configuration: {'; '.join(exc.errors)}", file=sys.stderr)
         return EXIT_CONFIG

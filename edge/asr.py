@@ -7,12 +7,13 @@ base for the multilingual tier) or sherpa-onnx (SenseVoice, paraformer, zipforme
 Every session's utterances go into one queue drained by a single worker thread, so
 inference never runs on the event loop, CPU use is bounded (one model run at a time,
 ``spec.threads`` threads inside it), and whatever queued up while the model was busy
-is handed over together (sherpa-onnx decodes such a batch in one call).
+is handed over together and decoded in one batched call (one CTranslate2 encode +
+generate for Whisper, ``decode_streams`` for sherpa-onnx).
 
 ``prefetch(pcm)`` starts a transcription early (the VAD's SpeechPaused); a later
 ``transcribe`` of the same samples awaits that job instead of running the model again
-(a small memo keyed by a hash of the pcm bytes). ``submit(pcm)`` queues a job and hands
-back its future: the listening stage keeps that job and reuses it as is.
+(a small memo keyed by a hash of the pcm bytes); under load the guess is skipped. ``submit(pcm)`` queues a job
+and hands back its future: the listening stage keeps that job and reuses it as is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import logging
 import sys
 import threading
 import time
+import re
+import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -55,11 +58,12 @@ class AsrOverloaded(RuntimeError):
 
 @dataclass
 class Transcript:
-    text: str
-    language: str
+    text: str  # Simplified characters when the language is zh (normalize_transcript)
+    language: str  # detected (edge.asr.language auto) or configured; "" if unknown
     duration_s: float  # audio length
     elapsed_ms: float  # queue wait + inference, from submission to result
     reused: bool = False  # answered by an earlier prefetch/transcribe of the same audio
+    language_probability: float = 1.0  # the detector's confidence in ``language`` (1.0 when configured)
 
 
 class AsrBackend(Protocol):
@@ -69,9 +73,28 @@ class AsrBackend(Protocol):
 
     def load(self) -> None: ...
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
-        """float32 [-1, 1] 16 kHz clips -> (text, language code) each."""
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
+        """float32 [-1, 1] 16 kHz clips -> (text, language code, its probability) each."""
         ...
+
+
+_to_simplified = None
+
+
+def normalize_transcript(text: str, language: str) -> str:
+    """Chinese transcripts in Simplified characters (Whisper often writes Traditional ones).
+
+    OpenCC's ``t2s`` dictionaries convert phrase by phrase (offline, bundled in the wheel);
+    scripts/bench_zh.py measured it against a Simplified initial prompt (see the README).
+    """
+    global _to_simplified
+    if language != "zh" or not text:
+        return text
+    if _to_simplified is None:
+        import opencc
+
+        _to_simplified = opencc.OpenCC("t2s")
+    return _to_simplified.convert(text)
 
 
 # ---------------------------------------------------------------- faster-whisper
@@ -93,13 +116,29 @@ def whisper_model_dir(ref: str) -> Path:
 
 
 class FasterWhisperBackend:
-    """Whisper via CTranslate2: int8 on CPU, greedy (beam 1), no timestamps, no prompt carry-over."""
+    """Whisper via CTranslate2: int8 on CPU, greedy, no timestamps, no prompt carry-over.
+
+    A batch of clips runs as ONE encoder call and ONE greedy ``generate`` call on the
+    CTranslate2 model inside faster-whisper's ``WhisperModel``, and the encoder sees a
+    window sized to the clips (10 s for a short question) instead of the 30 s one. The options
+    mirror ``WhisperModel.transcribe`` with ``beam_size=1, without_timestamps=True``, minus its
+    temperature fallback (a retry at a higher temperature costs another full run, and never
+    helps clean, VAD-cut utterances); the no-speech filter is kept.
+    """
+
+    MAX_LENGTH = 448  # Whisper's decoder context
+    FULL_WINDOW = 3000  # mel frames in Whisper's 30 s window
+    COMPRESSION_RATIO_THRESHOLD = 2.4  # faster-whisper's: above it the text is a loop
+    NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's defaults: a clip is silence when no_speech_prob
+    LOG_PROB_THRESHOLD = -1.0  # is above 0.6 and the text's average log-prob below -1
 
     def __init__(self, spec: AsrSpec):
         self.spec = spec
         self.model = None
         self.model_dir = whisper_model_dir(spec.model)
         self.description = f"faster-whisper:{self.model_dir.name}"
+        self.min_window = 1000  # shortest encoder window for short clips (see window_frames); 3000: never trim
+        self._tokenizers: dict[str | None, object] = {}
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -121,22 +160,88 @@ class FasterWhisperBackend:
             raise AsrConfigError(f"edge.asr.language={lang!r} is not a Whisper language code (or 'auto')")
         self.model = model
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
-        # Whisper pads every clip to 30 s, so clips run one by one; the queue still amortizes wake-ups.
-        return [self._one(pcm) for pcm in pcms]
+    def _tokenizer(self, language: str | None):
+        from faster_whisper.tokenizer import Tokenizer
 
-    def _one(self, pcm: np.ndarray) -> tuple[str, str]:
-        lang = None if self.spec.language == "auto" else self.spec.language
-        segments, info = self.model.transcribe(
-            pcm,
-            language=lang,
-            beam_size=1,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,  # our VAD already cut the utterance
-        )
-        text = "".join(s.text for s in segments).strip()
-        return text, info.language
+        if language not in self._tokenizers:
+            multilingual = self.model.model.is_multilingual
+            self._tokenizers[language] = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe",
+                                                   language=language if multilingual else None)
+        return self._tokenizers[language]
+
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
+        feats = [self.model.feature_extractor(pcm)[:, :-1] for pcm in pcms]  # (transcribe drops the last frame)
+        window = self.window_frames(max(f.shape[-1] for f in feats))
+        out = self._decode(feats, window)
+        if window < self.FULL_WINDOW:  # a short window can loop ("X? X? X?"): those clips again, in full
+            redo = [i for i, (*_, suspect) in enumerate(out) if suspect]
+            if redo:
+                for i, res in zip(redo, self._decode([feats[i] for i in redo], self.FULL_WINDOW)):
+                    out[i] = res
+        return [(normalize_transcript(text, lang), lang, prob) for text, lang, prob, _ in out]
+
+    def window_frames(self, clip_frames: int) -> int:
+        """Encoder input length for clips up to ``clip_frames`` mel frames (10 ms each).
+
+        Whisper always encodes a 30 s window (the encoder is most of the cost of a short clip);
+        CTranslate2 accepts a shorter one. At least twice the clip and never under 10 s keeps
+        the text (measured on scripts/bench_load.py's 36 utterances: the same words at 10 s;
+        at 8 s it starts repeating itself), and :meth:`transcribe_batch` re-decodes any clip
+        whose text looks like a loop with the full window.
+        """
+        if self.min_window >= self.FULL_WINDOW:
+            return self.FULL_WINDOW
+        return min(self.FULL_WINDOW, max(self.min_window, -(-2 * clip_frames // 100) * 100))
+
+    def _decode(self, feats: list[np.ndarray], window: int) -> list[tuple[str, str, float, bool]]:
+        """One encoder call and one greedy generate for all clips: (text, language, probability, suspect) each."""
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+
+        model = self.model
+        mels = np.stack([pad_or_trim(f[:, :window], window) for f in feats])
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels, np.float32)),
+                                     to_cpu=True)
+        if self.spec.language == "auto" and model.model.is_multilingual:
+            ranked = [r[0] for r in model.model.detect_language(encoded)]
+            languages, probs = [lang.strip("<|>") for lang, _ in ranked], [round(float(p), 3) for _, p in ranked]
+        else:
+            languages, probs = [self.spec.language] * len(feats), [1.0] * len(feats)
+        tokenizers = [self._tokenizer(lang) for lang in languages]
+        prompts = [tok.sot_sequence + [tok.no_timestamps] for tok in tokenizers]
+        results = model.model.generate(
+            encoded, prompts, beam_size=1, patience=1.0, length_penalty=1.0, max_length=self.MAX_LENGTH,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=_suppressed_tokens(tokenizers[0]))
+        out = []
+        for tok, lang, prob, res in zip(tokenizers, languages, probs, results):
+            n = len(res.sequences_ids[0])  # scores are cumulative log-probs / length (length_penalty 1)
+            avg_logprob = res.scores[0] * n / (n + 1) if res.scores else 0.0
+            text = tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]).strip()
+            silent = res.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOG_PROB_THRESHOLD
+            suspect = (_compression_ratio(text) > self.COMPRESSION_RATIO_THRESHOLD or _repeats_a_sentence(text)
+                       or avg_logprob < self.LOG_PROB_THRESHOLD)
+            out.append(("" if silent else text, lang, prob, suspect and not silent))
+        return out
+
+
+def _repeats_a_sentence(text: str) -> bool:
+    """A short loop ("Tell me a joke. Tell me a joke."): too short for the compression ratio to see."""
+    parts = [" ".join(p.lower().split()) for p in re.split(r"[.?!。？！]+", text) if p.strip()]
+    return len(parts) != len(set(parts))
+
+
+def _compression_ratio(text: str) -> float:
+    """faster-whisper's loop detector: repetitive text compresses well."""
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def _suppressed_tokens(tokenizer) -> list[int]:
+    """What faster-whisper suppresses by default (``suppress_tokens=[-1]``): symbols and task tokens."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    return list(get_suppressed_tokens(tokenizer, [-1]))
 
 
 # ---------------------------------------------------------------- sherpa-onnx
@@ -198,7 +303,7 @@ class SherpaOnnxBackend:
                 f"model {self.spec.model}: no encoder/decoder/joiner or model .onnx files in {d}"
             )
 
-    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str]]:
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[tuple[str, str, float]]:
         streams = []
         for pcm in pcms:
             s = self.recognizer.create_stream()
@@ -209,7 +314,7 @@ class SherpaOnnxBackend:
         for s in streams:
             lang = getattr(s.result, "lang", "") or ""
             lang = lang.strip("<|>") or (self.spec.language if self.spec.language != "auto" else "")
-            out.append((s.result.text.strip(), lang))
+            out.append((normalize_transcript(s.result.text.strip(), lang), lang, 1.0 if lang else 0.0))
         return out
 
 
@@ -235,15 +340,26 @@ class _Job:
 
 
 class AsrService:
-    """The edge's speech recognizer: ``await load()``, then ``transcribe`` / ``prefetch`` from any session."""
+    """The edge's speech recognizer: ``await load()``, then ``transcribe`` / ``prefetch`` from any session.
 
-    def __init__(self, spec: AsrSpec, max_batch: int = 4, max_queue: int = 32, memo_size: int = 16):
+    Load bounds: at most ``max_queue`` utterances wait (beyond that ``transcribe`` raises
+    :class:`AsrOverloaded`, for admission control to answer with the busy phrase), and a
+    speculative ``prefetch`` is skipped once ``prefetch_max_queue`` are waiting (a guess must
+    never delay real turns; it never raises). The worker hands up to ``max_batch`` waiting
+    clips to the backend at once (one batched model call).
+    """
+
+    def __init__(self, spec: AsrSpec, max_batch: int = 4, max_queue: int = 32, memo_size: int = 16,
+                 prefetch_max_queue: int = 2):
         self.spec = spec
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.prefetch_max_queue = prefetch_max_queue
         self.memo_size = memo_size
         self.backend: AsrBackend | None = None
         self.inference_runs = 0  # clips the model has transcribed (prefetch reuse keeps this flat)
+        self.batches = 0  # backend calls
+        self.prefetch_skipped = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()
@@ -268,9 +384,35 @@ class AsrService:
         """Utterances waiting for the model (the escalation policy's edge-load signal)."""
         return len(self._queue)
 
-    def prefetch(self, pcm16k: np.ndarray) -> None:
-        """Start transcribing now; a later ``transcribe`` of the same samples reuses the result."""
-        self._submit(pcm16k)
+    def prefetch(self, pcm16k: np.ndarray) -> bool:
+        """Start transcribing now; a later ``transcribe`` of the same samples reuses the result.
+
+        Skipped (False) when the queue is already ``prefetch_max_queue`` deep or full: never raises
+        :class:`AsrOverloaded`, so a speculative guess can never fail a session.
+        """
+        if not self.should_speculate():
+            return False
+        try:
+            self._submit(pcm16k)
+        except AsrOverloaded:
+            self._skip_prefetch()
+            return False
+        return True
+
+    def should_speculate(self) -> bool:
+        """Whether a speculative job may start now; False (counted) while ``prefetch_max_queue`` wait.
+
+        Callers that keep their own speculative job (the listening stage) ask this first and
+        transcribe at the end of speech instead when it says no.
+        """
+        if self.queue_depth >= self.prefetch_max_queue:
+            self._skip_prefetch()
+            return False
+        return True
+
+    def _skip_prefetch(self) -> None:
+        self.prefetch_skipped += 1
+        metrics.ASR_PREFETCH_SKIPPED.inc()
 
     def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
         """Queue now, await later (the listening stage's speculative job): a Future of the Transcript.
@@ -337,6 +479,9 @@ class AsrService:
                     jobs.append(job)
         if not jobs:
             return
+        started = time.monotonic()
+        for j in jobs:
+            metrics.STAGE_QUEUE_WAIT.labels(stage="asr").observe(started - j.submitted)
         try:
             results = self.backend.transcribe_batch([j.pcm for j in jobs])
         except Exception as exc:
@@ -345,8 +490,12 @@ class AsrService:
                 j.future.set_exception(exc)
             return
         self.inference_runs += len(jobs)
+        self.batches += 1
         done = time.monotonic()
-        for j, (text, lang) in zip(jobs, results):
+        metrics.STAGE_COMPUTE.labels(stage="asr").observe(done - started)
+        metrics.BATCH_SIZE.labels(stage="asr").observe(len(jobs))
+        for j, (text, lang, prob) in zip(jobs, results):
             elapsed = done - j.submitted
             metrics.STAGE_LATENCY.labels(stage="asr").observe(elapsed)
-            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1)))
+            j.future.set_result(Transcript(text, lang, round(j.duration_s, 3), round(elapsed * 1000, 1),
+                                           language_probability=prob))

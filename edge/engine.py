@@ -49,7 +49,8 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
     answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
-                        active_turns=lambda: pipeline.active, local_available=local_available)
+                        active_turns=lambda: pipeline.active, local_available=local_available,
+                        local_languages=settings.llm.languages)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,

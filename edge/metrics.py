@@ -34,3 +34,14 @@ TOOL_CALLS = Counter("xz_edge_tool_calls_total", "Tool calls by tool kind (serve
                      ["kind", "outcome"])
 TOOL_LATENCY = Histogram("xz_edge_tool_latency_seconds", "Time to run one tool call", ["kind"],
                          buckets=_LATENCY_BUCKETS)
+ADMISSION = Counter("xz_edge_admission_total",
+                    "Admission decisions: admit, escalate (for load), busy (shed), redirected_device (OTA)",
+                    ["verdict"])
+# Queue wait vs compute per stage (vad, asr, llm, tts): the load benchmark's waterfall.
+STAGE_QUEUE_WAIT = Histogram("xz_edge_stage_queue_wait_seconds", "Time a stage's job waited before running",
+                             ["stage"], buckets=_LATENCY_BUCKETS)
+STAGE_COMPUTE = Histogram("xz_edge_stage_compute_seconds", "Time a stage's job (or batch) ran", ["stage"],
+                          buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("xz_edge_batch_size", "Jobs per model call", ["stage"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
+ASR_PREFETCH_SKIPPED = Counter("xz_edge_asr_prefetch_skipped_total",
+                               "Speculative transcriptions not started because the ASR queue was deep")

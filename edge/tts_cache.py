@@ -2,7 +2,8 @@
 
 Assistants say the same things again and again (greetings, apologies, "one moment"),
 and a hit skips both synthesis and encoding. Entries are keyed by everything that
-changes the bytes: voice, normalized text, sample rate and frame length. The disk
+changes the bytes: voice, normalized text, sample rate, frame length and the language
+it was spoken as (one phrase cache serves every language's voice). The disk
 tier survives restarts: one msgpack file per key under a hashed name, written to a
 temp file and renamed so that a crash never leaves a half-written entry; a file
 that does not decode is removed and counts as a miss.
@@ -40,9 +41,10 @@ class CacheKey:
     text: str  # already normalized for speech
     sample_rate: int
     frame_ms: int
+    language: str = ""  # primary subtag ("en", "zh") the text was spoken as
 
     def digest(self) -> str:
-        raw = "\x1f".join((self.voice, self.text, str(self.sample_rate), str(self.frame_ms)))
+        raw = "\x1f".join((self.voice, self.text, str(self.sample_rate), str(self.frame_ms), self.language))
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -186,8 +188,9 @@ class PhraseCache:
             return None
         try:
             entry = msgpack.unpackb(data, raw=False)
-            if (entry["v"], entry["voice"], entry["text"], entry["rate"], entry["frame_ms"]) != (
-                _FORMAT, key.voice, key.text, key.sample_rate, key.frame_ms
+            if (entry["v"], entry["voice"], entry["text"], entry["rate"], entry["frame_ms"],
+                    entry.get("language", "")) != (
+                _FORMAT, key.voice, key.text, key.sample_rate, key.frame_ms, key.language
             ):
                 raise ValueError("entry does not match its key")
             frames = entry["frames"]
@@ -208,7 +211,7 @@ class PhraseCache:
         if path is None:
             return
         entry = {"v": _FORMAT, "voice": key.voice, "text": key.text, "rate": key.sample_rate,
-                 "frame_ms": key.frame_ms, "frames": frames}
+                 "frame_ms": key.frame_ms, "language": key.language, "frames": frames}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".msgpack")

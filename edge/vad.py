@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Union
@@ -199,6 +200,7 @@ class _Request:
     generation: int
     frames: np.ndarray  # [n, 512] int16
     future: asyncio.Future
+    submitted: float = field(default_factory=time.monotonic)
 
 
 class VadService:
@@ -276,8 +278,13 @@ class VadService:
             self._pending = []
             if not batch:
                 continue
+            started = time.monotonic()
+            for req in batch:
+                metrics.STAGE_QUEUE_WAIT.labels(stage="vad").observe(started - req.submitted)
             try:
                 probs, states = await loop.run_in_executor(self._executor, self._infer, batch)
+                metrics.STAGE_COMPUTE.labels(stage="vad").observe(time.monotonic() - started)
+                metrics.BATCH_SIZE.labels(stage="vad").observe(len(batch))
             except Exception as exc:  # a broken model reaches every caller, never hangs them
                 for req in batch:
                     if not req.future.done():

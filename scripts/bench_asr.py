@@ -1,8 +1,12 @@
 """ASR latency: ms per short utterance (p50/p90 over N runs) for tiny.en and the multilingual base tier.
 
-Usage: .venv/bin/python scripts/bench_asr.py [--runs 5] [--models tiny.en,base]
+Usage: .venv/bin/python scripts/bench_asr.py [--runs 5] [--models tiny.en,base] [--batch 4]
 The utterance is "What is the capital of France?" spoken by the bundled piper voice
 (about 1.8 s). Each run transcribes a slightly different copy, so no memo hit.
+
+``--batch N`` instead compares, on N different utterances (scripts/bench_load.py's set), the
+backend decoding them one by one vs in one batched call, each with the full 30 s encoder window
+and with the trimmed one: ms per clip, and whether the texts agree.
 """
 
 from __future__ import annotations
@@ -60,12 +64,42 @@ async def bench(topo, name: str, pcm: np.ndarray, runs: int) -> None:
     )
 
 
+def bench_batch(topo, name: str, n: int, runs: int) -> None:
+    from edge.asr import FasterWhisperBackend
+    from scripts.bench_load import utterance_set
+
+    model, lang = MODELS[name]
+    backend = FasterWhisperBackend(topo.edge.asr.model_copy(update={"model": model, "language": lang}))
+    backend.load()
+    pcms = [pcm.astype(np.float32) / 32768.0 for _, pcm in utterance_set(30)[:n]]
+    backend.transcribe_batch(pcms[:1])  # warm-up
+    for window in (backend.FULL_WINDOW, backend.min_window):
+        backend.min_window = window
+        single, batched, texts = [], [], {}
+        for _ in range(runs):  # alternate, so machine noise hits both alike
+            t0 = time.perf_counter()
+            texts["single"] = [backend.transcribe_batch([p])[0][0] for p in pcms]
+            single.append((time.perf_counter() - t0) * 1000 / n)
+            t0 = time.perf_counter()
+            texts["batch"] = [t for t, *_ in backend.transcribe_batch(pcms)]
+            batched.append((time.perf_counter() - t0) * 1000 / n)
+        print(f"{name} window={window / 100:.0f}s clips={n} runs={runs} ms/clip: "
+              f"single p50={statistics.median(single):.0f} batch p50={statistics.median(batched):.0f} "
+              f"speed-up={statistics.median(single) / statistics.median(batched):.2f}x "
+              f"same_text={texts['single'] == texts['batch']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", default="tiny.en,base")
+    ap.add_argument("--batch", type=int, default=0, help="compare N clips batched vs one by one")
     args = ap.parse_args()
     topo = load_topology()
+    if args.batch:
+        for name in args.models.split(","):
+            bench_batch(topo, name, args.batch, args.runs)
+        return
     pcm = utterance(topo)
     for name in args.models.split(","):
         asyncio.run(bench(topo, name, pcm, args.runs))

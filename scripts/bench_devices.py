@@ -1,4 +1,7 @@
-"""Many simulated devices at once: turn latency, playback pacing and abort latency, as numbers.
+"""Many simulated devices at once, all at the same moment: playback pacing and abort latency, as numbers.
+
+For latency under a realistic load (open-loop arrivals, a different utterance per turn, each
+device's own gain and noise) use scripts/bench_load.py: here every device sends the same clip.
 
     .venv/bin/python scripts/bench_devices.py --fake --devices 50          # protocol/session overhead only
     .venv/bin/python scripts/bench_devices.py --ota http://127.0.0.1:8000/xiaozhi/ota/ --devices 5 --say "Hello"
@@ -20,21 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.bench_load import stats as _stats  # noqa: E402
 from scripts.device_sim import DeviceSimulator, SimError, TurnReport, read_wav, synthesize  # noqa: E402
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return round(float(np.percentile(values, q)), 1)
-
-
-def _stats(values: list[float]) -> dict[str, float | None]:
-    return {"p50": _pct(values, 50), "p95": _pct(values, 95), "max": _pct(values, 100)}
 
 
 async def _one_device(index: int, args: argparse.Namespace, target: dict[str, Any], packets: list[bytes],

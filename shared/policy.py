@@ -72,6 +72,7 @@ class Match(_Model):
     keywords: tuple[str, ...] = ()  # any of these words/phrases occurs in the text
     pattern: str | None = None  # regex searched in the text (case-insensitive)
     languages: tuple[str, ...] = ()  # the turn's language is one of these
+    local_language: bool | None = None  # the edge's local model answers in the turn's language (edge.llm.languages)
     min_words: int | None = Field(None, ge=0)
     max_words: int | None = Field(None, ge=0)
     min_chars: int | None = Field(None, ge=0)
@@ -125,6 +126,7 @@ class Match(_Model):
             not self.keywords or bool(_keyword_regex(self.keywords).search(text)),
             self.pattern is None or bool(_regex(self.pattern).search(text)),
             not self.languages or f.language in self.languages,
+            self.local_language is None or f.local_language == self.local_language,
             self.min_words is None or f.word_count >= self.min_words,
             self.max_words is None or f.word_count <= self.max_words,
             self.min_chars is None or chars >= self.min_chars,
@@ -258,6 +260,8 @@ DEFAULT_POLICY = parse_policy({
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
         # The local model is down (restarting): the cloud answers (the budget does not apply), or nobody can.
         {"name": "local-down", "match": {"local_available": False}, "action": "escalate"},
+        # A turn in a language the edge's model does not speak (SmolLM2 and Mandarin) goes to the cloud.
+        {"name": "other-language", "match": {"local_language": False}, "action": "escalate"},
         {"name": "greeting", "action": "local", "match": {
             "max_words": 6,
             "keywords": ["hello", "hi", "hey", "thanks", "thank you", "good morning", "good night",
@@ -314,6 +318,7 @@ class TurnFeatures:
     active_turns: int = 0
     cloud_healthy: bool = True
     local_available: bool = True  # false while the local model server is down: escalating is the only answer
+    local_language: bool = True  # the local model answers in ``language`` (see local_language())
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
@@ -350,9 +355,15 @@ class TurnFeatures:
                 active_turns=int(d.get("active_turns", 0)),
                 cloud_healthy=bool(d.get("cloud_healthy", True)),
                 local_available=bool(d.get("local_available", True)),
+                local_language=bool(d.get("local_language", True)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
+
+
+def local_language(language: str, local_languages: Sequence[str]) -> bool:
+    """Does a local model declared to answer ``local_languages`` speak ``language``? (unknown: assume so)"""
+    return not language or language in local_languages
 
 
 @dataclass(frozen=True)

