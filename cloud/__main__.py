@@ -1,4 +1,4 @@
-"""``python -m cloud worker ...`` runs a cloud worker; ``python -m cloud policy ...`` is the operators' tool."""
+"""``python -m cloud worker ...`` runs a cloud worker; ``policy ...`` and ``devices ...`` are the operators' tools."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     from cloud.backends import BackendPool
     from cloud.registration import worker_registration
     from cloud.worker import Worker, serve_http
-    from shared.nats_conn import connect_nats
+    from shared.nats_conn import connect_nats, redact_url
     from shared.llama_server import LlamaServer, LlamaServerError
     from shared.topology import ModelNotFound, TopologyError, load_topology
 
@@ -75,9 +75,10 @@ async def run_worker(args: argparse.Namespace) -> int:
         try:
             nc = await connect_nats(url, f"xz-worker-{spec.name}", args.connect_timeout)
         except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
-            print(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            print(f"cannot connect to NATS at {redact_url(url)}: {exc or type(exc).__name__}", file=sys.stderr)
             return 1
-        worker = Worker(nc, spec.name, spec.model_class, pool, max_inflight=spec.max_inflight, cache=cache)
+        worker = Worker(nc, spec.name, spec.model_class, pool, max_inflight=spec.max_inflight, cache=cache,
+                        sites=[s.name for s in topo.sites])
         worker.launched = launched
         await worker.start()
         if args.http_port:
@@ -85,7 +86,7 @@ async def run_worker(args: argparse.Namespace) -> int:
         # discovery (Consul) learns about the worker once it serves; a no-op with static discovery
         registration = worker_registration(topo, lambda: worker.inflight, spec.name)
         await registration.start()
-        log_event(log, "worker ready", worker=spec.name, nats=url,
+        log_event(log, "worker ready", worker=spec.name, nats=redact_url(url),
                   http=f"http://{args.http_host}:{args.http_port}" if args.http_port else None)
         await stop.wait()
         return 0
@@ -111,7 +112,7 @@ async def run_worker(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m cloud {worker|policy} ..."
+    usage = "usage: python -m cloud {worker|policy|devices} ..."
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         from cloud.policy_cli import main as policy_main  # C2's operators' tool, imported only when used
 
         return policy_main(rest)
+    if command == "devices":
+        from cloud.devices_cli import main as devices_main
+
+        return devices_main(rest)
     print(f"unknown command {command!r}; {usage}", file=sys.stderr)
     return 2
 

@@ -7,7 +7,12 @@
     rollback REV               store revision REV's document again, as a new revision
     dry-run FILE --turns T     replay an edge turn trace: escalations under FILE vs the current policy
 
-NATS: ``--nats URL``, else ``$NATS_URL``, else the hub in topology.yaml. Exit codes:
+NATS: ``--nats URL``, else ``$NATS_URL``, else the credentials file's ``NATS_URL``, else the hub in
+topology.yaml. Credentials (the ``operator`` user: the only one allowed to put the policy):
+``--creds FILE`` or ``$NATS_CREDS`` (``KEY=VALUE`` lines: NATS_USER, NATS_PASSWORD, NATS_CA,
+optionally NATS_URL; Ansible renders one per hub host, the embedded default keeps one in
+``.cache/embedded/security/operator.creds``), else ``$NATS_USER``/``$NATS_PASSWORD``/``$NATS_CA``.
+Exit codes:
 0 ok, 1 bad input (invalid policy, unknown revision, unreadable trace), 2 NATS unreachable.
 Errors are one readable line each, never a traceback.
 """
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import difflib
+import logging
 import os
 import sys
 from collections import Counter
@@ -28,7 +34,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from shared.nats_runtime import JS_DOMAIN
+from shared.nats_conn import CredentialsError, NatsCredentials, redact_url
 from shared.policy import DEFAULT_POLICY, Policy, PolicyError, PolicyState, evaluate, load_policy
 from shared.policy_store import PolicyStore, PolicyStoreError
 from shared.topology import TopologyError, load_topology
@@ -43,11 +49,32 @@ class CliError(Exception):
         self.code = code
 
 
-def nats_url(arg: str | None) -> str:
+EMBEDDED_CREDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "embedded",
+                              "security", "operator.creds")
+
+
+def credentials(arg: str | None, url_given: bool = False) -> NatsCredentials:
+    """--creds FILE, else $NATS_CREDS, else the environment; with nothing set at all (no URL either: the
+    topology's hub), the embedded default's operator file when ``make run`` has made one."""
+    path = arg or os.environ.get("NATS_CREDS")
+    try:
+        if path:
+            return NatsCredentials.from_file(path)
+        creds = NatsCredentials.from_env()
+        if creds.user is None and creds.url is None and not url_given and os.path.isfile(EMBEDDED_CREDS):
+            return NatsCredentials.from_file(EMBEDDED_CREDS)
+        return creds
+    except CredentialsError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def nats_url(arg: str | None, creds: NatsCredentials | None = None) -> str:
     if arg:
         return arg
     if os.environ.get("NATS_URL"):
         return os.environ["NATS_URL"]
+    if creds is not None and creds.url:
+        return creds.url
     try:
         return load_topology().hub_url()
     except TopologyError as exc:
@@ -59,7 +86,11 @@ async def _quiet(*_a) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _store(url: str):
+async def operator_connection(url: str, creds: NatsCredentials):
+    """One short-lived connection for a CLI command; errors become one CliError line.
+
+    Permission violations (e.g. a put without the operator user) arrive asynchronously;
+    they are collected in ``nc.xz_errors`` so commands can report them."""
     errors: list[BaseException] = []
 
     async def remember(exc: BaseException) -> None:
@@ -68,17 +99,34 @@ async def _store(url: str):
     try:
         nc = await asyncio.wait_for(
             nats.connect(url, connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=1,
-                         error_cb=remember, disconnected_cb=_quiet, closed_cb=_quiet),
+                         error_cb=remember, disconnected_cb=_quiet, closed_cb=_quiet, **creds.connect_options()),
             CONNECT_TIMEOUT_S + 1)
-    except Exception as exc:  # refused, DNS, timeout, bad URL: all one line
+    except CredentialsError as exc:
+        raise CliError(str(exc), 2) from None
+    except Exception as exc:  # refused, DNS, timeout, bad URL, TLS, authorization: all one line
         cause = errors[-1] if errors else exc
         detail = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-        raise CliError(f"cannot reach NATS at {url}: {detail}", 2) from None
+        raise CliError(f"cannot reach NATS at {redact_url(url)}: {detail}", 2) from None
+    nc.xz_errors = errors
     try:
-        yield PolicyStore(nc, timeout=REQUEST_TIMEOUT_S)
+        yield nc
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+def refused(url: str, nc) -> None:
+    """Raise the CliError for a permission violation the server reported on ``nc``, if any."""
+    denied = [str(e) for e in getattr(nc, "xz_errors", []) if "permission" in str(e).lower()]
+    if denied:
+        raise CliError(f"NATS at {redact_url(url)} refused: {denied[0]} (the operator user's credentials are "
+                       f"needed: --creds FILE)", 2)
+
+
+@contextlib.asynccontextmanager
+async def _store(url: str, creds: NatsCredentials):
+    async with operator_connection(url, creds) as nc:
+        yield PolicyStore(nc, timeout=REQUEST_TIMEOUT_S)
 
 
 def _read_policy(path: str) -> Policy:
@@ -202,6 +250,8 @@ async def cmd_dry_run(store: PolicyStore, args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--nats", default=argparse.SUPPRESS, help="NATS URL (default: $NATS_URL, then topology.yaml)")
+    common.add_argument("--creds", default=argparse.SUPPRESS, metavar="FILE",
+                        help="operator credentials (KEY=VALUE: NATS_USER, NATS_PASSWORD, NATS_CA; default $NATS_CREDS)")
     p = argparse.ArgumentParser(prog="python -m cloud policy", parents=[common],
                                 description="Manage the escalation policy edges use.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -228,21 +278,30 @@ COMMANDS = {"show": cmd_show, "set": cmd_set, "diff": cmd_diff, "history": cmd_h
 async def _run(args: argparse.Namespace) -> int:
     if args.command in ("set", "diff", "dry-run"):
         _read_policy(args.file)  # refuse a bad file before touching NATS
-    url = nats_url(getattr(args, "nats", None))
-    async with _store(url) as store:
+    creds = credentials(getattr(args, "creds", None), url_given=bool(getattr(args, "nats", None)))
+    url = nats_url(getattr(args, "nats", None), creds)
+    async with _store(url, creds) as store:
         try:
             return await COMMANDS[args.command](store, args)
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-            raise CliError(f"NATS at {url} has no JetStream (domain {JS_DOMAIN!r}) for the policy bucket", 2) from None
+            refused(url, store._nc)
+            raise CliError(f"NATS at {redact_url(url)} has no JetStream for the policy bucket", 2) from None
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            refused(url, store._nc)
             detail = str(exc) or type(exc).__name__
-            raise CliError(f"NATS at {url} did not answer: {detail}", 2) from None
+            raise CliError(f"NATS at {redact_url(url)} did not answer: {detail}", 2) from None
         except PolicyError as exc:  # the stored value itself is invalid
             raise CliError(f"stored policy is invalid: {exc.errors[0]}", 1) from None
 
 
+def quiet_asyncio() -> None:
+    """asyncio's TLS teardown chatter ("returning true from eof_received()...") is no error for the user."""
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_asyncio()
     try:
         return asyncio.run(_run(args))
     except CliError as exc:

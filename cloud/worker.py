@@ -49,8 +49,11 @@ class Worker:
     """Serves one model class on one NATS connection with one backend pool."""
 
     def __init__(self, nc: NATS, name: str, model_class: str, pool: BackendPool, *, max_inflight: int = 8,
-                 cache: AnswerCache | None = None, heartbeat_s: float = 2.0):
+                 cache: AnswerCache | None = None, heartbeat_s: float = 2.0, sites: list[str] | None = None):
+        """``sites``: listen for cancels per site (``cancel.<site>.*``), as a provisioned hub only
+        forwards a site's cancels to subscriptions within its namespace; None: every namespace."""
         self.nc = nc
+        self.cancel_subjects = [subjects.cancel_site(s) for s in sites] if sites else [subjects.CANCEL_ALL]
         self.name = subjects.token(name, "worker name")
         self.model_class = subjects.token(model_class, "model class")
         self.pool = pool
@@ -74,7 +77,9 @@ class Worker:
         self._request_sub = await self.nc.subscribe(subjects.escalate(self.model_class),
                                                     queue=subjects.worker_queue(self.model_class),
                                                     cb=self._on_request)
-        self._subs = [self._request_sub, await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._on_cancel)]
+        self._subs = [self._request_sub]
+        for subject in self.cancel_subjects:
+            self._subs.append(await self.nc.subscribe(subject, cb=self._on_cancel))
         await self.nc.flush()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         log_event(log, "worker serving", worker=self.name, model_class=self.model_class,
@@ -143,7 +148,7 @@ class Worker:
             await self._reply(msg.reply, ReplyChunk(0, error="deadline", generation_id=gen,
                                                     detail="deadline passed before the request arrived"))
             return
-        key = req.cancel_subject or f"{subjects.CANCEL_PREFIX}.{req.turn_id}"
+        key = req.cancel_subject or f"{subjects.CANCEL_PREFIX}.{req.site or subjects.NO_SITE}.{req.turn_id}"
         if self._cancel_requested.pop(key, None) is not None:
             metrics.REQUESTS.labels(model_class=self.model_class, outcome="cancelled").inc()
             await self._reply(msg.reply, ReplyChunk(0, finish_reason="cancelled", generation_id=gen))

@@ -35,7 +35,7 @@ from edge.tts import TtsService
 from edge.vad import VadService
 from shared.chat import ChatClient, build_chat_client
 from shared.log import log_event
-from shared.nats_conn import connect_nats
+from shared.nats_conn import connect_nats, redact_url
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
@@ -80,6 +80,7 @@ class EdgeEngine:
         self._llama = None
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
         self._nats_task: asyncio.Task | None = None
+        self.on_cloud: list = []  # callables given the NATS connection once it is up (device admission watch)
         self._trace = None
 
     # ------------------------------------------------------------ lifecycle
@@ -155,7 +156,8 @@ class EdgeEngine:
                                              inbox_prefix=f"_INBOX.{self.site.name}")
             except Exception as exc:  # noqa: BLE001 - any connect failure means: local only, retry later
                 metrics.CLOUD_LINK_UP.set(0)
-                log_event(log, "NATS unreachable, answering locally", logging.WARNING, url=url, error=str(exc))
+                log_event(log, "NATS unreachable, answering locally", logging.WARNING, url=redact_url(url),
+                          error=str(exc))
                 await asyncio.sleep(NATS_RETRY_S)
         watcher = await PolicyWatcher(self.nc).start()
         model_class = watcher.current().policy.settings.model_class
@@ -163,8 +165,10 @@ class EdgeEngine:
         await health.start()
         client = EscalationClient(self.nc, self.edge_id, self.site.name, model_class=model_class)
         self._cloud = [client, health, watcher]
+        for hook in self.on_cloud:
+            hook(self.nc)
         self.cloud.attach(client, watcher, health)
-        log_event(log, "escalation enabled", nats=url, model_class=model_class)
+        log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 
     # ------------------------------------------------------------ serving
     def llm_process_alive(self) -> bool:

@@ -118,7 +118,7 @@ class EscalationClient:
                      model_class: str | None = None) -> AsyncIterator[ReplyChunk]:
         """Yield the reply chunks in order, ending with the final one; EscalationFailed on any failure."""
         request.edge_id = request.edge_id or self.edge_id
-        request.site = request.site or self.site
+        request.assign_site(self.site)
         if request.remaining_ms() <= 0:
             raise EscalationFailed("deadline", "the deadline passed before sending")
         if not self.nc.is_connected:

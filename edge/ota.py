@@ -2,8 +2,9 @@
 
 The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
 ``websocket {url, token, version}`` and ``server_time``. We never answer
-``mqtt`` (that would switch the device to MQTT+UDP) nor ``activation`` (devices
-need no pairing code here). Which edge a device goes to is a pluggable
+``mqtt`` (that would switch the device to MQTT+UDP). A device the deployment does
+not admit (``edge/device_access.py``) gets no token: 403, or ``activation`` when the
+firmware's activation flow is on. Which edge a device goes to is a pluggable
 ``choose_edge(device_id, request)`` so federation can assign devices to sites.
 """
 
@@ -19,6 +20,7 @@ from typing import Awaitable, Callable, Union
 from aiohttp import web
 
 from edge import metrics
+from edge.device_access import DeviceAdmission
 from edge.tokens import TokenIssuer
 from shared.log import log_event
 from shared.topology import Topology
@@ -63,8 +65,9 @@ class OtaHandler:
     """``POST /xiaozhi/ota/`` and ``POST /xiaozhi/ota/activate``."""
 
     def __init__(self, topology: Topology, tokens: TokenIssuer, choose_edge: ChooseEdge | None = None,
-                 ws_version: int = 1):
+                 ws_version: int = 1, admission: DeviceAdmission | None = None):
         self.tokens = tokens
+        self.admission = admission
         self.choose_edge = choose_edge or own_edge_chooser(topology)
         self.ws_version = ws_version
 
@@ -94,6 +97,16 @@ class OtaHandler:
         if info is None:
             metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
             return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
+        if self.admission is not None:
+            admitted, reason = self.admission.admitted(device_id)
+            if not admitted and reason == "device not activated":
+                log_event(log, "ota activation", device=device_id, serial=request.headers.get("Serial-Number"))
+                return web.json_response({"server_time": server_time(), "activation": self.admission.start_activation(
+                    device_id, request.headers.get("Serial-Number", ""))})
+            if not admitted:
+                metrics.PROTOCOL_ERRORS.labels(kind="ota_refused").inc()
+                log_event(log, "ota refused", logging.WARNING, device=device_id, reason=reason)
+                return json_error(403, "forbidden", reason)
         try:
             url = self.choose_edge(device_id, request)
             if inspect.isawaitable(url):
@@ -111,6 +124,13 @@ class OtaHandler:
         })
 
     async def activate(self, request: web.Request) -> web.Response:
-        """No activation codes here: every device is accepted at once (200 = done)."""
-        await request.read()
-        return web.json_response({"status": "ok"})
+        """The firmware's activation poll: 200 done, 202 waiting for the operator, 400/403 refused."""
+        body = await self._system_info(request)
+        if body is None:
+            return json_error(400, "bad_body", "the request body must be a JSON object")
+        if self.admission is None:
+            return web.json_response({"status": "ok"})
+        status, message = self.admission.check_activation(body, request.headers.get("Device-Id", "").strip())
+        if status >= 400:
+            return json_error(status, "activation_refused", message)
+        return web.json_response({"status": "ok" if status == 200 else "waiting", "message": message}, status=status)

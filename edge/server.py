@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import metrics
+from edge.device_access import DeviceAdmission
 from edge.ota import WS_PATH, ChooseEdge, OtaHandler, json_error
 from edge.device.protocol import ProtocolError, check_version
 from edge.device.session import DeviceSession
@@ -48,8 +49,17 @@ class EdgeServer:
         self.settings = topology.edge
         self.engine = engine
         self.tokens = TokenIssuer.from_topology(topology)
-        self.ota = OtaHandler(topology, self.tokens, choose_edge)
+        self.admission = DeviceAdmission(self.settings.auth, self.settings.auth.secret.resolve())
+        self.ota = OtaHandler(topology, self.tokens, choose_edge, admission=self.admission)
         self.sessions: set[DeviceSession] = set()
+        self._admission_watch: asyncio.Task | None = None
+        if hasattr(engine, "on_cloud"):
+            engine.on_cloud.append(self.watch_admission)
+
+    def watch_admission(self, nc) -> None:
+        """Follow revocations and approvals in the devices KV (from the engine's NATS connection)."""
+        if self._admission_watch is None:
+            self._admission_watch = asyncio.create_task(self.admission.watch(nc), name="devices-watch")
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -60,6 +70,12 @@ class EdgeServer:
         device_id = (request.headers.get("Device-Id") or request.query.get("device-id") or "").strip()
         token = _bearer(request)
         check = self.tokens.verify(token, device_id or None)
+        if check:
+            admitted, reason = self.admission.admitted(check.device_id or device_id)
+            if not admitted:  # revoked since the token was issued, or no longer allowed
+                metrics.PROTOCOL_ERRORS.labels(kind="unauthorized").inc()
+                log_event(log, "handshake refused", logging.WARNING, device=check.device_id, reason=reason)
+                return json_error(401, "unauthorized", reason)
         if not check:
             if not self.settings.auth.allow_anonymous:
                 metrics.PROTOCOL_ERRORS.labels(kind="unauthorized").inc()
@@ -92,6 +108,8 @@ class EdgeServer:
 
     async def on_shutdown(self, app: web.Application) -> None:
         """Close every device socket (1001: going away) so devices reconnect elsewhere at once."""
+        if self._admission_watch is not None:
+            self._admission_watch.cancel()
         await asyncio.gather(*(s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
                                for s in list(self.sessions)), return_exceptions=True)
 

@@ -13,10 +13,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 
-from shared.topology import Topology
+from shared.log import log_event
+from shared.topology import Topology, TopologyError
+
+log = logging.getLogger("edge.tokens")
 
 _PREFIX = "v1"
 
@@ -52,7 +56,14 @@ class TokenIssuer:
 
     @classmethod
     def from_topology(cls, topology: Topology) -> "TokenIssuer":
+        """The issuer of ``edge.auth``; refuses the secret's lab default unless ``allow_insecure_dev``."""
         auth = topology.edge.auth
+        if auth.secret.is_default():
+            if not auth.allow_insecure_dev:
+                raise TopologyError([f"edge.auth.secret: {auth.secret.env or auth.secret.file} is not set; refusing the "
+                                     "insecure default token secret (set it, or edge.auth.allow_insecure_dev: true "
+                                     "for a lab)"])
+            log_event(log, "insecure default token secret in use (edge.auth.allow_insecure_dev)", logging.WARNING)
         return cls(auth.secret.resolve(), auth.token_ttl_s)
 
     def _sign(self, body: str) -> str:
@@ -67,6 +78,8 @@ class TokenIssuer:
         """Valid signature, not expired, and (when given) issued to ``device_id``."""
         if not token:
             return TokenCheck(False, "missing token")
+        if not token.isascii() or not token.isprintable():  # any bytes may arrive: never an exception
+            return TokenCheck(False, "malformed token")
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != _PREFIX:
             return TokenCheck(False, "malformed token")

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from shared.nats_runtime import NatsProcess, NatsRuntimeError, hub_process, leaf_process
+from shared.nats_runtime import (OPERATOR, NatsProcess, NatsRuntimeError, NatsSecurity, hub_process,
+                                 leaf_process, site_user, worker_user)
 from shared.supervisor import Supervisor, describe_holder, port_holder, spawn, terminate
 from shared.topology import Topology, TopologyError, load_topology
 
@@ -75,12 +76,16 @@ class EmbeddedStack:
         self.env = {**os.environ, "XZ_TOPOLOGY": self.config, **(extra_env or {})}
         self.on_event = on_event
         self.worker_args = list(worker_args)  # e.g. --no-cache: tests skip loading the answer cache's model
+        # TLS and one user per role, generated on first run (shared/nats_runtime.py)
+        self.security = NatsSecurity(self.workdir / "security", [self.site.name],
+                                     {w.name: w.model_class for w in self.topo.cloud.workers})
+        self.operator_creds: Path | None = None  # written by start(), once the hub's URL serves
         hub = self.topo.cloud.nats.hub[0]
         self.hub: NatsProcess = hub_process(hub.name, hub.host, hub.client_port, hub.leafnode_port, hub.jetstream,
-                                            self.workdir / "hub")
+                                            self.workdir / "hub", security=self.security)
         self.leaf: NatsProcess = leaf_process(self.hub.leafnode_url, f"leaf-{self.site.name}",
                                               self.site.nats_leaf.host, self.site.nats_leaf.client_port,
-                                              self.workdir / "leaf")
+                                              self.workdir / "leaf", security=self.security, site=self.site.name)
         edge = self.site.edges[0]
         self.edge_base = f"http://{edge.host}:{edge.port}"
         self.components: dict[str, Supervisor] = {}
@@ -120,9 +125,10 @@ class EmbeddedStack:
 
         return Supervisor(node.name, start, stop, on_event=self.on_event)
 
-    def _python(self, name: str, args: list[str], health_url: str) -> Supervisor:
+    def _python(self, name: str, args: list[str], health_url: str, env: dict[str, str] | None = None) -> Supervisor:
+        """``env``: added to the stack's environment (the component's NATS credentials), on every (re)start."""
         async def start() -> asyncio.subprocess.Process:
-            proc = await spawn(sys.executable, *args, env=self.env, cwd=str(ROOT))
+            proc = await spawn(sys.executable, *args, env={**self.env, **(env or {})}, cwd=str(ROOT))
             try:
                 await wait_http(health_url, READY_TIMEOUT_S, proc)
             except BaseException:
@@ -136,17 +142,19 @@ class EmbeddedStack:
         self.check_ports()
         self.components["hub"] = await self._nats(self.hub).start()
         self.components["leaf"] = await self._nats(self.leaf).start()
+        self.operator_creds = self.security.write_credentials(OPERATOR, self.hub.url)
         for w in self.topo.cloud.workers:
             name = f"worker {w.name}"
             self.components[name] = sup = self._python(
                 name, ["-m", "cloud", "worker", "--config", self.config, "--name", w.name, "--nats", self.hub.url,
                        "--launch-backends", "--http-host", w.host, "--http-port", str(w.port), *self.worker_args],
-                f"http://{w.host}:{w.port}/health")
+                f"http://{w.host}:{w.port}/health", self.hub.credentials(worker_user(w.name)).env())
             await sup.start()
         edge = self.site.edges[0]
         self.components["edge"] = sup = self._python(
             "edge", ["-m", "edge", "serve", "--config", self.config, "--site", self.site.name,
-                     "--host", edge.host, "--port", str(edge.port)], f"{self.edge_base}/health")
+                     "--host", edge.host, "--port", str(edge.port)], f"{self.edge_base}/health",
+            self.leaf.credentials(site_user(self.site.name)).env())
         await sup.start()
 
     async def stop(self) -> None:
@@ -170,7 +178,8 @@ async def run(config: str, workdir: Path | None = None) -> int:
             return 130
         starting.result()
         base = stack.edge_base
-        print(f"[run] NATS hub {stack.hub.url}, leaf {stack.leaf.url}", flush=True)
+        print(f"[run] NATS hub {stack.hub.url}, leaf {stack.leaf.url} "
+              f"(TLS; operator credentials: {stack.operator_creds})", flush=True)
         print(f"[run] edge ready: OTA {base}/xiaozhi/ota/  WebSocket ws://{base.removeprefix('http://')}/xiaozhi/v1/",
               flush=True)
         print(f"[run] talk to it: .venv/bin/python scripts/device_sim.py --ota {base}/xiaozhi/ota/ "

@@ -1,16 +1,12 @@
 """The escalation policy in a NATS JetStream KeyValue bucket, so every change has a revision.
 
 Operators write through the hub, edges read and watch through their leaf node. Both
-use the hub's JetStream domain (``JS_DOMAIN``).
+use the hub's JetStream domain when it has one (every provisioned and embedded hub) and
+the plain API on a lab hub without a domain, detected on first use. Only the ``operator``
+NATS user may create the bucket or put; edges just read and watch (a missing bucket
+means "no policy set yet").
 
-Why puts carry the ``$JS.<domain>.API.`` prefix: a leaf node does not import the
-hub's stream subjects (JetStream traffic across domains is confined to the domain's
-API prefix), so a plain publish to ``$KV.<bucket>.<key>`` from behind a leaf finds
-no responder ("no response from stream"). nats.go handles this by prefixing puts
-with the domain's API prefix when a domain is set; nats-py does not, so this module
-publishes to ``$JS.hub.API.$KV.xz_policy.policy`` itself. The hub maps that back to
-the stream subject; it works the same from a hub connection. Reads (direct get) and
-watches already go through the API prefix / a deliver subject and work unchanged.
+Bucket access (domain detection, puts behind a leaf) is ``shared/kv_bucket.py``.
 
 Each value is a JSON envelope: ``{"schema": 1, "policy": {...}, "author": ..., "note": ...}``.
 """
@@ -28,17 +24,15 @@ from typing import Any, AsyncIterator, NamedTuple
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared.log import log_event
-from shared.nats_runtime import JS_DOMAIN
+from shared.kv_bucket import DETECT, HISTORY, KvBucket, detect_domain  # noqa: F401 - re-exported
 from shared.policy import DEFAULT_POLICY, Policy, PolicyError, loads_policy, parse_policy
 from shared.subjects import POLICY_BUCKET, POLICY_KEY
 
 log = logging.getLogger("shared.policy_store")
 
-HISTORY = 64  # revisions kept per key (JetStream's maximum)
 ENVELOPE_SCHEMA = 1
 
 
@@ -86,35 +80,13 @@ def decode_envelope(data: bytes, revision: int, created: datetime | None = None)
                         str(env.get("author", "")), str(env.get("note", "")))
 
 
-class PolicyStore:
+class PolicyStore(KvBucket):
     """The policy key of the ``xz_policy`` bucket, through any connection (hub or leaf)."""
 
-    def __init__(self, nc: NATS, domain: str | None = JS_DOMAIN, bucket: str = POLICY_BUCKET,
+    def __init__(self, nc: NATS, domain: str | None = DETECT, bucket: str = POLICY_BUCKET,
                  key: str = POLICY_KEY, timeout: float = 3.0):
-        self._nc = nc
-        self._js = nc.jetstream(domain=domain, timeout=timeout)
-        self._bucket_name = bucket
+        super().__init__(nc, bucket, "xiaozhi-edge escalation policy", domain, timeout)
         self.key = key
-        api = f"$JS.{domain}.API." if domain else ""
-        self._put_subject = f"{api}$KV.{bucket}.{key}"
-        self._kv: KeyValue | None = None
-
-    async def bucket(self, create: bool = True) -> KeyValue | None:
-        """The KV bucket, created (history 64) on first use if ``create``; None if absent and not created."""
-        if self._kv is not None:
-            return self._kv
-        try:
-            self._kv = await self._js.key_value(self._bucket_name)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                return None
-            try:
-                self._kv = await self._js.create_key_value(
-                    KeyValueConfig(bucket=self._bucket_name, history=HISTORY,
-                                   description="xiaozhi-edge escalation policy"))
-            except nats.js.errors.BadRequestError:  # created concurrently with another config
-                self._kv = await self._js.key_value(self._bucket_name)
-        return self._kv
 
     async def get_entry(self) -> StoredPolicy | None:
         """The current stored policy, or None before any was set (or after a delete)."""
@@ -139,10 +111,9 @@ class PolicyStore:
             policy = parse_policy(doc)
         else:
             policy = loads_policy(doc)
-        await self.bucket(create=True)
-        ack = await self._js.publish(self._put_subject, encode_envelope(policy, note, author))
-        log_event(log, "policy stored", revision=ack.seq, summary=policy.summary())
-        return ack.seq
+        rev = await self.put(self.key, encode_envelope(policy, note, author))
+        log_event(log, "policy stored", revision=rev, summary=policy.summary())
+        return rev
 
     async def entries(self) -> list[StoredPolicy | PolicyRevision]:
         """Every kept revision, oldest first (undecodable ones as a PolicyRevision with the error)."""
@@ -191,11 +162,12 @@ class PolicyStore:
 
         A delete yields the built-in default with the delete's revision; an invalid
         value is logged and skipped (edges keep their last good policy). Ends when
-        the underlying watch stops; :class:`edge.policy_watcher.PolicyWatcher`
-        restarts it.
+        the underlying watch stops, or at once while no bucket exists (edges may not
+        create it); :class:`edge.policy_watcher.PolicyWatcher` restarts it.
         """
-        kv = await self.bucket(create=True)
-        assert kv is not None
+        kv = await self.bucket(create=False)
+        if kv is None:
+            return
         watcher = await kv.watch(self.key)
         try:
             async for e in watcher:

@@ -41,18 +41,27 @@ def worker_queue(model_class: str) -> str:
 
 
 # ---------------------------------------------------------------- cancellation
+# Each site cancels only in its own namespace (``cancel.<site>.<turn>``): the NATS user of a
+# site may publish there and nowhere else under ``cancel``, so no site can stop another's turns.
 CANCEL_PREFIX = f"{PREFIX}.cancel"
-CANCEL_ALL = f"{CANCEL_PREFIX}.*"  # every worker listens here (no queue group): the holder acts
+CANCEL_ALL = f"{CANCEL_PREFIX}.*.*"  # every worker listens here (no queue group): the holder acts
+NO_SITE = "_"  # the namespace of requests that name no site (tests, benchmarks on an open NATS)
 
 
-def cancel(turn_id: str) -> str:
+def cancel(turn_id: str, site: str = "") -> str:
     """The cancel subject of one escalated turn (carried in the request as ``cancel_subject``)."""
-    return f"{CANCEL_PREFIX}.{token(turn_id, 'turn id')}"
+    return f"{CANCEL_PREFIX}.{token(site or NO_SITE, 'site')}.{token(turn_id, 'turn id')}"
+
+
+def cancel_site(site: str) -> str:
+    """Every cancel subject of one site: what its NATS user may publish."""
+    return f"{CANCEL_PREFIX}.{token(site, 'site')}.*"
 
 
 def is_cancel_subject(subject: str) -> bool:
-    head, _, tail = subject.rpartition(".")
-    return head == CANCEL_PREFIX and bool(_TOKEN.match(tail))
+    parts = subject.split(".")
+    return (".".join(parts[:-2]) == CANCEL_PREFIX and len(parts) == CANCEL_PREFIX.count(".") + 3
+            and all(_TOKEN.match(p) for p in parts[-2:]))
 
 
 # ---------------------------------------------------------------- worker health
@@ -72,3 +81,7 @@ def heartbeat_class(model_class: str) -> str:
 # ---------------------------------------------------------------- escalation policy (JetStream KV)
 POLICY_BUCKET = "xz_policy"
 POLICY_KEY = "policy"
+
+# ---------------------------------------------------------------- device admission (JetStream KV)
+# approved.<activation code> and revoked.<device id, base64url>; the operator writes, edges watch.
+DEVICES_BUCKET = "xz_devices"

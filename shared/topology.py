@@ -55,6 +55,10 @@ class SecretRef(_Model):
             raise ValueError("a secret reference needs `env` or `file`")
         return data
 
+    def is_default(self) -> bool:
+        """True when neither the variable nor the file provides the secret (the lab default applies)."""
+        return not (self.env and os.environ.get(self.env)) and not (self.file and Path(self.file).is_file())
+
     def resolve(self) -> str:
         if self.env and os.environ.get(self.env):
             return os.environ[self.env]
@@ -77,6 +81,7 @@ class NatsHubNode(_Model):
 
 class NatsHub(_Model):
     hub: list[NatsHubNode] = Field(min_length=1)
+    operator_password: SecretRef | None = None  # the policy operator's NATS user (provisioning)
 
 
 class LaunchSpec(_Model):
@@ -147,7 +152,9 @@ class Location(_Model):
 class NatsLeaf(_Model):
     host: str
     client_port: int = Field(4223, gt=0, lt=65536)
-    password: SecretRef | None = None  # the site's own hub user (provisioning); user name = site name
+    password: SecretRef | None = None  # the leaf's link to the hub (user leaf-<site>; provisioning)
+    site_password: SecretRef | None = None  # the site's edge processes at this leaf (user site-<site>)
+    monitor_port: int | None = Field(None, gt=0, lt=65536)  # nats-server /varz (default: ansible's 8223)
 
 
 class EdgeHost(_Model):
@@ -156,6 +163,7 @@ class EdgeHost(_Model):
     port: int = Field(8000, gt=0, lt=65536)
     capacity: int = Field(150, gt=0)  # devices
     tier: str | None = None  # a name from shared/tiers.py, "auto" (edge doctor decides) or unset (site's)
+    llm_port: int | None = Field(None, gt=0, lt=65536)  # this edge's local LLM server (several edges on one host)
 
     _tier = field_validator("tier")(classmethod(lambda cls, v: _check_tier(v)))
 
@@ -229,10 +237,25 @@ class MonitoringSpec(_Model):
 
 
 # ---------------------------------------------------------------- edge node settings
+class ActivationSpec(_Model):
+    """The firmware's own activation flow: the device shows a code, an operator approves it
+    (``python -m cloud devices approve CODE``), the device proves its eFuse key at ``/activate``."""
+
+    enabled: bool = False
+    # "SERIAL HEXKEY" lines: the HMAC key burnt into each device (HMAC_KEY0). Unset: devices are
+    # admitted on the operator's approval alone (no proof of the key is possible then).
+    device_keys: SecretRef | None = None
+    timeout_ms: int = Field(30000, gt=0)  # how long a device waits for the approval per /activate call
+
+
 class AuthSpec(_Model):
     secret: SecretRef = SecretRef(env="XZ_TOKEN_SECRET")
     token_ttl_s: int = Field(30 * 86400, gt=0)
     allow_anonymous: bool = False
+    allow_insecure_dev: bool = False  # accept the secret's lab default (the embedded default only)
+    allowed_devices: list[str] = []  # device id prefixes that may use this deployment; empty: any device
+    revoked: list[str] = []  # device ids whose tokens are refused (also: cloud devices revoke, no restart)
+    activation: ActivationSpec = ActivationSpec()
 
 
 class AudioSpec(_Model):

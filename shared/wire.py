@@ -98,8 +98,18 @@ class EscalationRequest:
     def __post_init__(self) -> None:
         if not self.generation_id:
             self.generation_id = self.turn_id
-        if not self.cancel_subject and subjects._TOKEN.match(self.turn_id or ""):
-            self.cancel_subject = subjects.cancel(self.turn_id)
+        if (not self.cancel_subject and subjects._TOKEN.match(self.turn_id or "")
+                and subjects._TOKEN.match(self.site or subjects.NO_SITE)):
+            self.cancel_subject = subjects.cancel(self.turn_id, self.site)
+
+    def assign_site(self, site: str) -> None:
+        """Name the sending site (once) and move the default cancel subject into its namespace."""
+        if self.site or not site:
+            return
+        derived = self.cancel_subject == subjects.cancel(self.turn_id) if self.cancel_subject else False
+        self.site = site
+        if derived:
+            self.cancel_subject = subjects.cancel(self.turn_id, site)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The conversation to generate from: the messages, then the pending tool round if any."""
@@ -138,7 +148,7 @@ class EscalationRequest:
             if not isinstance(m.get("role"), str):
                 raise WireError(f"messages[{i}].role: must be a string")
         if self.cancel_subject and not subjects.is_cancel_subject(self.cancel_subject):
-            raise WireError(f"cancel_subject: {self.cancel_subject!r} is not a {subjects.CANCEL_PREFIX}.<id> subject")
+            raise WireError(f"cancel_subject: {self.cancel_subject!r} is not a {subjects.CANCEL_PREFIX}.<site>.<id> subject")
         if self.max_tokens <= 0:
             raise WireError("max_tokens: must be positive")
         if not 0 <= self.temperature <= 2:

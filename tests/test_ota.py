@@ -117,3 +117,49 @@ async def test_token_from_ota_opens_a_session(edge_server, fake_engine):
     hello = await sim.connect()
     assert hello["transport"] == "websocket" and hello["audio_params"]["sample_rate"] == 24000
     await sim.close()
+
+
+# ---------------------------------------------------------------- device admission
+async def test_allow_list_and_static_revocation(edge_server, fake_engine):
+    edge = await edge_server(fake_engine, edge={"auth": {"allowed_devices": ["aa:bb:cc"], "revoked": [DEVICE]}})
+    status, body = await _post(edge.ota_url, json=SYSTEM_INFO, headers=FIRMWARE_HEADERS)
+    assert status == 403 and body["message"] == "device revoked"
+    other = {**FIRMWARE_HEADERS, "Device-Id": "11:22:33:44:55:66"}
+    status, body = await _post(edge.ota_url, json=SYSTEM_INFO, headers=other)
+    assert status == 403 and body["message"] == "device not allowed" and "websocket" not in body
+    listed = {**FIRMWARE_HEADERS, "Device-Id": "aa:bb:cc:00:00:01"}
+    status, body = await _post(edge.ota_url, json=SYSTEM_INFO, headers=listed)
+    assert status == 200 and body["websocket"]["token"]
+
+
+async def test_firmware_activation_flow(edge_server, fake_engine, tmp_path):
+    """OTA answers `activation`, /activate says 202 until the operator approves the code, then 200 and a token;
+    the device proves its eFuse key exactly as the firmware computes it (HMAC-SHA256 of the challenge, hex)."""
+    from edge.device_access import activation_hmac
+    from edge.server import SERVER_KEY
+
+    key = bytes(range(32))
+    keys = tmp_path / "device-keys"
+    keys.write_text(f"# serial key\nSN-0001 {key.hex()}\n")
+    edge = await edge_server(fake_engine, edge={"auth": {"activation": {
+        "enabled": True, "device_keys": {"file": str(keys), "env": "XZ_TEST_UNSET_KEYS"}}}})
+    status, body = await _post(edge.ota_url, json=SYSTEM_INFO, headers=FIRMWARE_HEADERS)
+    assert status == 200 and "websocket" not in body
+    act = body["activation"]
+    assert act["code"].isdigit() and len(act["code"]) == 6 and act["code"] in act["message"]
+    assert act["challenge"] and act["timeout_ms"] > 0
+    payload = {"algorithm": "hmac-sha256", "serial_number": "SN-0001", "challenge": act["challenge"],
+               "hmac": activation_hmac(key, act["challenge"])}
+    status, body = await _post(edge.ota_url + "activate", headers=FIRMWARE_HEADERS, json=payload)
+    assert status == 202  # waiting for the operator
+    status, _ = await _post(edge.ota_url + "activate", headers=FIRMWARE_HEADERS,
+                            json={**payload, "hmac": "00" * 32})
+    assert status == 403  # a device without the key cannot activate
+    status, _ = await _post(edge.ota_url + "activate", headers=FIRMWARE_HEADERS, json={**payload, "challenge": "x"})
+    assert status == 400
+    admission = edge.app[SERVER_KEY].admission
+    admission.apply("approved", act["code"], True)  # what the devices KV watch does on `cloud devices approve`
+    status, body = await _post(edge.ota_url + "activate", headers=FIRMWARE_HEADERS, json=payload)
+    assert status == 200
+    status, body = await _post(edge.ota_url, json=SYSTEM_INFO, headers=FIRMWARE_HEADERS)
+    assert status == 200 and body["websocket"]["token"] and "activation" not in body

@@ -130,6 +130,45 @@ async def test_nats_down_is_one_line_and_exit_2(tmp_path):
     assert code == 2 and err.strip().count("\n") == 0
 
 
+async def test_a_lab_hub_without_a_jetstream_domain_works_too(tmp_path):
+    """Provisioned and embedded hubs have domain 'hub'; a plain lab hub has none: the CLI detects which."""
+    from shared.nats_runtime import start_hub
+
+    hub = await start_hub("lab", workdir=tmp_path / "lab", js_domain=None)
+    try:
+        code, out, err = await cli("set", str(EXAMPLES / "policy.yaml"), "--nats", hub.url)
+        assert code == 0 and "stored revision 1" in out, err
+        code, out, err = await cli("show", "--nats", hub.url)
+        assert code == 0 and out.startswith("# revision 1"), err
+    finally:
+        await hub.stop()
+
+
+async def test_only_the_operators_credentials_may_set_the_policy(tmp_path):
+    """Against a secured hub: --creds FILE (the operator) works, a worker's or no credentials are refused."""
+    from shared.nats_runtime import OPERATOR, NatsSecurity, start_hub, worker_user
+
+    security = NatsSecurity(tmp_path / "security", ["s1"], {"w1": "large"})
+    hub = await start_hub("hub", workdir=tmp_path / "hub", security=security)
+    try:
+        operator = security.write_credentials(OPERATOR, hub.url)
+        code, out, err = await cli("set", str(EXAMPLES / "policy.yaml"), "--creds", str(operator))
+        assert code == 0 and "stored revision 1" in out, err
+        code, out, err = await cli("show", env={"NATS_CREDS": str(operator)})
+        assert code == 0 and out.startswith("# revision 1"), err
+        worker = security.write_credentials(worker_user("w1"), hub.url)
+        code, out, err = await cli("set", str(EXAMPLES / "policy.yaml"), "--creds", str(worker))
+        assert code == 2 and err.startswith("error:") and err.strip().count("\n") == 0
+        code, _, err = await cli("show", "--nats", hub.url)  # no credentials: TLS and authentication refuse
+        assert code == 2 and "error: cannot reach NATS" in err
+        password = security.password(OPERATOR)
+        assert password not in err
+        code, _, err = await cli("show", "--creds", str(tmp_path / "missing.creds"))
+        assert code == 2 and "missing.creds" in err
+    finally:
+        await hub.stop()
+
+
 async def test_dry_run_on_a_trace_without_text(nats_hub, tmp_path):
     """store_text: false: the dry-run still counts on lengths and the other features, and says what it cannot see."""
     trace_path = tmp_path / "turns.jsonl"

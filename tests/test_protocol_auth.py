@@ -106,3 +106,56 @@ async def test_simulator_reports_refused_handshake_in_one_line(edge_server, fake
     edge = await edge_server(fake_engine)
     with pytest.raises(SimError, match="HTTP 401"):
         await DeviceSimulator(edge.ws_url, "bad-token", DEVICE).connect()
+
+
+def test_malformed_tokens_of_any_bytes_are_refused_not_raised():
+    issuer = TokenIssuer("s3cret", ttl_s=60)
+    good = issuer.issue(DEVICE, now=1000)
+    for bad in ["v1.é.1.x", good + "é", "v1.\x00.1.x", "\udcff" * 5, "v1." + "ÿ" * 40, good.replace(".", "\u2024")]:
+        check = issuer.verify(bad, DEVICE, now=1010)
+        assert not check and check.reason == "malformed token"
+
+
+def test_default_secret_is_refused_unless_allow_insecure_dev(monkeypatch):
+    from shared.topology import TopologyError
+    from tests.fixtures_edge import make_topology
+
+    monkeypatch.delenv("XZ_TOKEN_SECRET", raising=False)
+    with pytest.raises(TopologyError, match="insecure default token secret"):
+        TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": False}}))
+    assert TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": True}}))
+    monkeypatch.setenv("XZ_TOKEN_SECRET", "a-real-secret")
+    assert TokenIssuer.from_topology(make_topology({"auth": {"allow_insecure_dev": False}}))
+
+
+async def test_non_ascii_bearer_is_401(edge_server, fake_engine):
+    """Raw bytes in the Authorization header (what a broken or hostile client sends): 401, never 500."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    edge = await edge_server(fake_engine)
+    url = urlsplit(edge.ws_url)
+    for token in (b"v1.\xc3\xa9\xc3\xbf.1.x", b"v1.\xff\xfe.1.x", "v1.ä.1.é".encode()):
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(b"GET " + url.path.encode() + b" HTTP/1.1\r\nHost: x\r\nProtocol-Version: 1\r\n"
+                     b"Device-Id: " + DEVICE.encode() + b"\r\nAuthorization: Bearer " + token + b"\r\n"
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.split()[1] == b"401", (token, status)
+
+
+async def test_revocation_applies_without_restart(edge_server, fake_engine):
+    from edge.server import SERVER_KEY
+
+    edge = await edge_server(fake_engine)
+    token = edge.token(DEVICE)
+    base = {"Protocol-Version": "1", "Device-Id": DEVICE, "Authorization": f"Bearer {token}"}
+    assert await _handshake(edge.ws_url, base) == 101
+    admission = edge.app[SERVER_KEY].admission
+    admission.apply("revoked", DEVICE, True)  # what the devices KV watch does on `cloud devices revoke`
+    assert await _handshake(edge.ws_url, base) == 401
+    admission.apply("revoked", DEVICE, False)
+    assert await _handshake(edge.ws_url, base) == 101

@@ -25,7 +25,7 @@ def test_request_round_trip():
     req = _request()
     back = decode(encode(req), EscalationRequest)
     assert back == req
-    assert back.cancel_subject == "xz.v1.cancel.t-1"
+    assert back.cancel_subject == "xz.v1.cancel.s1.t-1"  # in the site's own namespace
     assert back.generation_id == "t-1"
     assert back.schema == SCHEMA_VERSION
 
@@ -129,9 +129,11 @@ def test_reply_stream_checker_detects_gap_reorder_duplicate_and_trailing():
 def test_subjects_are_versioned_and_reject_unsafe_tokens():
     assert subjects.escalate("large") == "xz.v1.escalate.large"
     assert subjects.worker_queue("large") == "xz-workers-large"
-    assert subjects.cancel("abc") == "xz.v1.cancel.abc"
-    assert subjects.is_cancel_subject("xz.v1.cancel.abc")
-    assert not subjects.is_cancel_subject("xz.v1.cancel.a.b")
+    assert subjects.cancel("abc", "ams") == "xz.v1.cancel.ams.abc"
+    assert subjects.cancel("abc") == "xz.v1.cancel._.abc"
+    assert subjects.is_cancel_subject("xz.v1.cancel.ams.abc")
+    assert not subjects.is_cancel_subject("xz.v1.cancel.abc")
+    assert not subjects.is_cancel_subject("xz.v1.cancel.a.b.c")
     assert subjects.heartbeat("large", "worker-1") == "xz.v1.worker.heartbeat.large.worker-1"
     for bad in ["a.b", "*", ">", "", "has space"]:
         with pytest.raises(subjects.SubjectError):

@@ -23,6 +23,7 @@ VENV_PY = ROOT / ".venv" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
 try:
     from shared import subjects
+    from shared.nats_permissions import JS_DOMAIN
     from shared.topology import Topology, TopologyError, load_topology
 except ImportError:  # run by a system python without the project's dependencies: use the venv's
     if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
@@ -77,13 +78,15 @@ def build(t: Topology) -> dict:
         leaf = f"{s.name}-leaf"
         hostvars[leaf] = {"ansible_host": s.nats_leaf.host, "xz_layer": "edge", "xz_region": s.region,
                           "xz_site": s.name, "xz_leaf": s.nats_leaf.model_dump(exclude={"password"}),
-                          "xz_nats_password_ref": _ref(s.nats_leaf.password), "xz_nats_user": f"leaf-{s.name}"}
+                          "xz_nats_password_ref": _ref(s.nats_leaf.password), "xz_nats_user": f"leaf-{s.name}",
+                          "xz_site_password_ref": _ref(s.nats_leaf.site_password)}
         add("nats_leaf", leaf)
         add(site_group, leaf)
         for e in s.edges:
             hostvars[e.name] = {"ansible_host": e.host, "xz_layer": "edge", "xz_region": s.region,
                                 "xz_site": s.name, "xz_edge": e.model_dump(exclude_none=True),
                                 "xz_tier": e.tier or s.tier, "xz_location": s.location.model_dump(),
+                                "xz_site_password_ref": _ref(s.nats_leaf.site_password),
                                 "xz_consul_server": False}
             add("edge_nodes", e.name)
             add("consul_agents", e.name)
@@ -102,7 +105,8 @@ def build(t: Topology) -> dict:
                            "xz_subjects": {"escalate_prefix": subjects.ESCALATE_PREFIX,
                                            "cancel_prefix": subjects.CANCEL_PREFIX,
                                            "heartbeat_prefix": subjects.HEARTBEAT_PREFIX,
-                                           "policy_bucket": subjects.POLICY_BUCKET}}}
+                                           "policy_bucket": subjects.POLICY_BUCKET,
+                                           "js_domain": JS_DOMAIN}}}
     out["_meta"] = {"hostvars": hostvars}
     return out
 
