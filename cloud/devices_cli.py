@@ -20,7 +20,7 @@ from typing import Sequence
 import nats.errors
 import nats.js.errors
 
-from cloud.policy_cli import CliError, credentials, nats_url, operator_connection, quiet_asyncio, refused
+from cloud.policy_cli import CliError, credentials, nats_url, operator_connection, refused, run_cli
 from shared.device_store import DevicesStore
 from shared.nats_conn import redact_url
 
@@ -70,16 +70,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    quiet_asyncio()
-    try:
-        return asyncio.run(_run(args))
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
-
+    return run_cli(_parser(), _run, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

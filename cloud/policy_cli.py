@@ -299,16 +299,21 @@ def quiet_asyncio() -> None:
     logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run_cli(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> int:
+    """Parse, run the coroutine, and turn a CliError into one readable line and its exit code."""
+    args = parser.parse_args(argv)
     quiet_asyncio()
     try:
-        return asyncio.run(_run(args))
+        return asyncio.run(run(args))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":
