@@ -36,10 +36,19 @@ def wer(reference: str, hypothesis: str) -> float:
     return row[-1] / max(1, len(ref))
 
 
+def cer(reference: str, hypothesis: str) -> float:
+    """Letter error rate ignoring spaces and case: "Mona Lisa" heard as "Momalisa" is one letter off, not two words."""
+    from rapidfuzz.distance import Levenshtein
+
+    ref, hyp = ("".join(words(t)) for t in (reference, hypothesis))
+    return Levenshtein.distance(ref, hyp) / max(1, len(ref))
+
+
 def test_wer_helper():
     assert wer("the cat sat", "the cat sat") == 0
     assert wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
     assert wer("the cat sat", "cat sat down") == pytest.approx(2 / 3)
+    assert cer("Who painted the Mona Lisa?", "who painted the Momalisa.") == pytest.approx(1 / 21)
 
 
 def espeak(text: str, voice: str) -> np.ndarray:
@@ -162,8 +171,8 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
         trimmed = [text for text, *_ in backend.transcribe_batch(pcms)]
     finally:
         backend.min_window = saved
-    for a, b in zip(trimmed, full):  # opt-in trimming: at most a word off per clip on these noisy clips
-        assert wer(b, a) <= 0.2, (a, b)
+    for a, b in zip(trimmed, full):  # opt-in trimming: a few letters off per clip at most on these noisy clips
+        assert cer(b, a) <= 0.1, (a, b)
 
 
 async def test_concurrent_clips_are_decoded_in_batches(models_topology, speak):
@@ -173,8 +182,9 @@ async def test_concurrent_clips_are_decoded_in_batches(models_topology, speak):
         clips = [coloured(speak, i, p) for i, p in enumerate(BATCH_PHRASES)]
         results = await asyncio.gather(*(svc.transcribe(c) for c in clips))
         assert svc.inference_runs == len(clips) and svc.batches < len(clips)  # later ones queued behind the first
-        for phrase, r in zip(BATCH_PHRASES, results):
-            assert wer(phrase, r.text) <= 0.34, (phrase, r.text)
+        alone = [svc.backend.transcribe_batch([c.astype(np.float32) / 32768.0])[0][0] for c in clips]
+        for single, r in zip(alone, results):  # batched across sessions = what each clip gives decoded on its own
+            assert cer(single, r.text) <= 0.1, (single, r.text)
     finally:
         svc.close()
 
