@@ -28,6 +28,7 @@ embedding batch the first time and nothing after.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from cachetools import LRUCache
 
 from shared.embeddings import Embedder
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
+from shared.tool_intent import is_question, ranked, needs_tools
 
 DATA = Path(__file__).resolve().parent / "data"
 INTENT_FILE = DATA / "intent_examples.yaml"
@@ -105,6 +107,8 @@ class RouteDecision:
     intent: str | None  # small_talk | command | lookup | arithmetic | knowledge | reasoning
     intent_score: float
     ms: float  # time spent routing (embedding + scoring)
+    words: tuple[str, ...] = ()  # tools the request's words name (shared.tool_intent's gate and ranking)
+    question: bool = False  # phrased as a question ("how do you mute ...?"): asks about, does not order
 
     @property
     def is_chat(self) -> bool:
@@ -192,4 +196,17 @@ class IntentRouter:
         candidates = tuple(name for s, name in scored[: cfg.max_candidates] if s >= score - cfg.shortlist_delta)
         return RouteDecision(best if possible else None, score, chat_score, margin,
                              possible and margin >= cfg.clear_margin, candidates if possible else (),
-                             intent, intent_score, (time.perf_counter() - start) * 1000)
+                             intent, intent_score, (time.perf_counter() - start) * 1000,
+                             words_naming(tools, text), is_question(text) and not _POLITE.match(text))
+
+
+_POLITE = re.compile(r"\s*(can|could|would|will)\s+you\b", re.IGNORECASE)  # a request, not a question
+
+
+def words_naming(tools: ToolSet, text: str) -> tuple[str, ...]:
+    """The tools the lexical gate lets through and ranks first (ties included): the second, independent
+    signal a state-changing call needs before it runs without asking."""
+    if not needs_tools(tools, text):
+        return ()
+    ranking = ranked(tools, text)
+    return tuple(t.name for s, t in ranking if s == ranking[0][0]) if ranking else ()

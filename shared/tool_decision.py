@@ -61,16 +61,25 @@ class ToolAction:
 
 
 def decide_action(route: RouteDecision, tool: ToolDef | None) -> ToolAction:
-    """The decision rule of issue 14, as a pure function of the router's decision and the chosen tool."""
+    """The decision rule of issue 14, as a pure function of the router's decision and the chosen tool.
+
+    Two independent signals must agree before a device changes state without asking: the embedding
+    router's clear margin and the request's words naming the tool (``route.words``), in a request that
+    orders rather than asks ("how do you mute someone?" is about muting, not an order to mute).
+    A reading tool runs on a clear margin, or on an unsure one when the words name it.
+    """
     if route.is_chat:
         return ToolAction("answer", "chat")
     if tool is None:
         return ToolAction("answer", "no tool chosen")
-    if route.clear:
-        return ToolAction("call", "clear")
+    named = tool.name in route.words
     if tool_effect(tool) == "reads":
-        return ToolAction("call", "reading tool, unsure")
-    return ToolAction("confirm", "unsure state change")
+        if route.clear or named:
+            return ToolAction("call", "reading tool")
+        return ToolAction("answer", "reading tool, unsure and not named")
+    if route.clear and named and not route.question:
+        return ToolAction("call", "clear")
+    return ToolAction("confirm", "state change, unsure" if not route.clear else "state change, not ordered by name")
 
 
 def _colour_name(args: Mapping[str, Any]) -> str | None:

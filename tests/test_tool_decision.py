@@ -14,8 +14,9 @@ TIME = CatalogTool("get_time", "Get the current local time.", {})
 CALC = CatalogTool("calculate", "Calculate an arithmetic expression.", {})
 
 
-def _route(tool: str | None, clear: bool) -> RouteDecision:
-    return RouteDecision(tool, 0.6, 0.4, 0.2 if clear else 0.05, clear, (tool,) if tool else (), "command", 0.5, 3.0)
+def _route(tool: str | None, clear: bool, named: bool = True, question: bool = False) -> RouteDecision:
+    return RouteDecision(tool, 0.6, 0.4, 0.2 if clear else 0.05, clear, (tool,) if tool else (), "command", 0.5, 3.0,
+                         (tool,) if tool and named else (), question)
 
 
 @pytest.mark.parametrize("name, effect", [
@@ -42,7 +43,11 @@ def test_decision_rule():
     volume, battery = BOARD["self.audio_speaker.set_volume"], BOARD["self.battery.get_level"]
     assert decide_action(_route(volume.name, clear=True), volume).outcome == "call"
     assert decide_action(_route(volume.name, clear=False), volume).outcome == "confirm"
+    assert decide_action(_route(volume.name, clear=True, named=False), volume).outcome == "confirm"  # words disagree
+    assert decide_action(_route(volume.name, clear=True, question=True), volume).outcome == "confirm"  # asks about
     assert decide_action(_route(battery.name, clear=False), battery).outcome == "call"  # reading: weaker margin
+    assert decide_action(_route(battery.name, clear=True, named=False), battery).outcome == "call"
+    assert decide_action(_route(battery.name, clear=False, named=False), battery).outcome == "answer"
     assert decide_action(_route(None, clear=False), volume).outcome == "answer"  # chat never changes state
     assert decide_action(_route(None, clear=False), battery).outcome == "answer"
     assert decide_action(_route(volume.name, clear=True), None).outcome == "answer"
