@@ -5,6 +5,7 @@ None of these sentences is a routing example (shared/data/tool_routes.yaml) or i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,31 @@ def test_label_sets_load_from_yaml_and_bad_files_are_clear_errors(tmp_path: Path
     unknown.write_text("classes:\n  gossip: ['did you hear']\n")
     with pytest.raises(LabelSetError, match="gossip"):
         IntentRouter(minilm, intent_files=[unknown])
+
+
+async def test_routed_caller_with_the_bundled_model(router, tools, llama_server):
+    """The router in front of the real grammar caller: chat answers, a clear order calls, an unclear one asks."""
+    from shared.chat import ChatClient
+    from shared.grammar_tools import GrammarToolCaller
+    from shared.routed_tools import RoutedToolCaller
+
+    llm = ChatClient(llama_server.base_url, llama_server.alias, timeout=120)
+    routed = RoutedToolCaller(router, GrammarToolCaller(llm))
+
+    async def turn(text: str, **kw):
+        return await routed.decide([{"role": "user", "content": text}], tools, **kw)
+
+    try:
+        assert (await turn("I love the color blue")).outcome == "answer"
+        volume = await turn("Set the volume to 30")
+        assert volume.outcome == "call" and volume.call.name == "self_audio_speaker_set_volume"
+        assert json.loads(volume.call.arguments) == {"volume": 30}
+        louder = await turn("Turn the volume up a bit", state={"volume": 70})
+        assert louder.call is not None and json.loads(louder.call.arguments) == {"volume": 80}
+        asked = await turn("How do I mute the speaker?")  # a question about muting: never muted without asking
+        assert asked.outcome in ("confirm", "answer")
+        if asked.outcome == "confirm":
+            assert asked.question.endswith("?") and asked.pending is not None
+            assert not asked.pending.resolve("no") and asked.pending.resolve("yes, go ahead")
+    finally:
+        await llm.aclose()
