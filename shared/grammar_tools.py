@@ -25,7 +25,7 @@ import logging
 import re
 from typing import Any, AsyncIterator, Sequence
 
-from shared.argument_hints import argument_hints
+from shared.argument_hints import argument_hints, clamp_arguments
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.log import log_event
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
@@ -43,10 +43,10 @@ ROUTER_PROMPT = ("You decide which tool a voice assistant must call for the user
                  "Reply with JSON naming the tool.")
 
 
-def choice_schema(tools: Sequence[ToolDef]) -> dict[str, Any]:
+def choice_schema(tools: Sequence[ToolDef], allow_none: bool = True) -> dict[str, Any]:
     """Stage 1: ``{"tool": <one of the names or "none">}`` (a small grammar: fast to sample)."""
-    return {"type": "object", "properties": {"tool": {"enum": [llm_name(t.name) for t in tools] + [NO_TOOL]}},
-            "required": ["tool"]}
+    names = [llm_name(t.name) for t in tools] + ([NO_TOOL] if allow_none else [])
+    return {"type": "object", "properties": {"tool": {"enum": names}}, "required": ["tool"]}
 
 
 def arguments_messages(tool: ToolDef, user_text: str) -> list[dict[str, str]]:
@@ -242,27 +242,36 @@ class GrammarToolCaller:
         self.decision_max_tokens = decision_max_tokens
         self.candidates = candidates  # tools the model chooses among, shortlisted by shared.tool_intent
 
+    async def choose(self, user_text: str, candidates: Sequence[ToolDef], allow_none: bool = True) -> ToolDef | None:
+        """Stage 1 among ``candidates``: the model's grammar-forced pick (None: "none")."""
+        doc = await self.json.complete(router_messages(candidates, user_text),
+                                       choice_schema(candidates, allow_none), 24)
+        name = doc.get("tool") if isinstance(doc, dict) else None
+        return next((t for t in candidates if isinstance(name, str) and llm_name(t.name) == name), None)
+
+    async def arguments(self, tool: ToolDef, user_text: str, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Stage 2: the words' arguments ("red", "fifty", "a bit louder"), else the model's, clamped to the schema."""
+        if not tool.parameters.get("properties"):
+            return {}
+        args: Any = argument_hints(tool, user_text, state)  # settled by the words: no model round
+        if args is None:
+            args = await self.json.complete(arguments_messages(tool, user_text), tool.parameters,
+                                            self.decision_max_tokens)
+        return clamp_arguments(tool, args) if isinstance(args, dict) else {}
+
     async def decide(self, messages: list[dict[str, Any]], registry: ToolSet) -> ToolCall | None:
         """The forced decision for the last user request: a ToolCall, or None for "no tool"."""
         user_text = last_user_text(messages)
         ranking = ranked(registry, user_text)
         tool = clear_winner(registry, user_text, ranking)  # the words name one tool: no routing round needed
         if tool is None:
-            candidates = [t for _, t in ranking[: self.candidates]] or list(registry)
-            doc = await self.json.complete(router_messages(candidates, user_text), choice_schema(candidates), 24)
-            name = doc.get("tool") if isinstance(doc, dict) else None
-            tool = registry.get(name) if isinstance(name, str) and name != NO_TOOL else None
+            tool = await self.choose(user_text, [t for _, t in ranking[: self.candidates]] or list(registry))
         if tool is None:
             log_event(log, "tool decision", tool=None)
             return None
-        args: Any = {}
-        if tool.parameters.get("properties"):
-            args = argument_hints(tool, user_text)  # "red", "fifty": settled by the words, no model round
-        if args is None:
-            args = await self.json.complete(arguments_messages(tool, user_text), tool.parameters,
-                                            self.decision_max_tokens)
+        args = await self.arguments(tool, user_text)
         log_event(log, "tool decision", tool=tool.name, arguments=args)
-        return ToolCall(new_id(), llm_name(tool.name), json.dumps(args if args is not None else {}))
+        return ToolCall(new_id(), llm_name(tool.name), json.dumps(args))
 
     async def step(self, messages: list[dict[str, Any]], registry: ToolSet | None, *, max_tokens: int,
                    temperature: float) -> AsyncIterator[ChatDelta]:

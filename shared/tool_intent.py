@@ -149,7 +149,12 @@ def clear_winner(tools: ToolSet, text: str, ranking: list[tuple[int, ToolDef]] |
     if not top or top[0][0] < 2 or (len(top) > 1 and top[0][0] <= top[1][0]):
         return None
     tool = top[0][1]
-    first = next(iter(_WORD.findall(text.lower())), "")
-    if (first in _QUESTION or text.rstrip().endswith("?")) and _CHANGES.search(tool.name):
+    if is_question(text) and _CHANGES.search(tool.name):
         return None
     return tool
+
+
+def is_question(text: str) -> bool:
+    """Phrased as a question: a question word first, or a question mark."""
+    first = next(iter(_WORD.findall(text.lower())), "")
+    return first in _QUESTION or text.rstrip().endswith("?")

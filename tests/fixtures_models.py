@@ -86,3 +86,11 @@ def asr_service(models_topology):
     asyncio.run(svc.load())
     yield svc
     svc.close()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The MiniLM embedder on onnxruntime (shared.embeddings), exported to ONNX on first use if set-up did not."""
+    from shared.embeddings import shared_embedder
+
+    return shared_embedder()

@@ -138,7 +138,7 @@ async def test_argument_hints_settle_colours_and_single_numbers():
     assert argument_hints(rgb, "red 100 and blue 20") is None  # half given: the model fills the rest
     assert argument_hints(volume, "Put the volume at fifty") == {"volume": 50}
     assert argument_hints(volume, "Set volume to 100") == {"volume": 100}
-    assert argument_hints(volume, "volume from 20 to 30") is None and argument_hints(volume, "mute it") is None
+    assert argument_hints(volume, "volume from 20 to 30") is None and argument_hints(volume, "mute it") == {"volume": 0}
     assert spoken_numbers("one hundred and five, forty-two and 7") == [105, 42, 7]
 
 

