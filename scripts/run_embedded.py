@@ -61,7 +61,7 @@ async def run(config: str) -> int:
         for worker in topo.cloud.workers:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cloud", "worker", "--config", config, "--name", worker.name,
-                "--nats", hub.url, "--launch-backends", env=env)
+                "--nats", hub.url, "--launch-backends", "--http-port", str(worker.port), env=env)
             procs.append((f"cloud worker {worker.name}", proc))
         edge = site.edges[0]
         proc = await asyncio.create_subprocess_exec(
