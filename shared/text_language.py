@@ -6,8 +6,9 @@ predictable: a Chinese answer to a Chinese question, and no French opening such 
 "Bonjour, monsieur." before an English answer. So: the script decides between
 Chinese, Japanese, Korean, Cyrillic and Latin text; within Latin text, small lists
 of very common words (and a few letters only one language uses) decide between
-English, French, Spanish, German, Italian and Portuguese. Text with no deciding
-evidence (a name, a number) is ``und`` (undetermined), which never counts as a leak.
+English, French, Spanish, German, Italian and Portuguese. Another language needs two
+common words, or one greeting such as "Bonjour"; text with no deciding evidence
+(a name, a number) is ``und`` (undetermined), which never counts as a leak.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ _WORDS: dict[str, frozenset[str]] = {
     "pt": frozenset("""o os as é e eu você ele ela nós eles um uma do da dos das no na nos nas que quem onde quando
         como porque com para não sim obrigado obrigada olá senhor senhora bom dia muito bem também mas sou está""".split()),
 }
+# Greetings and forms of address a model puts in an opening: one of these settles the sentence alone.
+_STRONG = frozenset("""bonjour bonsoir monsieur madame mademoiselle merci oui hola señor señora gracias danke hallo
+    guten ciao grazie buongiorno buonasera signore signora olá obrigado obrigada senhor senhora""".split())
 # Letters that only one of those languages uses.
 _LETTERS: dict[str, str] = {"ç": "fr", "è": "fr", "ê": "fr", "à": "fr", "œ": "fr", "ñ": "es", "¿": "es", "¡": "es",
                             "ß": "de", "ä": "de", "ö": "de", "ü": "de", "ã": "pt", "õ": "pt", "ò": "it", "ì": "it"}
@@ -83,10 +87,12 @@ def guess_language(text: str) -> str:
     for word in _WORD.findall(text.lower()):
         for lang, words in _WORDS.items():
             if word in words:
-                scores[lang] += 1
+                scores[lang] += 2 if word in _STRONG else 1
     for ch in text.lower():
         if ch in _LETTERS:
             scores[_LETTERS[ch]] += 0.5
+    # One common word is not evidence enough for another language (a name's "da" or "de").
+    scores = Counter({lang: n for lang, n in scores.items() if lang == "en" or n >= 2})
     if not scores:
         return UNDETERMINED
     (best, top), *rest = scores.most_common()
