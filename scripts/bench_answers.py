@@ -30,6 +30,7 @@ import asyncio
 import csv
 import difflib
 import hashlib
+import random
 import re
 import statistics
 import sys
@@ -419,6 +420,17 @@ def plot(path: Path, rows: list[dict[str, Any]], title: str, cloud_note: str) ->
     plt.close(fig)
 
 
+def per_category(suite: list[Dialogue], n: int) -> list[Dialogue]:
+    """The first ``n`` dialogues of each category."""
+    taken: dict[str, int] = defaultdict(int)
+    out = []
+    for d in suite:
+        taken[d.category] += 1
+        if taken[d.category] <= n:
+            out.append(d)
+    return out
+
+
 def cloud_note(topo: Topology) -> str:
     """Whether the cloud's correctness means anything: only with a model stronger than the edge's."""
     edge_model = topo.edge.llm.model
@@ -449,7 +461,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", choices=("spoken", "typed"), default="spoken",
                    help="spoken: synthesized audio through the edge's ASR; typed: listen detect with the text")
     p.add_argument("--devices", type=int, default=1, help="dialogues run at once (latency is cleanest with 1)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many dialogues per split")
+    p.add_argument("--per-category", type=int, default=None,
+                   help="at most this many dialogues per category and split (a quick, balanced sample)")
     p.add_argument("--turn-timeout", type=float, default=60.0)
     p.add_argument("--title", default="answer correctness")
     p.add_argument("--out", default=str(ROOT / ".cache" / "bench_answers" / "run"),
@@ -479,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         suite = [d for d in load_suite(SUITES[split], split)
                  if (d.category != "mandarin" or args.mandarin)
                  and (not args.category or d.category in args.category)]
-        dialogues += suite[:args.limit]
+        dialogues += suite if args.per_category is None else per_category(suite, args.per_category)
+    # Interleaved as a day's requests would be (and so that the policy's escalation budget, a share of the
+    # last minute's turns, sees a mix rather than a block of knowledge questions); the same order every run.
+    random.Random(0).shuffle(dialogues)
     speech = Speech(ROOT / ".cache" / "bench_answers" / "speech") if args.input == "spoken" else None
     note = cloud_note(topo)
     print(f"{len(dialogues)} dialogues ({', '.join(splits)}), {args.input} input, {args.devices} at once, "
