@@ -111,8 +111,11 @@ class AnswerCache:
 
     @staticmethod
     def context_key(messages: list[dict], language: str) -> str:
-        system = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
-        return hashlib.sha1(f"{language}\0{system}".encode()).hexdigest()[:16]
+        """The system prompt and the conversation before the question: a follow-up such as "And Japan?" means
+        something else after another turn, so it only hits an answer given after the same turns."""
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
+        context = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[:last_user])
+        return hashlib.sha1(f"{language}\0{context}".encode()).hexdigest()[:16]
 
     @staticmethod
     def question_of(messages: list[dict]) -> str | None:

@@ -40,6 +40,19 @@ async def test_paraphrase_hits_and_a_different_question_misses(embedder):
     assert 0 < cache.hit_rate() < 1
 
 
+def test_a_follow_up_is_keyed_by_the_turns_before_it():
+    def key(*turns: str) -> str:
+        roles = ["user", "assistant"] * len(turns)
+        return AnswerCache.context_key([{"role": "system", "content": "be brief"}]
+                                       + [{"role": r, "content": t} for r, t in zip(roles, turns)], "en")
+
+    assert key("Why is the sky blue?") == CTX  # a first question: only the system prompt counts
+    after_capital = key("What is the capital of France?", "Paris.", "And what about Japan?")
+    after_language = key("What language do they speak in France?", "French.", "And what about Japan?")
+    assert after_capital != after_language != CTX
+    assert after_capital == key("What is the capital of France?", "Paris.", "And Japan?")
+
+
 async def test_store_is_bounded_lru_with_ttl(embedder):
     now = [0.0]
     cache = AnswerCache(embedder, threshold=0.9, max_items=2, ttl_s=10, clock=lambda: now[0])
