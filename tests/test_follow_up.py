@@ -34,10 +34,9 @@ class FixedPolicy:
     """An operator's policy without the KV store: every turn escalates, or none does."""
 
     def __init__(self, action: str):
-        # A generous first-token timeout: a loaded test machine must not turn the escalation into a fallback.
         self.snapshot = PolicySnapshot(parse_policy({"rules": [{"name": "all", "action": action}],
                                                      "budget": {"max_share": 1},
-                                                     "settings": {"first_token_timeout_ms": 30000}}), 1)
+                                                     "settings": {"first_token_timeout_ms": 60000}}), 1)
 
     def current(self) -> PolicySnapshot:
         return self.snapshot
@@ -85,10 +84,11 @@ async def test_escalated_follow_up_carries_the_previous_turn(nats_hub, nats_conn
     await spy.subscribe(subjects.escalate("large"), cb=on_request)  # a copy of what the worker receives
     await spy.flush()
     try:
-        client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "local-site")
+        # Generous time limits: a loaded test machine must not turn the escalation into a local fallback.
+        client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "local-site", idle_timeout_s=60)
         llm_spec = LlmSpec(url=llama_server.base_url, model=llama_server.alias, max_tokens=30, temperature=0.0)
         local = RecordingChat(llama_server.base_url, llama_server.alias)
-        planner = AnswerPlanner(local, llm_spec, EscalationSpec(), Phrases(), escalation=client,
+        planner = AnswerPlanner(local, llm_spec, EscalationSpec(deadline_ms=120000), Phrases(), escalation=client,
                                 watcher=FixedPolicy("escalate"))
         req, messages = follow_up_turn()
         by, text = await answer(planner, req, messages)
