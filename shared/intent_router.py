@@ -39,13 +39,13 @@ import yaml
 from cachetools import LRUCache
 
 from shared.embeddings import Embedder
+from shared.policy import INTENT_CLASSES  # the policy matches on them; one list
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
 from shared.tool_intent import is_question, ranked, needs_tools
 
 DATA = Path(__file__).resolve().parent / "data"
 INTENT_FILE = DATA / "intent_examples.yaml"
 ROUTES_FILE = DATA / "tool_routes.yaml"
-INTENT_CLASSES = ("small_talk", "command", "lookup", "arithmetic", "knowledge", "reasoning")
 CHAT_CLASSES = ("small_talk", "knowledge", "reasoning")  # their examples count as "no tool" too
 
 

@@ -81,6 +81,9 @@ class LlamaServer:
             "--host", self.host, "--port", str(self.port),
             "--n_threads", str(self.launch.n_threads), "--n_ctx", str(self.launch.n_ctx),
             "--verbose", "False",
+            # llama-cpp-python's server otherwise ends a streaming answer as soon as another request waits:
+            # with two devices talking at once, one of them got an empty answer. Requests queue instead.
+            "--interrupt_requests", "False",
             *(["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.launch.prompt_cache_mb << 20)]
               if self.launch.prompt_cache_mb else []),
         ]

@@ -2,7 +2,9 @@
 
 Cloud operators own the document (YAML or JSON, stored in a JetStream KV bucket, see
 :mod:`shared.policy_store`); edges evaluate it on every turn. Rules are tried in
-order and the first one whose conditions all hold decides (``escalate`` / ``local``);
+order and the first one whose conditions all hold decides (``escalate`` / ``local`` /
+``phrase``: the edge says the rule's fixed ``phrase``, e.g. "I can't look that up right
+now" for a knowledge question while the cloud is down, instead of a small model's guess);
 no match falls to ``default_action``. Every decision names the rule that fired.
 
 Two phases: the local model's confidence (mean token log-probability of its first
@@ -35,6 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.topology import _format_loc as format_loc
 
 SCHEMA_VERSION = 1
+
+# What a request needs (shared/intent_router.py classifies a turn into one of these, from the examples in
+# shared/data/intent_examples.yaml); rules test it with ``match.intents``.
+INTENT_CLASSES = ("small_talk", "command", "lookup", "arithmetic", "knowledge", "reasoning")
 
 
 class PolicyError(Exception):
@@ -85,7 +91,7 @@ class Match(_Model):
     max_active_turns: int | None = Field(None, ge=0)
     cloud_healthy: bool | None = None  # link up and breaker closed
     local_available: bool | None = None  # the edge's own model serves (not crashed or restarting)
-
+    intents: tuple[str, ...] = ()  # the turn's intent class is one of these (an unclassified turn matches none)
 
     @field_validator("pattern")
     @classmethod
@@ -95,6 +101,14 @@ class Match(_Model):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regex: {exc}") from None
+        return value
+
+    @field_validator("intents")
+    @classmethod
+    def _known_intents(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [i for i in value if i not in INTENT_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown intent {unknown[0]!r} (known: {', '.join(INTENT_CLASSES)})")
         return value
 
     @field_validator("keywords")
@@ -138,6 +152,7 @@ class Match(_Model):
             self.max_active_turns is None or f.active_turns <= self.max_active_turns,
             self.cloud_healthy is None or f.cloud_healthy == self.cloud_healthy,
             self.local_available is None or f.local_available == self.local_available,
+            not self.intents or f.intent in self.intents,
         )
         return all(checks)
 
@@ -158,7 +173,14 @@ def _describe(match: Match) -> str:
 class Rule(_Model):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     match: Match = Match()
-    action: Literal["escalate", "local"]
+    action: Literal["escalate", "local", "phrase"]
+    phrase: str | None = Field(None, min_length=1, max_length=200)  # what the edge says for action "phrase"
+
+    @model_validator(mode="after")
+    def _phrase_with_its_action(self) -> "Rule":
+        if (self.action == "phrase") != (self.phrase is not None):
+            raise ValueError("a rule has a phrase exactly when its action is 'phrase'")
+        return self
 
 
 class Budget(_Model):
@@ -204,6 +226,8 @@ class Policy(_Model):
         d = self.model_dump(mode="json")
         for rd, rule in zip(d["rules"], self.rules):
             rd["match"] = rule.match.model_dump(mode="json", exclude_defaults=True)
+            if rule.phrase is None:
+                del rd["phrase"]
         return d
 
     def to_yaml(self) -> str:
@@ -257,6 +281,10 @@ DEFAULT_POLICY = parse_policy({
                  "confidence_tokens": 8},
     "budget": {"max_share": 0.5, "window_s": 60, "min_turns": 10},
     "rules": [
+        # Knowledge and reasoning need the cloud's larger model; the 135M edge model invents answers
+        # (scripts/bench_answers.py). Without the cloud, an honest cached phrase beats a wrong answer.
+        {"name": "knowledge-offline", "match": {"cloud_healthy": False, "intents": ["knowledge", "reasoning"]},
+         "action": "phrase", "phrase": "Sorry, I can't look that up right now."},
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
         # The local model is down (restarting): the cloud answers (the budget does not apply), or nobody can.
         {"name": "local-down", "match": {"local_available": False}, "action": "escalate"},
@@ -269,6 +297,10 @@ DEFAULT_POLICY = parse_policy({
         # Tool turns stay local: the bundled edge model reaches 96% on scripts/bench_tools.py's suite (the
         # words settle most calls). Operators with a stronger cloud model flip this to escalate.
         {"name": "needs-tools", "match": {"needs_tools": True}, "action": "local"},
+        {"name": "knowledge-to-cloud", "match": {"intents": ["knowledge", "reasoning"]}, "action": "escalate"},
+        # What the edge answers well stays there, however it is phrased ("How are you?" is no hard question).
+        {"name": "edge-intents", "match": {"intents": ["small_talk", "command", "lookup", "arithmetic"]},
+         "action": "local"},
         {"name": "long-question", "match": {"min_words": 13}, "action": "escalate"},
         {"name": "hard-question", "action": "escalate", "match": {
             "pattern": r"\b(explain|why|compare|difference between|summari[sz]e|analy[sz]e|calculate)\b"
@@ -319,6 +351,7 @@ class TurnFeatures:
     cloud_healthy: bool = True
     local_available: bool = True  # false while the local model server is down: escalating is the only answer
     local_language: bool = True  # the local model answers in ``language`` (see local_language())
+    intent: str | None = None  # the request's intent class (INTENT_CLASSES); None: not classified
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
@@ -356,6 +389,7 @@ class TurnFeatures:
                 cloud_healthy=bool(d.get("cloud_healthy", True)),
                 local_available=bool(d.get("local_available", True)),
                 local_language=bool(d.get("local_language", True)),
+                intent=None if d.get("intent") is None else str(d["intent"]),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
@@ -376,6 +410,7 @@ class Decision:
     revision: int
     needs_confidence: bool = False  # phase 1 only: generate locally, then evaluate again with confidence
     budget_limited: bool = False  # a rule said escalate, the budget said no
+    phrase: str | None = None  # action "phrase": the edge says this (a cached phrase) and nothing else
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -416,7 +451,7 @@ def evaluate(
     the recorded time.
     """
     now = time.monotonic() if now is None else now
-    rule_name, action, reason = "", policy.default_action, "no rule matched"
+    rule_name, action, reason, phrase = "", policy.default_action, "no rule matched", None
     for rule in policy.rules:
         if not rule.match.holds_before_confidence(features):
             continue
@@ -426,7 +461,7 @@ def evaluate(
                                 revision, needs_confidence=True)
             if not features.local_confidence < rule.match.confidence_below:
                 continue
-        rule_name, action, reason = rule.name, rule.action, rule.match.describe()
+        rule_name, action, reason, phrase = rule.name, rule.action, rule.match.describe(), rule.phrase
         break
 
     escalate = action == "escalate"
@@ -439,4 +474,4 @@ def evaluate(
             escalate, budget_limited = False, True
             reason = f"budget: {escalated}/{turns} turns escalated in {b.window_s:g}s (max {b.max_share:.0%})"
     state.record(now, escalate)
-    return Decision(escalate, rule_name or "default", reason, revision, budget_limited=budget_limited)
+    return Decision(escalate, rule_name or "default", reason, revision, budget_limited=budget_limited, phrase=phrase)

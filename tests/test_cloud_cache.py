@@ -88,7 +88,7 @@ async def test_worker_answers_a_repeat_from_the_cache_but_never_a_tool_turn(embe
     worker = Worker(await nats_connect(nats_hub.url), "wc", "large", pool,
                     cache=AnswerCache(embedder, threshold=0.8))
     await worker.start()
-    client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "s")
+    client = EscalationClient(await nats_connect(nats_hub.url), "edge-1", "s", idle_timeout_s=30)  # a busy box
 
     async def ask(question: str, **kw) -> list:
         messages = [{"role": "system", "content": "Answer in one short sentence."},

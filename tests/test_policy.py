@@ -56,7 +56,7 @@ def test_good_documents_round_trip():
     ({"rules": [{"name": "a", "action": "local"}, {"name": "b", "action": "local"},
                 {"name": "c", "action": "escalate", "match": {"pattern": "why(("}}]},
      "rules[2].match.pattern: invalid regex: missing ), unterminated subpattern"),
-    ({"rules": [{"name": "a", "action": "escalte"}]}, "rules[0].action: Input should be 'escalate' or 'local'"),
+    ({"rules": [{"name": "a", "action": "escalte"}]}, "rules[0].action: Input should be 'escalate', 'local' or 'phrase'"),
     ({"rules": [{"name": "a", "action": "local", "match": {"min_word": 3}}]}, "rules[0].match.min_word: unknown field"),
     ({"rules": [{"name": "a", "action": "local", "match": {"min_words": 9, "max_words": 2}}]},
      "rules[0].match: min_words (9) is greater than max_words (2)"),
@@ -170,6 +170,59 @@ def test_default_policy_behaviour():
     assert loads_policy(DEFAULT_POLICY.to_yaml()) == DEFAULT_POLICY  # evaluating leaves the document unchanged
 
 
+def test_intent_rules_route_knowledge_to_the_cloud_and_keep_the_rest_local():
+    s = PolicyState()
+    ev = lambda text, **kw: evaluate(TurnFeatures.from_text(text, **kw), s)  # noqa: E731
+    for intent in ("knowledge", "reasoning"):
+        d = ev("which planet is closest to the sun", intent=intent)
+        assert (d.rule, d.escalate, d.phrase) == ("knowledge-to-cloud", True, None)
+    # The edge's own strengths stay local, even where the text alone looks hard ("how are" used to escalate).
+    assert ev("how are you", intent=None).rule == "hard-question"
+    for text, intent in (("how are you", "small_talk"), ("what is 12 times 7", "arithmetic"),
+                         ("what day is it", "lookup"), ("dim the screen", "command")):
+        d = ev(text, intent=intent)
+        assert (d.rule, d.escalate) == ("edge-intents", False), text
+    assert ev("hello there", intent="knowledge").rule == "greeting"  # earlier rules still come first
+
+
+def test_cloud_down_knowledge_gets_the_cached_phrase():
+    s = PolicyState()
+    d = evaluate(TurnFeatures.from_text("who wrote hamlet", intent="knowledge", cloud_healthy=False), s)
+    assert (d.rule, d.escalate, d.phrase) == ("knowledge-offline", False, "Sorry, I can't look that up right now.")
+    d = evaluate(TurnFeatures.from_text("how are you", intent="small_talk", cloud_healthy=False), s)
+    assert (d.rule, d.escalate, d.phrase) == ("cloud-unhealthy", False, None)
+    # Unclassified turns (no router yet) behave as before the intent rules existed.
+    d = evaluate(TurnFeatures.from_text("who wrote hamlet", cloud_healthy=False), s)
+    assert (d.rule, d.phrase) == ("cloud-unhealthy", None)
+
+
+def test_phrase_action_and_intents_are_validated():
+    doc = {"rules": [{"name": "sorry", "match": {"intents": ["knowledge"]}, "action": "phrase", "phrase": "Sorry."}]}
+    policy = parse_policy(doc)
+    assert loads_policy(policy.to_yaml()) == policy
+    assert "phrase" not in DEFAULT_POLICY.to_dict()["rules"][1]  # only phrase rules carry one
+    assert decide(doc, "x", intent="knowledge").phrase == "Sorry."
+    assert decide(doc, "x", intent="lookup").rule == "default"
+    assert errors_of({"rules": [{"name": "a", "action": "phrase"}]}) == [
+        "rules[0]: a rule has a phrase exactly when its action is 'phrase'"]
+    assert errors_of({"rules": [{"name": "a", "action": "local", "phrase": "hi"}]}) == [
+        "rules[0]: a rule has a phrase exactly when its action is 'phrase'"]
+    assert errors_of({"rules": [{"name": "a", "action": "local", "match": {"intents": ["knowlege"]}}]}) == [
+        "rules[0].match.intents: unknown intent 'knowlege' (known: small_talk, command, lookup, arithmetic, "
+        "knowledge, reasoning)"]
+
+
+def test_intent_classes_match_the_router_examples():
+    import yaml
+
+    from shared.policy import INTENT_CLASSES
+
+    examples = Path(__file__).resolve().parent.parent / "shared" / "data" / "intent_examples.yaml"
+    classes = yaml.safe_load(examples.read_text())["classes"]
+    assert tuple(classes) == INTENT_CLASSES
+    assert all(len(v) >= 15 for v in classes.values())
+
+
 # ---------------------------------------------------------------- two phases
 def test_confidence_rule_is_decided_after_the_first_tokens():
     doc = {"budget": {"max_share": 1}, "rules": [
@@ -235,7 +288,7 @@ def test_budget_zero_never_escalates_and_one_always_does():
 
 # ---------------------------------------------------------------- features and trace
 def test_features_from_trace_records():
-    f = TurnFeatures.from_text("why not", language="en", local_confidence=-1.5, queue_depth=2)
+    f = TurnFeatures.from_text("why not", language="en", local_confidence=-1.5, queue_depth=2, intent="reasoning")
     assert TurnFeatures.from_dict(json.loads(json.dumps(f.to_dict()))) == f
     assert TurnFeatures.from_dict({"text": "a b c"}).word_count == 3
     for bad in ({"text": 3}, {"nope": 1}, {"text": "a", "word_count": "many"}, "str"):

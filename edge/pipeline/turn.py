@@ -78,6 +78,12 @@ class Phrases:
     error: str = "Sorry, something went wrong."
 
 
+def turn_messages(system_prompt: str, history: list[dict], user_text: str) -> list[dict]:
+    """What the model (local or cloud) is asked: the system prompt, the conversation's window, the request."""
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + history + [{"role": "user", "content": user_text}]
+
+
 # ---------------------------------------------------------------- the stages, as the turn sees them
 class Heard(Protocol):
     text: str
@@ -124,8 +130,7 @@ class TurnPipeline:
         self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
 
     def messages(self, start: TurnStart, user_text: str) -> list[dict]:
-        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return msgs + start.history + [{"role": "user", "content": user_text}]
+        return turn_messages(self.system_prompt, start.history, user_text)
 
     async def run(self, start: TurnStart, out: DeviceOutput) -> TurnResult:
         """Run one turn to its end; never raises except CancelledError (the turn was stopped)."""
