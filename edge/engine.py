@@ -35,7 +35,9 @@ from edge.tts import TtsService
 from edge.vad import VadService
 from shared.chat import ChatClient, build_chat_client
 from shared.log import log_event
+from shared.intent_router import IntentRouter
 from shared.nats_conn import connect_nats, redact_url
+from shared.policy import DEFAULT_POLICY
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
@@ -44,13 +46,14 @@ NATS_RETRY_S = 2.0
 
 
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
-                   tools: SiteTools | None = None, health: LocalHealth | None = None,
+                   tools: SiteTools | None = None, health: LocalHealth | None = None, router: IntentRouter | None = None,
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: []) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
-    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health, cannot_answer=phrases.unknown)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
                         active_turns=lambda: pipeline.active, local_available=local_available,
-                        local_languages=settings.llm.languages)
+                        local_languages=settings.llm.languages, router=router, router_spec=settings.router,
+                        declined=phrases.declined)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
@@ -75,6 +78,7 @@ class EdgeEngine:
         self.llm_health = LocalHealth()
         self.llm: ChatClient | None = None
         self.tools: SiteTools | None = None
+        self.router: IntentRouter | None = None
         self.pipeline: TurnPipeline | None = None
         self.nc = None
         self._llama = None
@@ -90,10 +94,12 @@ class EdgeEngine:
             from shared.llama_server import LlamaServer
 
             self._llama = LlamaServer.for_url(spec.launch, spec.url, alias=spec.model)
-        await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
-                             *([self._llama.start()] if self._llama else []))
+        routing = asyncio.to_thread(self._load_router)
+        *_, self.router = await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
+                                               *([self._llama.start()] if self._llama else []), routing)
         self.llm = build_chat_client(spec)
-        await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)])
+        await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)]
+                               + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase])
         esc = self.settings.escalation
         if self.settings.trace.path:
             from shared.turn_trace import TurnTrace
@@ -103,7 +109,7 @@ class EdgeEngine:
         if self.tools is not None:
             await self.tts.prewarm(self.tools.loop.phrases.all())
         self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
-                                       health=self.llm_health, queue_depth=lambda: self.asr.queue_depth,
+                                       health=self.llm_health, router=self.router, queue_depth=lambda: self.asr.queue_depth,
                                        local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
                                        observers=self._observers)
         if esc.enabled:
@@ -113,6 +119,19 @@ class EdgeEngine:
 
     def _observers(self, start: TurnStart) -> list[Observer]:
         return [TraceObserver(self._trace, start.device_id)] if self._trace is not None else []
+    def _load_router(self) -> IntentRouter | None:
+        """MiniLM and the example sets, embedded once (a second or two, in a thread); None when turned off."""
+        spec = self.settings.router
+        if not spec.enabled:
+            return None
+        from shared.embeddings import shared_embedder
+        from shared.intent_router import RouterConfig
+
+        router = IntentRouter(shared_embedder(), RouterConfig(clear_margin=spec.clear_margin,
+                                                              weak_margin=spec.weak_margin, min_score=spec.min_score))
+        log_event(log, "intent router ready", languages=spec.languages)
+        return router
+
     def _site_tools(self) -> SiteTools | None:
         """The ``tools:`` section of topology.yaml for this site (None when ``mode: off``)."""
         spec = self.topology.tools
@@ -120,7 +139,7 @@ class EdgeEngine:
             return None
         llm = self.settings.llm
         kind = "llamacpp" if llm.launch is not None else llm.backend
-        return SiteTools(spec, self.site.name, self.llm, kind, llm.max_tokens, llm.temperature)
+        return SiteTools(spec, self.site.name, self.llm, kind, llm.max_tokens, llm.temperature, router=self.router)
 
     async def stop(self) -> None:
         self.ready = False

@@ -45,3 +45,6 @@ STAGE_COMPUTE = Histogram("xz_edge_stage_compute_seconds", "Time a stage's job (
 BATCH_SIZE = Histogram("xz_edge_batch_size", "Jobs per model call", ["stage"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
 ASR_PREFETCH_SKIPPED = Counter("xz_edge_asr_prefetch_skipped_total",
                                "Speculative transcriptions not started because the ASR queue was deep")
+ANSWER_CHECKS = Counter("xz_edge_answer_checks_total",
+                        "Local answers that failed the output check (shared.answer_check): trimmed or replaced",
+                        ["problem", "action"])

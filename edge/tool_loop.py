@@ -72,6 +72,7 @@ class ToolRun:
     calls: list[CallRecord] = field(default_factory=list)
     apology: str | None = None
     steps: int = 0
+    decided: list[ToolCall] = field(default_factory=list)  # the first round's calls, already decided (router)
 
     async def deltas(self) -> AsyncIterator[str]:
         loop = self.loop
@@ -80,11 +81,14 @@ class ToolRun:
             self.steps = step + 1
             last = not loop.offers_tools(step)
             calls: list[ToolCall] = []
-            async for delta in loop.caller.step(msgs, None if last else self.registry,
-                                                max_tokens=loop.max_tokens, temperature=loop.temperature):
-                if delta.text:
-                    yield delta.text
-                calls += delta.tool_calls
+            if step == 0 and self.decided and not last:
+                calls = list(self.decided)  # no model round: the router and the words chose the call
+            else:
+                async for delta in loop.caller.step(msgs, None if last else self.registry,
+                                                    max_tokens=loop.max_tokens, temperature=loop.temperature):
+                    if delta.text:
+                        yield delta.text
+                    calls += delta.tool_calls
             if not calls:
                 return
             if last:
@@ -127,8 +131,10 @@ class ToolLoop:
             if delta.text:
                 yield delta.text
 
-    def start(self, messages: list[dict[str, Any]], registry: ToolRegistry, ctx: ToolContext) -> ToolRun:
-        return ToolRun(self, messages, registry, ctx)
+    def start(self, messages: list[dict[str, Any]], registry: ToolRegistry, ctx: ToolContext,
+              decided: list[ToolCall] | None = None) -> ToolRun:
+        """One turn's rounds; ``decided``: calls chosen before the loop (run first, then the model answers)."""
+        return ToolRun(self, messages, registry, ctx, decided=list(decided or []))
 
     async def execute(self, calls: list[ToolCall], registry: ToolRegistry, ctx: ToolContext,
                       records: list[CallRecord] | None = None) -> list[ToolResult]:

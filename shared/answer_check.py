@@ -91,8 +91,9 @@ def check_answer(question: str, answer: str, language: str | None = None) -> Ans
     if foreign:
         sentence, got = foreign[0]
         return AnswerVerdict("foreign_language", f"{got} sentence {sentence[:60]!r} in a {lang} answer", lang, kept)
-    if _is_echo(question, answer):
+    greeting = bool(_GREETING_REQUEST.search(question))  # "Hello there." -> "Hello there!" is a fine answer
+    if not greeting and _is_echo(question, answer):
         return AnswerVerdict("echo", "the answer repeats the question", lang, kept)
-    if not _GREETING_REQUEST.search(question) and not _FILLER.sub("", answer).strip():
+    if not greeting and not _FILLER.sub("", answer).strip():
         return AnswerVerdict("greeting_only", "only openings and fillers", lang, kept)
     return AnswerVerdict(None, "", lang, kept)

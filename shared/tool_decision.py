@@ -116,13 +116,23 @@ _YES_PHRASES = re.compile(r"\b(go ahead|do it|of course|please do|sounds good|go
 _WORDS = re.compile(r"[a-z']+")
 
 
+def _declines(text: str) -> bool:
+    return bool(set(_WORDS.findall(text)) & _NO or _NO_PHRASES.search(text))
+
+
 def is_yes(answer: str) -> bool:
     """Does the follow-up turn confirm? "yes", "sure, go ahead" do; "no", "never mind", anything else does not."""
     text = answer.lower().replace("’", "'")
-    words = set(_WORDS.findall(text))
-    if words & _NO or _NO_PHRASES.search(text):
+    if _declines(text):
         return False
-    return bool(words & _YES or _YES_PHRASES.search(text))
+    return bool(set(_WORDS.findall(text)) & _YES or _YES_PHRASES.search(text))
+
+
+def is_no(answer: str) -> bool:
+    """A short refusal ("no", "no thanks", "never mind"): the question is answered. A longer turn that says
+    no somewhere ("no, what time is it?") is a new request and is answered as one."""
+    text = answer.lower().replace("’", "'")
+    return _declines(text) and len(_WORDS.findall(text)) <= 4
 
 
 @dataclass

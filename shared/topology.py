@@ -356,6 +356,19 @@ class TraceSpec(_Model):
     store_text: bool = True  # false: the user's words are not written (lengths and the other features are)
 
 
+class RouterSpec(_Model):
+    """The embedding router (MiniLM on onnxruntime, shared.intent_router): one embedding per turn says whether a
+    tool is wanted (and asks first before an unsure state change) and the request's intent class (a policy
+    feature). ``enabled: false`` falls back to the word gate (shared.tool_intent) and no intent."""
+
+    enabled: bool = True
+    languages: list[str] = ["en"]  # its example sets are English; other turns offer all tools to the cloud's model
+    clear_margin: float = Field(0.10, ge=0, le=1)  # best tool minus best chat match: a clear decision
+    weak_margin: float = Field(0.0, ge=-1, le=1)  # below this the turn is chat
+    min_score: float = Field(0.40, ge=0, le=1)  # a best tool match below this is chat
+    confirm_ttl_s: float = Field(30, gt=0)  # a yes later than this after "Set the light to blue?" is no answer
+
+
 class EdgeSettings(_Model):
     public_url: str = ""
     auth: AuthSpec = AuthSpec()
@@ -367,6 +380,7 @@ class EdgeSettings(_Model):
     tts: TtsSpec
     escalation: EscalationSpec = EscalationSpec()
     trace: TraceSpec = TraceSpec()
+    router: RouterSpec = RouterSpec()
 
 
 # ---------------------------------------------------------------- tools

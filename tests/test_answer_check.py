@@ -33,6 +33,7 @@ def test_a_french_opening_to_an_english_question_is_caught():
     ("Hello!", "Hello! How can I help you?"),
     ("How are you?", "I'm doing well, thank you!"),
     ("现在几点了？", "现在是下午三点。"),
+    ("Hello there.", "Hello there!"),  # a greeting greeted back is no echo
 ])
 def test_right_answers_pass(question, answer):
     assert check_answer(question, answer).ok

@@ -293,6 +293,7 @@ class DeviceSession:
         """Run ``start`` as this session's only turn (a running one is cancelled first)."""
         await self.cancel_turn("new-turn")
         start.history = self.conversation.window()
+        start.pending, self.conversation.pending = self.conversation.pending, None  # asked once, answered once
         start.mcp = self.mcp
         self.turn_task = asyncio.create_task(self._turn(start), name=f"turn-{start.turn_id}")
 
@@ -306,6 +307,7 @@ class DeviceSession:
     async def _turn(self, start: TurnStart) -> None:
         starts = self.output.tts_starts
         result = await self.engine.run_turn(start, self.output)  # never raises: the pipeline owns failures
+        self.conversation.pending = result.pending
         if result.outcome == "ok":
             self.conversation.add(result.user_text, result.reply_text)
         if self.output.tts_starts == starts and self.mode == "auto" and not self.ws.closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 
 class Conversation:
@@ -10,6 +11,7 @@ class Conversation:
 
     def __init__(self, turns: int):
         self._turns: deque[tuple[str, str]] = deque(maxlen=max(turns, 0))
+        self.pending: Any = None  # a tool call asked about ("Set the light to blue?"), for the next turn only
 
     def add(self, user: str, reply: str) -> None:
         if user and self._turns.maxlen:

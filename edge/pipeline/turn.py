@@ -52,6 +52,7 @@ class TurnStart:
     speech_end_ms: float = 0.0
     history: list[dict] = field(default_factory=list)  # the conversation's window, oldest first
     mcp: "McpClient | None" = None
+    pending: Any = None  # a tool call the previous turn asked about (shared.tool_decision.PendingCall)
 
     @staticmethod
     def new_id() -> str:
@@ -66,6 +67,7 @@ class TurnResult:
     timings_ms: dict[str, float]
     outcome: Outcome = "ok"
     reason: str = ""
+    pending: Any = None  # this turn asked "Set the light to blue?": the call waits for the next turn's yes
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Phrases:
     no_answer: str = "Sorry, I didn't catch that."
     thinking: str = "One moment, let me think."
     error: str = "Sorry, something went wrong."
+    declined: str = "Okay, I won't."  # a "no" to a tool confirmation question
+    unknown: str = "Sorry, I don't know that one."  # a local answer failed its check and the cloud is not there
 
 
 def turn_messages(system_prompt: str, history: list[dict], user_text: str) -> list[dict]:
@@ -93,6 +97,7 @@ class Heard(Protocol):
 class RouteLike(Protocol):
     source: str
     reason: str
+    pending: Any
 
 
 class UnderstandingStage(Protocol):
@@ -151,6 +156,7 @@ class TurnPipeline:
                 answer = self.greeting()
             else:
                 route = await self.deciding.run(start, heard, self.messages(start, heard.text), events)
+                result.pending = route.pending
                 answer = self.answering.source(route, start)
             result.reason = answer.reason
             result.reply_text = await self.speaking.run(answer, out, events)

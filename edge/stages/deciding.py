@@ -1,17 +1,24 @@
-"""Deciding: where a turn is answered (the local model or the cloud), as the escalation policy says.
+"""Deciding: how a turn is answered (the local model, its tools, the cloud, or a fixed phrase), as the policy says.
 
-The policy (a revision from NATS KV, or the built-in default) looks at the
-turn's features: its text and language, whether it needs tools
-(:mod:`shared.tool_intent`), the edge's load, whether the cloud is healthy, and
-(when a rule asks) the local model's confidence on its first tokens. That probe
-is a started local answer, handed on in the :class:`Route` so no token is
-generated twice. A turn the policy would escalate while the cloud link is known
-to be down is answered locally at once.
+One embedding per turn (the router, :mod:`shared.intent_router`, off the event
+loop) gives the request's intent class and whether it wants a tool. The policy
+(a revision from NATS KV, or the built-in default) then looks at the turn's
+features: its text, language and intent, whether it needs tools, the edge's load,
+whether the cloud is healthy, and (when a rule asks) the local model's confidence
+on its first tokens. That probe is a started local answer, handed on in the
+:class:`Route` so no token is generated twice. A turn the policy would escalate
+while the cloud link is known to be down is answered locally at once.
+
+Tool turns kept local are decided here too (:mod:`shared.routed_tools`): call
+now, or ask first ("Set the light to blue?") and keep the call pending for the
+next turn's yes; a turn scored as chat never calls anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import json
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 from edge.cloud_link import CloudLink
@@ -21,8 +28,12 @@ from edge.pipeline.turn import TurnStart
 from edge.stages.answering.local import LocalAnswer
 from edge.stages.understanding import Heard
 from edge.tools.site import SiteTools, TurnTools
+from shared.intent_router import IntentRouter, RouteDecision
 from shared.policy import Decision, PolicyState, Settings, TurnFeatures, local_language
-from shared.topology import EscalationSpec
+from shared.tool_calling import llm_name
+from shared.tool_decision import PendingCall, is_no
+from shared.topology import EscalationSpec, RouterSpec
+from shared.wire import ToolCall, new_id
 
 
 @dataclass
@@ -34,13 +45,18 @@ class Route:
     messages: list[dict]
     tools: TurnTools | None = None
     probe: LocalAnswer | None = None  # the confidence probe's started local answer
+    phrase: str | None = None  # say this fixed (cached) phrase and nothing else
+    calls: list[ToolCall] = field(default_factory=list)  # tool calls decided before any model round
+    pending: PendingCall | None = None  # a call waiting for the next turn's yes (the phrase asks)
+    language: str = "en"
 
 
 class Deciding:
     def __init__(self, spec: EscalationSpec, cloud: CloudLink, probe: Callable[[list[dict]], LocalAnswer],
                  tools: SiteTools | None = None, queue_depth: Callable[[], int] = lambda: 0,
                  active_turns: Callable[[], int] = lambda: 0, local_available: Callable[[], bool] = lambda: True,
-                 local_languages: Sequence[str] = ("en",)):
+                 local_languages: Sequence[str] = ("en",), router: IntentRouter | None = None,
+                 router_spec: RouterSpec = RouterSpec(), declined: str = "Okay, I won't."):
         self.spec = spec
         self.local_languages = tuple(local_languages)  # what the local model answers in (edge.llm.languages)
         self.local_available = local_available  # the local model serves (not crashed, restarting or failing)
@@ -49,18 +65,27 @@ class Deciding:
         self.tools = tools
         self.queue_depth = queue_depth
         self.active_turns = active_turns
+        self.router = router
+        self.router_spec = router_spec
+        self.declined = declined  # said to a "no" after a confirmation question
         self.state = PolicyState()
 
     async def run(self, start: TurnStart, heard: Heard, messages: list[dict], events: TurnEvents) -> Route:
         snapshot = self.cloud.policy()  # the turn keeps this revision to its end
         settings = snapshot.policy.settings
-        tools = self.tools.for_turn(start, heard.text) if self.tools is not None else None
+        language = heard.language or "en"
         healthy = self.cloud.healthy(settings.model_class)
-        features = TurnFeatures.from_text(
-            heard.text, language=heard.language or "en", queue_depth=self.queue_depth(),
-            active_turns=self.active_turns(), cloud_healthy=healthy, needs_tools=tools is not None,
-            local_available=self.local_available(),
-            local_language=local_language(heard.language, self.local_languages))
+        base = dict(language=language, queue_depth=self.queue_depth(), active_turns=self.active_turns(),
+                    cloud_healthy=healthy, local_available=self.local_available(),
+                    local_language=local_language(heard.language, self.local_languages))
+        if start.pending is not None and not start.pending.expired():
+            answered = self._answer_to_question(start, heard, messages, settings, snapshot.revision, base, events)
+            if answered is not None:
+                return answered
+        routed = await self._route(heard.text, language, start)
+        tools = self._tools(start, heard, language, routed)
+        features = TurnFeatures.from_text(heard.text, needs_tools=tools is not None,
+                                          intent=routed.intent if routed else None, **base)
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
         if decision.needs_confidence:
@@ -72,13 +97,66 @@ class Deciding:
                 features.local_confidence = 0.0
             decision = snapshot.evaluate(features, self.state)
         reason = f"{decision.rule}: {decision.reason}"
-        source: Literal["edge", "cloud"] = "edge"
-        if decision.escalate:
+        route = Route("edge", reason, decision, settings, messages, tools, probe, language=language)
+        if decision.phrase is not None:
+            route.phrase, route.tools = decision.phrase, None
+        elif decision.escalate:
             if healthy and self.cloud.client is not None:
-                source = "cloud"
+                route.source = "cloud"
             else:
-                reason += "; cloud link down, answered locally"
-        events.emit(Decided(source=source, rule=decision.rule, reason=reason, revision=decision.revision,
+                route.reason += "; cloud link down, answered locally"
+        if route.source == "edge" and route.tools is not None and routed is not None:
+            await self._decide_tool(route, routed)
+        events.emit(Decided(source=route.source, rule=decision.rule, reason=route.reason, revision=decision.revision,
                             features=features, decision=decision,
-                            tools=tuple(tools.registry.names()) if tools else None))
-        return Route(source, reason, decision, settings, messages, tools, probe)
+                            tools=tuple(route.tools.registry.names()) if route.tools else None))
+        return route
+
+    async def _route(self, text: str, language: str, start: TurnStart) -> RouteDecision | None:
+        """The router's decision (one embedding, in a thread); None without a router or in another language."""
+        if self.router is None or language.split("-")[0] not in self.router_spec.languages:
+            return None
+        registry = self.tools.registry_for(start) if self.tools is not None else None
+        return await asyncio.to_thread(self.router.route, text, registry)
+
+    def _tools(self, start: TurnStart, heard: Heard, language: str, routed: RouteDecision | None) -> TurnTools | None:
+        if self.tools is None:
+            return None
+        if self.router is not None and routed is None:  # a language the router does not know: the cloud decides
+            return self.tools.offered(start)
+        return self.tools.for_turn(start, heard.text, routed)
+
+    async def _decide_tool(self, route: Route, routed: RouteDecision) -> None:
+        """A local tool turn: call now, ask first, or no tool after all (shared.tool_decision's rule)."""
+        routed_caller = self.tools.routed if self.tools is not None else None
+        if route.tools is None or routed_caller is None:  # a native tool caller decides in its own model rounds
+            return
+        turn = await routed_caller.decide(route.messages, route.tools.registry, route=routed)
+        route.reason += f"; tool {turn.outcome}: {turn.reason}"
+        if turn.outcome == "answer":
+            route.tools = None
+        elif turn.outcome == "call" and turn.call is not None:
+            route.calls = [turn.call]
+        elif turn.pending is not None:
+            turn.pending.ttl_s = self.router_spec.confirm_ttl_s
+            route.phrase, route.pending, route.tools = turn.question, turn.pending, None
+
+    def _answer_to_question(self, start: TurnStart, heard: Heard, messages: list[dict], settings: Settings,
+                            revision: int, base: dict, events: TurnEvents) -> Route | None:
+        """The turn after "Set the light to blue?": yes makes the call, a short no is acknowledged, anything
+        else is a new request (None: decide it as usual)."""
+        pending = start.pending
+        assert pending is not None
+        if pending.resolve(heard.text) and self.tools is not None:
+            call = ToolCall(new_id(), llm_name(pending.tool), json.dumps(pending.arguments))
+            route = Route("edge", f"confirmed: {pending.question}", Decision(False, "confirmed", "yes", revision),
+                          settings, messages, self.tools.offered(start), calls=[call], language=base["language"])
+        elif is_no(heard.text):
+            route = Route("edge", f"declined: {pending.question}", Decision(False, "declined", "no", revision),
+                          settings, messages, phrase=self.declined, language=base["language"])
+        else:
+            return None
+        events.emit(Decided(source="edge", rule=route.decision.rule, reason=route.reason, revision=revision,
+                            features=TurnFeatures.from_text(heard.text, **base), decision=route.decision,
+                            tools=(pending.tool,) if route.calls else None))
+        return route

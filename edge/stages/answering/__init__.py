@@ -4,33 +4,37 @@
     tools.py      the local tool loop (``LocalToolRounds``)
     cloud.py      the cloud stream, its tool rounds and its local finish (``CloudAnswer``)
     fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``)
-    phrase.py     a fixed, cached phrase (``PhraseAnswer``)
+    phrase.py     a fixed, cached phrase (``PhraseAnswer``): policy phrases, confirmation questions
+    checked.py    the local model's first sentence checked before it is spoken (``CheckedAnswer``)
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from edge import metrics
 from edge.cloud_link import CloudLink
 from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
+from edge.stages.answering.checked import CheckedAnswer
 from edge.stages.answering.cloud import CloudAnswer
 from edge.stages.answering.fallback import WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
+from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.answering.tools import LocalToolRounds
 from edge.stages.deciding import Route
 from edge.tools.site import TurnTools
 from shared.chat import ChatClient
 from shared.tool_calling import tool_examples
 from shared.topology import EscalationSpec, LlmSpec
-from shared.wire import EscalationRequest, epoch_ms
+from shared.wire import EscalationRequest, ToolCall, epoch_ms
 
 
 class Answering:
     def __init__(self, llm: ChatClient, llm_spec: LlmSpec, spec: EscalationSpec, cloud: CloudLink,
-                 health: LocalHealth | None = None):
+                 health: LocalHealth | None = None, cannot_answer: str = "Sorry, I don't know that one."):
         self.llm = llm
+        self.cannot_answer = cannot_answer  # said when a local answer fails the check and the cloud is not there
         self.llm_spec = llm_spec
         self.spec = spec
         self.cloud = cloud
@@ -42,30 +46,52 @@ class Answering:
         """A local answer asked for log-probabilities (the deciding stage's confidence probe)."""
         return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health, logprobs=True)
 
-    def local(self, messages: list[dict], tools: TurnTools | None = None, reason: str = "") -> AnswerSource:
+    def local(self, messages: list[dict], tools: TurnTools | None = None, reason: str = "",
+              calls: list[ToolCall] | None = None) -> AnswerSource:
         if tools is not None:
-            return LocalToolRounds(tools, messages, stall_s=self.stall_s, health=self.health, reason=reason)
+            return LocalToolRounds(tools, messages, stall_s=self.stall_s, health=self.health, reason=reason,
+                                   decided=calls)
         return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health, reason=reason)
 
     def source(self, route: Route, start: TurnStart) -> AnswerSource:
+        if route.phrase is not None:
+            return PhraseAnswer(route.phrase, route.reason)
         if route.source != "cloud" or self.cloud.client is None:
             if route.probe is not None:
                 route.probe.reason = route.reason
-                return route.probe
-            return self.local(route.messages, route.tools, route.reason)
+                local = route.probe
+            else:
+                local = self.local(route.messages, route.tools, route.reason, route.calls)
+            if route.tools is not None:  # tool results are the device's own words: not checked
+                return local
+            return CheckedAnswer(local, route.messages[-1]["content"], route.language,
+                                 lambda: self._replacement(route, start))
+        return self._escalated(route, start, lambda: route.probe or self.local(route.messages, route.tools))
+
+    def _escalated(self, route: Route, start: TurnStart, fallback: Callable[[], AnswerSource],
+                   reason: str | None = None) -> AnswerSource:
+        """The cloud's answer, with the lead-in phrase while waiting and ``fallback`` if it fails."""
         decision, settings, tools = route.decision, route.settings, route.tools
-        metrics.ESCALATIONS.labels(reason=decision.rule).inc()
+        reason = reason or decision.rule
+        metrics.ESCALATIONS.labels(reason=reason).inc()
         request = EscalationRequest(
-            turn_id=start.turn_id, device_id=start.device_id, messages=route.messages, reason=decision.rule,
+            turn_id=start.turn_id, device_id=start.device_id, messages=route.messages, reason=reason,
             policy_revision=decision.revision, deadline=epoch_ms() + self.spec.deadline_ms,
             max_tokens=self.spec.max_tokens, temperature=self.llm_spec.temperature,
             tools=tools.registry.llm_tools() if tools else [],
             tool_examples=tool_examples(tools.registry) if tools else {})
+        assert self.cloud.client is not None
         cloud = CloudAnswer(self.cloud.client, request, settings, self.spec.deadline_ms, tools,
                             lambda msgs: self._finish(msgs, tools))
-        return WithFallback(cloud, lambda: route.probe or self.local(route.messages, tools),
-                            settings.let_me_think_phrase if settings.let_me_think else None, self.lead_in_s,
-                            route.reason, probe=route.probe)
+        return WithFallback(cloud, fallback, settings.let_me_think_phrase if settings.let_me_think else None,
+                            self.lead_in_s, route.reason, probe=route.probe)
+
+    def _replacement(self, route: Route, start: TurnStart) -> AnswerSource:
+        """For a local answer that failed the check: the cloud when it is healthy, else an honest phrase."""
+        phrase = lambda: PhraseAnswer(self.cannot_answer, f"{route.reason}; answer check")  # noqa: E731
+        if self.cloud.client is None or not self.cloud.healthy(route.settings.model_class):
+            return phrase()
+        return self._escalated(route, start, phrase, reason="answer-check")
 
     def _finish(self, messages: list[dict], tools: TurnTools | None) -> AsyncIterator[str]:
         """The local model's text for ``messages``, offering no tools (it finishes what the cloud began)."""

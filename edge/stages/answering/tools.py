@@ -6,15 +6,16 @@ from typing import AsyncIterator
 
 from edge.stages.answering.local import LocalHealth, guarded
 from edge.tools.site import TurnTools
+from shared.wire import ToolCall
 
 
 class LocalToolRounds:
     answered_by = "edge"
 
     def __init__(self, tools: TurnTools, messages: list[dict], *, stall_s: float, health: LocalHealth | None = None,
-                 reason: str = ""):
+                 reason: str = "", decided: list[ToolCall] | None = None):
         self.reason = reason
-        run = tools.loop.start(messages, tools.registry, tools.ctx)
+        run = tools.loop.start(messages, tools.registry, tools.ctx, decided)
         # a device tool may take its whole timeout between two model outputs
         self._deltas = guarded(run.deltas(), stall_s + tools.loop.call_timeout_s, "local tool loop", health)
 
