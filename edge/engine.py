@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import fields
+import os
+from dataclasses import asdict, fields
 
 from edge import metrics
+from edge.admission import AdmissionControl, CountedChat, InflightCounter
 from edge.asr import AsrService
 from edge.cloud_link import CloudLink
 from edge.pipeline.observers import Observer, TraceObserver
@@ -30,12 +32,14 @@ from edge.stages.deciding import Deciding
 from edge.stages.listening import Listening
 from edge.stages.speaking import Speaking
 from edge.stages.understanding import Understanding
+from edge.threads import apply_budget, thread_budget
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.vad import VadService
 from shared.chat import ChatClient, build_chat_client
 from shared.log import log_event
 from shared.nats_conn import connect_nats, redact_url
+from shared.tiers import pinned_tier
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
@@ -45,7 +49,8 @@ NATS_RETRY_S = 2.0
 
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
                    tools: SiteTools | None = None, health: LocalHealth | None = None,
-                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: []) -> TurnPipeline:
+                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
+                   admission: AdmissionControl | None = None) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
     answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
@@ -54,7 +59,7 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
-        observers=observers)
+        observers=observers, admission=admission)
     return pipeline
 
 
@@ -65,15 +70,24 @@ class EdgeEngine:
         self.topology = topology
         self.site = topology.site(site_name)
         self.edge_id = edge_name or self.site.edges[0].name
-        self.settings = topology.edge
+        host = next((e for e in self.site.edges if e.name == self.edge_id), self.site.edges[0])
+        tier = pinned_tier(dict(os.environ), host.tier, self.site.tier)
+        self.tier = tier.name if tier else None
+        self.settings, self.threads = apply_budget(topology.edge, thread_budget(topology.edge.threads, self.tier))
         self.ready = False
         self.phrases = Phrases()
-        self.vad = VadService(self.settings.vad)
+        self.vad = VadService(self.settings.vad, threads=self.threads.vad)
         self.asr = AsrService(self.settings.asr)
-        self.tts = TtsService(self.settings.tts, self.settings.audio)
+        self.tts = TtsService(self.settings.tts, self.settings.audio, threads=self.threads.tts)
         self.cloud = CloudLink()
         self.llm_health = LocalHealth()
         self.llm: ChatClient | None = None
+        self.sessions: set = set()  # open device sessions (the server keeps them here; admission counts them)
+        self.llm_inflight = InflightCounter()  # local generations streaming now
+        self.admission = AdmissionControl.for_edge(
+            host.capacity, self.settings.admission, self.asr, lambda: self.pipeline.active if self.pipeline else 0,
+            lambda: len(self.sessions), self.llm_inflight, self._cloud_healthy,
+        ) if self.settings.admission.enabled else None
         self.tools: SiteTools | None = None
         self.pipeline: TurnPipeline | None = None
         self.nc = None
@@ -85,6 +99,7 @@ class EdgeEngine:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        log_event(log, "thread budget", tier=self.tier or "auto", **self.threads.as_dict())
         spec = self.settings.llm
         if spec.launch is not None:
             from shared.llama_server import LlamaServer
@@ -92,7 +107,7 @@ class EdgeEngine:
             self._llama = LlamaServer.for_url(spec.launch, spec.url, alias=spec.model)
         await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
                              *([self._llama.start()] if self._llama else []))
-        self.llm = build_chat_client(spec)
+        self.llm = CountedChat(build_chat_client(spec), self.llm_inflight)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)])
         esc = self.settings.escalation
         if self.settings.trace.path:
@@ -105,11 +120,12 @@ class EdgeEngine:
         self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
                                        health=self.llm_health, queue_depth=lambda: self.asr.queue_depth,
                                        local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
-                                       observers=self._observers)
+                                       observers=self._observers, admission=self.admission)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True
-        log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id)
+        log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id,
+                  admission=asdict(self.admission.limits) if self.admission else "off")
 
     def _observers(self, start: TurnStart) -> list[Observer]:
         return [TraceObserver(self._trace, start.device_id)] if self._trace is not None else []
@@ -171,6 +187,10 @@ class EdgeEngine:
         log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 
     # ------------------------------------------------------------ serving
+    def _cloud_healthy(self) -> bool:
+        """Worth escalating to for load: the link is up and a worker of the policy's class has room."""
+        return self.cloud.healthy(self.cloud.policy().policy.settings.model_class)
+
     def llm_process_alive(self) -> bool:
         """The launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
         if self._llama is None:
@@ -202,6 +222,7 @@ class EdgeEngine:
             "edge": self.edge_id,
             "cloud_link": parts["cloud_link"],
             "active_turns": self.pipeline.active if self.pipeline else 0,
+            **({"load": self.admission.snapshot()} if self.admission else {}),
             "policy_revision": snapshot.revision if snapshot else None,
             **({"llm_error": self.llm_health.error} if not self.llm_health.ok else {}),
         }

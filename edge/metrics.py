@@ -37,6 +37,11 @@ TOOL_LATENCY = Histogram("xz_edge_tool_latency_seconds", "Time to run one tool c
 ADMISSION = Counter("xz_edge_admission_total",
                     "Admission decisions: admit, escalate (for load), busy (shed), redirected_device (OTA)",
                     ["verdict"])
+SHED_TURNS = Counter("xz_edge_shed_turns_total",
+                     "Turns answered with the busy phrase because the edge was full, by the limit that refused",
+                     ["limit"])
+LOAD_ESCALATIONS = Counter("xz_edge_load_escalations_total",
+                           "Turns sent to the cloud while the edge was past its admission limits")
 # Queue wait vs compute per stage (vad, asr, llm, tts): the load benchmark's waterfall.
 STAGE_QUEUE_WAIT = Histogram("xz_edge_stage_queue_wait_seconds", "Time a stage's job waited before running",
                              ["stage"], buckets=_LATENCY_BUCKETS)

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from edge.admission import AdmissionControl, InflightCounter, Limits, Load, Verdict, ota_chooser_with_load
 from shared.discovery import StaticDiscovery
-from shared.topology import load_topology
+from shared.topology import AdmissionSpec, load_topology
 
 
 def admissions(verdict: str) -> float:
@@ -28,6 +28,8 @@ def test_limits_follow_the_topology_capacity():
     small, big = Limits.for_capacity(50), Limits.for_capacity(150)
     assert big.max_devices == 150 and small.max_devices == 50
     assert big.max_active_turns > small.max_active_turns and big.max_llm_inflight >= small.max_llm_inflight
+    pinned = Limits.for_capacity(150, spec=AdmissionSpec(max_active_turns=3, max_llm_inflight=1))
+    assert (pinned.max_active_turns, pinned.max_llm_inflight, pinned.max_asr_queue) == (3, 1, big.max_asr_queue)
 
 
 def test_under_the_limits_every_turn_is_admitted():
@@ -104,7 +106,8 @@ async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm)
     """The live load comes from the edge itself: the ASR queue, the turns gauge, sessions, the LLM counter."""
     llm = InflightCounter()
     sessions = {"n": 0}
-    control = AdmissionControl.for_edge(150, asr_service, lambda: sessions["n"], llm, lambda: False)
+    control = AdmissionControl.for_edge(150, AdmissionSpec(), asr_service, lambda: 0, lambda: sessions["n"], llm,
+                                        lambda: False)
     assert control.limits == Limits.for_capacity(150, asr_service.max_batch)
     assert control.decide().admitted
     with llm.track(), llm.track(), llm.track(), llm.track(), llm.track(), llm.track():

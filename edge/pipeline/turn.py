@@ -4,6 +4,10 @@
     (speech/      transcript,      policy,      AnswerSource  sentences,
      wake/text)   stt message      Route        (text stream) TTS, playback
 
+Before the stages, admission control (:mod:`edge.admission`) may shed a speech or text
+turn while the edge is full: the cached busy phrase and ``tts stop`` instead of an answer
+(outcome ``shed``), or mark it ``over_capacity`` for the policy (which escalates it).
+
 A turn is one asyncio task (the session's): cancelling it (barge-in, abort, a new
 turn, disconnect) cancels every stage at once, and the speaking stage still sends
 its ``tts stop``. Whatever fails inside a turn (ASR, the local model crashing or
@@ -23,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
 
 import numpy as np
 
+from edge.admission import AdmissionControl, Verdict
 from edge.pipeline.errors import as_stage_error
-from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnStarted
+from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
 from edge.pipeline.ports import AnswerSource, DeviceOutput
 from shared.log import log_event, monotonic_ms, turn_id_var
@@ -52,6 +57,7 @@ class TurnStart:
     speech_end_ms: float = 0.0
     history: list[dict] = field(default_factory=list)  # the conversation's window, oldest first
     mcp: "McpClient | None" = None
+    over_capacity: bool = False  # set by admission: the edge was past its limits (a policy feature)
 
     @staticmethod
     def new_id() -> str:
@@ -76,6 +82,7 @@ class Phrases:
     no_answer: str = "Sorry, I didn't catch that."
     thinking: str = "One moment, let me think."
     error: str = "Sorry, something went wrong."
+    busy: str = "I'm busy, one moment, please ask again."  # admission shed the turn (one clause: one cached clip)
 
 
 # ---------------------------------------------------------------- the stages, as the turn sees them
@@ -112,7 +119,8 @@ class TurnPipeline:
 
     def __init__(self, understanding: UnderstandingStage, deciding: DecidingStage, answering: AnsweringStage,
                  speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[], AnswerSource],
-                 system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: []):
+                 system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: [],
+                 admission: AdmissionControl | None = None):
         self.understanding = understanding
         self.deciding = deciding
         self.answering = answering
@@ -121,6 +129,7 @@ class TurnPipeline:
         self.greeting = greeting
         self.system_prompt = system_prompt
         self.observers = observers
+        self.admission = admission  # None: every turn is admitted
         self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
 
     def messages(self, start: TurnStart, user_text: str) -> list[dict]:
@@ -137,6 +146,12 @@ class TurnPipeline:
         answer: AnswerSource | None = None
         self.active += 1
         try:
+            if start.kind != "wake" and self.admission is not None:  # a greeting is a cached phrase: always served
+                admission = self.admission.decide(start.transcript)
+                if admission.verdict is Verdict.BUSY:
+                    await self._shed(start, out, events, admission.limit, admission.reason, result)
+                    return result
+                start.over_capacity = admission.verdict is Verdict.ESCALATE
             heard = await self.understanding.run(start, out, events)
             result.user_text = heard.text
             if not heard.text:
@@ -170,6 +185,15 @@ class TurnPipeline:
             result.timings_ms = events.timings_ms()
             events.emit(TurnEnded(outcome=result.outcome, answered_by=result.answered_by, reason=result.reason,
                                   user_text=result.user_text, reply_text=result.reply_text))
+
+    async def _shed(self, start: TurnStart, out: DeviceOutput, events: TurnEvents, limit: str, reason: str,
+                    result: TurnResult) -> None:
+        """The busy phrase (cached) and ``tts stop`` at once; the turn's queued ASR job is dropped."""
+        if start.transcript is not None and hasattr(start.transcript, "cancel"):
+            start.transcript.cancel()  # still waiting in the ASR queue: skipped (one already running finishes)
+        events.emit(TurnShed(limit=limit, reason=reason))
+        result.outcome, result.reason, result.answered_by = "shed", f"edge full: {reason}", "cache"
+        result.reply_text = await self.speaking.say(self.phrases.busy, out, events)
 
     async def _apologize(self, out: DeviceOutput, events: TurnEvents) -> None:
         """The cached apology, bounded in time; speaking sends its tts stop even if this fails."""

@@ -59,7 +59,7 @@ class Deciding:
         features = TurnFeatures.from_text(
             heard.text, language=heard.language or "en", queue_depth=self.queue_depth(),
             active_turns=self.active_turns(), cloud_healthy=healthy, needs_tools=tools is not None,
-            local_available=self.local_available(),
+            local_available=self.local_available(), over_capacity=start.over_capacity,
             local_language=local_language(heard.language, self.local_languages))
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
