@@ -144,14 +144,14 @@ class TurnPipeline:
         events.emit(TurnStarted(kind=start.kind, origin_ms=start.speech_end_ms or monotonic_ms()))
         result = TurnResult("", "", "none", {}, "ok")
         answer: AnswerSource | None = None
+        # Decided before this turn counts as active; a greeting is a cached phrase: always served.
+        admission = self.admission.decide(start.transcript) if start.kind != "wake" and self.admission else None
         self.active += 1
         try:
-            if start.kind != "wake" and self.admission is not None:  # a greeting is a cached phrase: always served
-                admission = self.admission.decide(start.transcript)
-                if admission.verdict is Verdict.BUSY:
-                    await self._shed(start, out, events, admission.limit, admission.reason, result)
-                    return result
-                start.over_capacity = admission.verdict is Verdict.ESCALATE
+            if admission is not None and admission.verdict is Verdict.BUSY:
+                await self._shed(start, out, events, admission.limit, admission.reason, result)
+                return result
+            start.over_capacity = admission is not None and admission.verdict is Verdict.ESCALATE
             heard = await self.understanding.run(start, out, events)
             result.user_text = heard.text
             if not heard.text:
