@@ -48,5 +48,8 @@ STAGE_QUEUE_WAIT = Histogram("xz_edge_stage_queue_wait_seconds", "Time a stage's
 STAGE_COMPUTE = Histogram("xz_edge_stage_compute_seconds", "Time a stage's job (or batch) ran", ["stage"],
                           buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("xz_edge_batch_size", "Jobs per model call", ["stage"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
+LOOP_LAG = Histogram("xz_edge_event_loop_lag_seconds",
+                     "How late the event loop ran a timer (anything blocking it delays /health and every session)",
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 ASR_PREFETCH_SKIPPED = Counter("xz_edge_asr_prefetch_skipped_total",
                                "Speculative transcriptions not started because the ASR queue was deep")
