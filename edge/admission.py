@@ -10,8 +10,9 @@ past the limits a turn is never silently dropped and never closes the socket:
   ``edge-full`` rule sends it to the cloud (the ASR still runs here), and an operator may change
   that rule;
 * ``busy``     - the local LLM is the bottleneck and the cloud is not healthy, or ASR itself is
-  backed up (the cloud cannot help: the audio must be transcribed here first): the cached busy
-  phrase at once, then ``tts stop`` (shed).
+  backed up (too many clips waiting, or, on a starved CPU, too long a wait for the few that do;
+  the cloud cannot help: the audio must be transcribed here first): the cached busy phrase at
+  once, then ``tts stop`` (shed).
 
 A booting device is sent to another edge with room (the OTA answer, :func:`ota_chooser_with_load`)
 while this one is full; the Consul registration publishes the same verdict (``room``).
@@ -51,6 +52,7 @@ class Load:
     asr_queue: int = 0
     llm_inflight: int = 0  # local LLM generations running or waiting for the (single-slot) server
     devices: int = 0  # open sessions
+    asr_wait_ms: float = 0.0  # what a clip submitted now would wait (the clips ahead x recent time per clip)
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,15 @@ class Limits:
     max_asr_queue: int
     max_llm_inflight: int
     max_devices: int
+    max_asr_wait_ms: float = 1500.0
 
     @classmethod
     def for_capacity(cls, capacity: int, asr_batch: int = 4, spec: AdmissionSpec = AdmissionSpec()) -> "Limits":
         """From the edge's capacity, with any limit ``edge.admission`` pins."""
         return cls(max_active_turns=spec.max_active_turns or max(2, capacity // 5),
                    max_asr_queue=spec.max_asr_queue or max(2, 2 * asr_batch),
-                   max_llm_inflight=spec.max_llm_inflight or max(2, capacity // 25), max_devices=capacity)
+                   max_llm_inflight=spec.max_llm_inflight or max(2, capacity // 25), max_devices=capacity,
+                   max_asr_wait_ms=spec.max_asr_wait_ms)
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Admission:
     verdict: Verdict
     reason: str  # which limit (or "under limits"), for the log
     load: Load
-    limit: str = ""  # the limit that refused: asr_queue | active_turns | local_llm (a metric label)
+    limit: str = ""  # the limit that refused: asr_queue | asr_wait | active_turns | local_llm (a metric label)
 
     @property
     def admitted(self) -> bool:
@@ -136,7 +140,7 @@ class AdmissionControl:
         """Wired to an edge's live numbers: ``asr`` (an AsrService), its turns, open sessions, local LLM counter."""
         def load() -> Load:
             return Load(active_turns=active_turns(), asr_queue=asr.queue_depth, llm_inflight=llm.value,
-                        devices=devices())
+                        devices=devices(), asr_wait_ms=asr.expected_wait_s() * 1000)
 
         return cls(Limits.for_capacity(capacity, asr.max_batch, spec), load, cloud_healthy)
 
@@ -153,6 +157,9 @@ class AdmissionControl:
         elif load.asr_queue >= lim.max_asr_queue:
             # The cloud cannot help: the audio must be transcribed here first.
             out = Admission(Verdict.BUSY, f"asr queue {load.asr_queue} >= {lim.max_asr_queue}", load, "asr_queue")
+        elif load.asr_wait_ms >= lim.max_asr_wait_ms:  # few clips, but a starved CPU: each takes long
+            out = Admission(Verdict.BUSY, f"asr wait {load.asr_wait_ms:.0f} ms >= {lim.max_asr_wait_ms:.0f}", load,
+                            "asr_wait")
         elif load.active_turns >= lim.max_active_turns or load.llm_inflight >= lim.max_llm_inflight:
             if load.active_turns >= lim.max_active_turns:
                 reason, limit = f"active turns {load.active_turns} >= {lim.max_active_turns}", "active_turns"
@@ -168,16 +175,18 @@ class AdmissionControl:
     def snapshot(self) -> dict[str, Any]:
         """Load and limits for ``/health`` (no verdict counted)."""
         load, lim = self._load(), self.limits
-        return {"active_turns": load.active_turns, "asr_queue": load.asr_queue, "llm_inflight": load.llm_inflight,
+        return {"active_turns": load.active_turns, "asr_queue": load.asr_queue,
+                "asr_wait_ms": round(load.asr_wait_ms), "llm_inflight": load.llm_inflight,
                 "devices": load.devices, "room_for_devices": self.has_room_for_device(),
                 "limits": {"active_turns": lim.max_active_turns, "asr_queue": lim.max_asr_queue,
+                           "asr_wait_ms": lim.max_asr_wait_ms,
                            "llm_inflight": lim.max_llm_inflight, "devices": lim.max_devices}}
 
     def has_room_for_device(self) -> bool:
         """False while this edge is at its device capacity or already shedding turns."""
         load, lim = self._load(), self.limits
         return load.devices < lim.max_devices and load.asr_queue < lim.max_asr_queue \
-            and load.active_turns < lim.max_active_turns
+            and load.asr_wait_ms < lim.max_asr_wait_ms and load.active_turns < lim.max_active_turns
 
 
 def ota_chooser_with_load(discovery: Discovery, local_edge: str, admission: AdmissionControl,

@@ -362,6 +362,7 @@ class AdmissionSpec(_Model):
     enabled: bool = True
     max_active_turns: int | None = Field(None, gt=0)  # turns in flight at once
     max_asr_queue: int | None = Field(None, gt=0)  # utterances waiting for ASR
+    max_asr_wait_ms: int = Field(1500, gt=0)  # expected ASR wait (clips ahead x recent time per clip): a starved CPU
     max_llm_inflight: int | None = Field(None, gt=0)  # local LLM generations running or waiting
 
 

@@ -119,6 +119,9 @@ class FakeAsr:
     def should_speculate(self) -> bool:
         return True
 
+    def expected_wait_s(self) -> float:
+        return 0.0
+
     def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
         from edge.asr import Transcript
 

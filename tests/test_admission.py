@@ -59,6 +59,12 @@ def test_a_deep_asr_queue_sheds_even_with_a_healthy_cloud():
     assert decision.verdict is Verdict.BUSY and "asr queue" in decision.reason
 
 
+def test_a_starved_cpu_sheds_on_the_expected_asr_wait_even_with_a_short_queue():
+    decision = control(Load(asr_queue=2, asr_wait_ms=LIMITS.max_asr_wait_ms), cloud=True).decide()
+    assert (decision.verdict, decision.limit) == (Verdict.BUSY, "asr_wait")
+    assert not control(Load(asr_queue=2, asr_wait_ms=LIMITS.max_asr_wait_ms)).has_room_for_device()
+
+
 def test_inflight_counter_counts_and_releases_on_error():
     c = InflightCounter()
     with c.track():
@@ -123,3 +129,5 @@ async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm)
     assert not control.has_room_for_device()
     await asyncio.gather(*tasks, return_exceptions=True)  # past the service's own bound: AsrOverloaded
     assert control.load().asr_queue == 0
+    # the time-based signal: the recent model time per clip, times the clips ahead of a new one
+    assert asr_service.clip_s > 0 and control.load().asr_wait_ms == 0.0

@@ -56,7 +56,7 @@ class TurnStarted(TurnEvent):
 class TurnShed(TurnEvent):
     """Admission refused the turn (the edge is full): the busy phrase instead of an answer."""
 
-    limit: str  # asr_queue | active_turns | local_llm
+    limit: str  # asr_queue | asr_wait | active_turns | local_llm
     reason: str
 
 
