@@ -32,6 +32,7 @@ class StartupError(Exception):
 
 
 async def serve(topology: Topology, site: str | None, host: str, port: int, edge_name: str | None = None) -> int:
+    from edge.admission import ota_chooser_with_load
     from edge.engine import EdgeEngine  # heavy (model libraries): only when serving
     from edge.ota import request_ws_url
     from edge.registration import edge_registration
@@ -40,13 +41,18 @@ async def serve(topology: Topology, site: str | None, host: str, port: int, edge
 
     edge_name = edge_name or topology.site(site).edges[0].name
     engine = EdgeEngine(topology, site, edge_name)
-    # OTA answers each device with the nearest healthy edge that has room (static or Consul)
+    # OTA answers each device with the nearest healthy edge that has room (static or Consul); while this
+    # edge is full (admission control), booting devices go to another edge with room
     discovery = make_discovery(topology)
     local_url = (lambda request: topology.edge.public_url) if topology.edge.public_url else request_ws_url
-    app = create_app(topology, site, engine, choose_edge=ota_chooser(discovery, edge_name, local_url))
+    admission = engine.admission
+    chooser = (ota_chooser_with_load(discovery, edge_name, admission, local_url) if admission is not None
+               else ota_chooser(discovery, edge_name, local_url))
+    app = create_app(topology, site, engine, choose_edge=chooser)
     sessions = app[SESSIONS_KEY]
     # discovery (Consul) learns about this edge only once it can serve; a no-op with static discovery
-    registration = edge_registration(topology, lambda: len(sessions), site, edge_name)
+    registration = edge_registration(topology, lambda: len(sessions), site, edge_name,
+                                     has_room=admission.has_room_for_device if admission is not None else None)
     registered = False
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             raise TopologyError([f"--edge {args.edge}: no such edge (have: {', '.join(e.name for e in edges)})"])
         tier = pinned_tier(dict(os.environ), edge.tier, topology.site(args.site).tier)
         if tier is not None:  # the tier's model settings, under any explicit XZ_CFG__ override
-            topology = load_topology(args.config, {**tier.overrides(os.cpu_count() or 1), **os.environ})
+            topology = load_topology(args.config, {**tier.overrides(), **os.environ})
             log_event(log, "model tier applied", tier=tier.name)
     except UnknownTier as exc:
         print(f"edge: bad configuration: {exc}", file=sys.stderr)

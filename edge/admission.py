@@ -1,18 +1,21 @@
 """Admission control: may this edge take one more turn (or one more device) now?
 
-The edge knows its capacity (``edges[].capacity`` in topology.yaml: devices it is sized for)
-and its live load (turns in flight, utterances waiting for ASR, local LLM generations). Past
-its limits a new turn is never silently dropped and never closes the socket:
+The edge knows its capacity (``edges[].capacity`` in topology.yaml: devices it is sized for;
+``edge.admission`` pins any limit) and its live load (turns in flight, utterances waiting for
+ASR, local LLM generations). The turn pipeline asks at the start of every speech or text turn;
+past the limits a turn is never silently dropped and never closes the socket:
 
 * ``admit``    - run it here as usual;
-* ``escalate`` - the local LLM is the bottleneck and the cloud is healthy: answer it there
-  (the turn's ASR already ran locally; the answer planner forces escalation with reason
-  ``edge-load``; the policy's own ``min_queue_depth``/``min_active_turns`` rules still see
-  the same load numbers);
-* ``busy``     - the cached "I'm busy, one moment" phrase, at once (shed).
+* ``escalate`` - the turn runs with the ``over_capacity`` policy feature set; the default policy's
+  ``edge-full`` rule sends it to the cloud (the ASR still runs here), and an operator may change
+  that rule;
+* ``busy``     - the local LLM is the bottleneck and the cloud is not healthy, or ASR itself is
+  backed up (too many clips waiting, or, on a starved CPU, too long a wait for the few that do;
+  the cloud cannot help: the audio must be transcribed here first): the cached busy phrase at
+  once, then ``tts stop`` (shed).
 
 A booting device is sent to another edge with room (the OTA answer, :func:`ota_chooser_with_load`)
-while this one is at capacity.
+while this one is full; the Consul registration publishes the same verdict (``room``).
 
 The limits default from the capacity: an edge sized for ``capacity`` devices at one turn per
 device per minute and ~6 s per turn sees ``capacity / 10`` concurrent turns on average; twice
@@ -22,16 +25,17 @@ couple of batches only adds waiting).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from edge import metrics
+from edge.asr import AsrOverloaded
 from shared.discovery import REGION_HEADER, Discovery, choose_nearest
-
-BUSY_PHRASE = "I'm busy, one moment."
+from shared.topology import AdmissionSpec
 
 
 class Verdict(str, enum.Enum):
@@ -48,6 +52,7 @@ class Load:
     asr_queue: int = 0
     llm_inflight: int = 0  # local LLM generations running or waiting for the (single-slot) server
     devices: int = 0  # open sessions
+    asr_wait_ms: float = 0.0  # what a clip submitted now would wait (the clips ahead x recent time per clip)
 
 
 @dataclass(frozen=True)
@@ -58,18 +63,23 @@ class Limits:
     max_asr_queue: int
     max_llm_inflight: int
     max_devices: int
+    max_asr_wait_ms: float = 1500.0
 
     @classmethod
-    def for_capacity(cls, capacity: int, asr_batch: int = 4) -> "Limits":
-        return cls(max_active_turns=max(2, capacity // 5), max_asr_queue=max(2, 2 * asr_batch),
-                   max_llm_inflight=max(2, capacity // 25), max_devices=capacity)
+    def for_capacity(cls, capacity: int, asr_batch: int = 4, spec: AdmissionSpec = AdmissionSpec()) -> "Limits":
+        """From the edge's capacity, with any limit ``edge.admission`` pins."""
+        return cls(max_active_turns=spec.max_active_turns or max(2, capacity // 5),
+                   max_asr_queue=spec.max_asr_queue or max(2, 2 * asr_batch),
+                   max_llm_inflight=spec.max_llm_inflight or max(2, capacity // 25), max_devices=capacity,
+                   max_asr_wait_ms=spec.max_asr_wait_ms)
 
 
 @dataclass(frozen=True)
 class Admission:
     verdict: Verdict
-    reason: str  # which limit (or "under limits")
+    reason: str  # which limit (or "under limits"), for the log
     load: Load
+    limit: str = ""  # the limit that refused: asr_queue | asr_wait | active_turns | local_llm (a metric label)
 
     @property
     def admitted(self) -> bool:
@@ -91,6 +101,30 @@ class InflightCounter:
             self.value -= 1
 
 
+class CountedChat:
+    """A chat client whose generations are counted while they stream (the ``llm_inflight`` load signal).
+
+    Wraps the local model's client once in the engine, so no stage needs to know about admission."""
+
+    def __init__(self, inner: Any, counter: InflightCounter):
+        self.inner = inner
+        self.counter = counter
+
+    async def stream(self, messages: list[dict], **kw: Any) -> AsyncIterator[Any]:
+        with self.counter.track():
+            async for delta in self.inner.stream(messages, **kw):
+                yield delta
+
+    def __getattr__(self, name: str) -> Any:  # base_url, model, health(), aclose() ... as the client has them
+        return getattr(self.inner, name)
+
+
+def refused_by_asr(job: Any) -> bool:
+    """The turn's ASR job was refused outright (the queue was full when it was submitted)."""
+    return (isinstance(job, asyncio.Future) and job.done() and not job.cancelled()
+            and isinstance(job.exception(), AsrOverloaded))
+
+
 class AdmissionControl:
     """Decides each new turn from live load; cheap, synchronous, called on the event loop."""
 
@@ -100,40 +134,59 @@ class AdmissionControl:
         self._cloud_healthy = cloud_healthy
 
     @classmethod
-    def for_edge(cls, capacity: int, asr: Any, devices: Callable[[], int], llm: InflightCounter,
+    def for_edge(cls, capacity: int, spec: AdmissionSpec, asr: Any, active_turns: Callable[[], int],
+                 devices: Callable[[], int], llm: InflightCounter,
                  cloud_healthy: Callable[[], bool]) -> "AdmissionControl":
-        """Wired to an edge's live numbers: ``asr`` (an AsrService), its open sessions, its local LLM counter."""
+        """Wired to an edge's live numbers: ``asr`` (an AsrService), its turns, open sessions, local LLM counter."""
         def load() -> Load:
-            return Load(active_turns=int(metrics.ACTIVE_TURNS._value.get()), asr_queue=asr.queue_depth,
-                        llm_inflight=llm.value, devices=devices())
+            return Load(active_turns=active_turns(), asr_queue=asr.queue_depth, llm_inflight=llm.value,
+                        devices=devices(), asr_wait_ms=asr.expected_wait_s() * 1000)
 
-        return cls(Limits.for_capacity(capacity, asr.max_batch), load, cloud_healthy)
+        return cls(Limits.for_capacity(capacity, asr.max_batch, spec), load, cloud_healthy)
 
     def load(self) -> Load:
         return self._load()
 
-    def decide(self) -> Admission:
-        """The verdict for one new turn (counted in ``xz_edge_admission_total``)."""
+    def decide(self, transcript: Any = None) -> Admission:
+        """The verdict for one new turn (counted in ``xz_edge_admission_total``).
+
+        ``transcript`` is the turn's ASR job, if any: one the ASR queue already refused is shed."""
         load, lim = self._load(), self.limits
-        if load.asr_queue >= lim.max_asr_queue:
+        if refused_by_asr(transcript):
+            out = Admission(Verdict.BUSY, "asr queue full", load, "asr_queue")
+        elif load.asr_queue >= lim.max_asr_queue:
             # The cloud cannot help: the audio must be transcribed here first.
-            out = Admission(Verdict.BUSY, f"asr queue {load.asr_queue} >= {lim.max_asr_queue}", load)
+            out = Admission(Verdict.BUSY, f"asr queue {load.asr_queue} >= {lim.max_asr_queue}", load, "asr_queue")
+        elif load.asr_wait_ms >= lim.max_asr_wait_ms:  # few clips, but a starved CPU: each takes long
+            out = Admission(Verdict.BUSY, f"asr wait {load.asr_wait_ms:.0f} ms >= {lim.max_asr_wait_ms:.0f}", load,
+                            "asr_wait")
         elif load.active_turns >= lim.max_active_turns or load.llm_inflight >= lim.max_llm_inflight:
-            reason = (f"active turns {load.active_turns} >= {lim.max_active_turns}"
-                      if load.active_turns >= lim.max_active_turns
-                      else f"local llm {load.llm_inflight} >= {lim.max_llm_inflight}")
+            if load.active_turns >= lim.max_active_turns:
+                reason, limit = f"active turns {load.active_turns} >= {lim.max_active_turns}", "active_turns"
+            else:
+                reason, limit = f"local llm {load.llm_inflight} >= {lim.max_llm_inflight}", "local_llm"
             verdict = Verdict.ESCALATE if self._cloud_healthy() else Verdict.BUSY
-            out = Admission(verdict, reason, load)
+            out = Admission(verdict, reason, load, limit)
         else:
             out = Admission(Verdict.ADMIT, "under limits", load)
         metrics.ADMISSION.labels(verdict=out.verdict.value).inc()
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """Load and limits for ``/health`` (no verdict counted)."""
+        load, lim = self._load(), self.limits
+        return {"active_turns": load.active_turns, "asr_queue": load.asr_queue,
+                "asr_wait_ms": round(load.asr_wait_ms), "llm_inflight": load.llm_inflight,
+                "devices": load.devices, "room_for_devices": self.has_room_for_device(),
+                "limits": {"active_turns": lim.max_active_turns, "asr_queue": lim.max_asr_queue,
+                           "asr_wait_ms": lim.max_asr_wait_ms,
+                           "llm_inflight": lim.max_llm_inflight, "devices": lim.max_devices}}
+
     def has_room_for_device(self) -> bool:
         """False while this edge is at its device capacity or already shedding turns."""
         load, lim = self._load(), self.limits
         return load.devices < lim.max_devices and load.asr_queue < lim.max_asr_queue \
-            and load.active_turns < lim.max_active_turns
+            and load.asr_wait_ms < lim.max_asr_wait_ms and load.active_turns < lim.max_active_turns
 
 
 def ota_chooser_with_load(discovery: Discovery, local_edge: str, admission: AdmissionControl,

@@ -362,6 +362,7 @@ class AsrService:
         self.inference_runs = 0  # clips the model has transcribed (prefetch reuse keeps this flat)
         self.batches = 0  # backend calls
         self.prefetch_skipped = 0
+        self.clip_s = 0.0  # recent model time per clip (moving average): how long each waiting clip will take
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()
@@ -385,6 +386,10 @@ class AsrService:
     def queue_depth(self) -> int:
         """Utterances waiting for the model (the escalation policy's edge-load signal)."""
         return len(self._queue)
+
+    def expected_wait_s(self) -> float:
+        """How long a clip submitted now waits behind the ones ahead of it (admission's time-based ASR limit)."""
+        return max(self.queue_depth - 1, 0) * self.clip_s
 
     def prefetch(self, pcm16k: np.ndarray) -> bool:
         """Start transcribing now; a later ``transcribe`` of the same samples reuses the result.
@@ -495,6 +500,8 @@ class AsrService:
         self.batches += 1
         done = time.monotonic()
         metrics.STAGE_COMPUTE.labels(stage="asr").observe(done - started)
+        per_clip = (done - started) / len(jobs)
+        self.clip_s = per_clip if not self.clip_s else 0.7 * self.clip_s + 0.3 * per_clip
         metrics.BATCH_SIZE.labels(stage="asr").observe(len(jobs))
         for j, (text, lang, prob) in zip(jobs, results):
             elapsed = done - j.submitted

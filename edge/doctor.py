@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from shared.tiers import TIER_NAMES, TIERS, Tier, UnknownTier, get_tier
-from shared.topology import ModelNotFound, resolve_model_path
+from edge.threads import thread_budget
+from shared.topology import ModelNotFound, ThreadsSpec, resolve_model_path
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Verdict:
     reasons: list[str]
     rejected: dict[str, list[str]]
     hardware: Hardware
-    threads: int
+    threads: dict[str, int]  # the thread budget the edge would use here (edge/threads.py)
     expected_s: dict[str, float]
     models: dict[str, str]
     overrides: dict[str, str]
@@ -185,7 +186,6 @@ class Verdict:
 def choose(hw: Hardware, pinned: str | None = None) -> Verdict:
     """The best tier ``hw`` meets (or check a pinned one), with the reasons."""
     rejected = {t.name: unmet(t, hw) for t in TIERS}
-    threads = max(1, hw.cores)
     if pinned:
         tier = get_tier(pinned)
         ok = not rejected[tier.name]
@@ -202,12 +202,13 @@ def choose(hw: Hardware, pinned: str | None = None) -> Verdict:
             reasons += [f"not {t.name}: {'; '.join(rejected[t.name])}" for t in TIERS
                         if t.rank > chosen.rank and not t.pinned_only]
     tier_for_out = chosen or (get_tier(pinned) if pinned else None)
+    threads = thread_budget(ThreadsSpec(cores=max(1, hw.cores)), tier_for_out.name if tier_for_out else None)
     return Verdict(
         tier=chosen.name if chosen else None, pinned=bool(pinned), reasons=reasons,
-        rejected={k: v for k, v in rejected.items() if v}, hardware=hw, threads=threads,
+        rejected={k: v for k, v in rejected.items() if v}, hardware=hw, threads=threads.as_dict(),
         expected_s=dict(tier_for_out.expected_s) if tier_for_out else {},
         models=model_status(tier_for_out) if tier_for_out else {},
-        overrides=tier_for_out.overrides(threads) if chosen else {},
+        overrides=tier_for_out.overrides() if chosen else {},
     )
 
 
@@ -224,6 +225,7 @@ def render(v: Verdict) -> str:
         f"  tier     {v.tier or 'NONE'}",
     ]
     lines += [f"  why      {r}" for r in v.reasons]
+    lines.append("  threads  " + ", ".join(f"{k} {n}" for k, n in v.threads.items()))
     if v.expected_s:
         lines.append("  expected " + ", ".join(f"{k} {s:g}s" for k, s in v.expected_s.items()))
     for stage, status in v.models.items():

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import fields
+import os
+from dataclasses import asdict, fields
 
 from edge import metrics
+from edge.admission import AdmissionControl, CountedChat, InflightCounter
 from edge.asr import AsrService
 from edge.cloud_link import CloudLink
 from edge.pipeline.observers import Observer, TraceObserver
@@ -30,6 +32,7 @@ from edge.stages.deciding import Deciding
 from edge.stages.listening import Listening
 from edge.stages.speaking import Speaking
 from edge.stages.understanding import Understanding
+from edge.threads import apply_budget, thread_budget
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.vad import VadService
@@ -38,16 +41,31 @@ from shared.log import log_event
 from shared.intent_router import IntentRouter
 from shared.nats_conn import connect_nats, redact_url
 from shared.policy import DEFAULT_POLICY
+from shared.tiers import pinned_tier
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
 
 NATS_RETRY_S = 2.0
+LAG_PROBE_S = 0.25  # the event-loop lag probe's period
+
+
+async def watch_loop_lag(last: list[float]) -> None:
+    """Measure how late the loop wakes a timer (``last[0]``, seconds; the ``/health`` field and a histogram).
+
+    No inference runs on the loop; this is the proof under load (and the alarm if something ever does)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LAG_PROBE_S
+        await asyncio.sleep(LAG_PROBE_S)
+        last[0] = max(loop.time() - due, 0.0)
+        metrics.LOOP_LAG.observe(last[0])
 
 
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
                    tools: SiteTools | None = None, health: LocalHealth | None = None, router: IntentRouter | None = None,
-                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: []) -> TurnPipeline:
+                   queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
+                   admission: AdmissionControl | None = None) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
     answering = Answering(llm, settings.llm, settings.escalation, cloud, health, cannot_answer=phrases.unknown)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
@@ -57,7 +75,7 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
-        observers=observers)
+        observers=observers, admission=admission)
     return pipeline
 
 
@@ -68,15 +86,24 @@ class EdgeEngine:
         self.topology = topology
         self.site = topology.site(site_name)
         self.edge_id = edge_name or self.site.edges[0].name
-        self.settings = topology.edge
+        host = next((e for e in self.site.edges if e.name == self.edge_id), self.site.edges[0])
+        tier = pinned_tier(dict(os.environ), host.tier, self.site.tier)
+        self.tier = tier.name if tier else None
+        self.settings, self.threads = apply_budget(topology.edge, thread_budget(topology.edge.threads, self.tier))
         self.ready = False
         self.phrases = Phrases()
-        self.vad = VadService(self.settings.vad)
+        self.vad = VadService(self.settings.vad, threads=self.threads.vad)
         self.asr = AsrService(self.settings.asr)
-        self.tts = TtsService(self.settings.tts, self.settings.audio)
+        self.tts = TtsService(self.settings.tts, self.settings.audio, threads=self.threads.tts)
         self.cloud = CloudLink()
         self.llm_health = LocalHealth()
         self.llm: ChatClient | None = None
+        self.sessions: set = set()  # open device sessions (the server keeps them here; admission counts them)
+        self.llm_inflight = InflightCounter()  # local generations streaming now
+        self.admission = AdmissionControl.for_edge(
+            host.capacity, self.settings.admission, self.asr, lambda: self.pipeline.active if self.pipeline else 0,
+            lambda: len(self.sessions), self.llm_inflight, self._cloud_healthy,
+        ) if self.settings.admission.enabled else None
         self.tools: SiteTools | None = None
         self.router: IntentRouter | None = None
         self.pipeline: TurnPipeline | None = None
@@ -84,11 +111,15 @@ class EdgeEngine:
         self._llama = None
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
         self._nats_task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
+        self.loop_lag = [0.0]  # seconds, the last probe's (watch_loop_lag)
         self.on_cloud: list = []  # callables given the NATS connection once it is up (device admission watch)
         self._trace = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        log_event(log, "thread budget", tier=self.tier or "auto", **self.threads.as_dict())
+        self._lag_task = asyncio.create_task(watch_loop_lag(self.loop_lag), name="loop-lag")
         spec = self.settings.llm
         if spec.launch is not None:
             from shared.llama_server import LlamaServer
@@ -97,7 +128,7 @@ class EdgeEngine:
         routing = asyncio.to_thread(self._load_router)
         *_, self.router = await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
                                                *([self._llama.start()] if self._llama else []), routing)
-        self.llm = build_chat_client(spec)
+        self.llm = CountedChat(build_chat_client(spec), self.llm_inflight)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)]
                                + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase])
         esc = self.settings.escalation
@@ -111,11 +142,12 @@ class EdgeEngine:
         self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
                                        health=self.llm_health, router=self.router, queue_depth=lambda: self.asr.queue_depth,
                                        local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
-                                       observers=self._observers)
+                                       observers=self._observers, admission=self.admission)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True
-        log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id)
+        log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id,
+                  admission=asdict(self.admission.limits) if self.admission else "off")
 
     def _observers(self, start: TurnStart) -> list[Observer]:
         return [TraceObserver(self._trace, start.device_id)] if self._trace is not None else []
@@ -143,10 +175,11 @@ class EdgeEngine:
 
     async def stop(self) -> None:
         self.ready = False
-        if self._nats_task is not None:
-            self._nats_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._nats_task
+        for task in (self._nats_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         for part in reversed(self._cloud):
             with contextlib.suppress(Exception):
                 await (part.stop() if hasattr(part, "stop") else part.close())
@@ -190,6 +223,10 @@ class EdgeEngine:
         log_event(log, "escalation enabled", nats=redact_url(url), model_class=model_class)
 
     # ------------------------------------------------------------ serving
+    def _cloud_healthy(self) -> bool:
+        """Worth escalating to for load: the link is up and a worker of the policy's class has room."""
+        return self.cloud.healthy(self.cloud.policy().policy.settings.model_class)
+
     def llm_process_alive(self) -> bool:
         """The launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
         if self._llama is None:
@@ -221,6 +258,8 @@ class EdgeEngine:
             "edge": self.edge_id,
             "cloud_link": parts["cloud_link"],
             "active_turns": self.pipeline.active if self.pipeline else 0,
+            **({"load": self.admission.snapshot()} if self.admission else {}),
+            "loop_lag_ms": round(self.loop_lag[0] * 1000, 1),
             "policy_revision": snapshot.revision if snapshot else None,
             **({"llm_error": self.llm_health.error} if not self.llm_health.ok else {}),
         }

@@ -37,12 +37,20 @@ TOOL_LATENCY = Histogram("xz_edge_tool_latency_seconds", "Time to run one tool c
 ADMISSION = Counter("xz_edge_admission_total",
                     "Admission decisions: admit, escalate (for load), busy (shed), redirected_device (OTA)",
                     ["verdict"])
+SHED_TURNS = Counter("xz_edge_shed_turns_total",
+                     "Turns answered with the busy phrase because the edge was full, by the limit that refused",
+                     ["limit"])
+LOAD_ESCALATIONS = Counter("xz_edge_load_escalations_total",
+                           "Turns sent to the cloud while the edge was past its admission limits")
 # Queue wait vs compute per stage (vad, asr, llm, tts): the load benchmark's waterfall.
 STAGE_QUEUE_WAIT = Histogram("xz_edge_stage_queue_wait_seconds", "Time a stage's job waited before running",
                              ["stage"], buckets=_LATENCY_BUCKETS)
 STAGE_COMPUTE = Histogram("xz_edge_stage_compute_seconds", "Time a stage's job (or batch) ran", ["stage"],
                           buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("xz_edge_batch_size", "Jobs per model call", ["stage"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
+LOOP_LAG = Histogram("xz_edge_event_loop_lag_seconds",
+                     "How late the event loop ran a timer (anything blocking it delays /health and every session)",
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 ASR_PREFETCH_SKIPPED = Counter("xz_edge_asr_prefetch_skipped_total",
                                "Speculative transcriptions not started because the ASR queue was deep")
 ANSWER_CHECKS = Counter("xz_edge_answer_checks_total",

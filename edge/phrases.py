@@ -19,6 +19,7 @@ LOCALIZED: dict[str, dict[str, str]] = {
         "thinking": "请稍等。",
         "error": "抱歉，出了点问题。",
         "unavailable": "这个我现在查不到。",
+        "busy": "我现在有点忙，请稍后再问。",
     },
 }
 

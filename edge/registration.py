@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.discovery import ConsulAddress
+from shared.discovery import ROOM_META, ConsulAddress
 from shared.registration import Registration, ServiceSpec, registration_for
 from shared.topology import Topology
 
@@ -29,6 +29,11 @@ def edge_service(topology: Topology, site: str | None = None, edge: str | None =
 
 
 def edge_registration(topology: Topology, load: Callable[[], int], site: str | None = None,
-                      edge: str | None = None, address: ConsulAddress | None = None) -> Registration:
-    """start()/stop() object for the edge server; ``load`` returns connected devices now."""
-    return registration_for(topology, edge_service(topology, site, edge), load, address)
+                      edge: str | None = None, address: ConsulAddress | None = None,
+                      has_room: Callable[[], bool] | None = None) -> Registration:
+    """start()/stop() object for the edge server; ``load`` returns connected devices now.
+
+    ``has_room`` (admission control's view) is published as ``room`` ("1"/"0") at each refresh: an
+    edge that sheds turns is full for discovery even with fewer devices than its capacity."""
+    live = (lambda: {ROOM_META: "1" if has_room() else "0"}) if has_room is not None else None
+    return registration_for(topology, edge_service(topology, site, edge), load, address, live)

@@ -51,7 +51,8 @@ class EdgeServer:
         self.tokens = TokenIssuer.from_topology(topology)
         self.admission = DeviceAdmission(self.settings.auth, self.settings.auth.secret.resolve())
         self.ota = OtaHandler(topology, self.tokens, choose_edge, admission=self.admission)
-        self.sessions: set[DeviceSession] = set()
+        sessions = getattr(engine, "sessions", None)  # the engine's set when it keeps one (admission counts it)
+        self.sessions: set[DeviceSession] = sessions if isinstance(sessions, set) else set()
         self._admission_watch: asyncio.Task | None = None
         if hasattr(engine, "on_cloud"):
             engine.on_cloud.append(self.watch_admission)

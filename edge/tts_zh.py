@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.threads import onnx_session
 from edge.tts import TtsError
 from shared.topology import ModelNotFound, resolve_model_path
 
@@ -103,19 +104,12 @@ class ZhttsBackend:
         self._front_lock = threading.Lock()  # pypinyin/normalizer state is not documented as thread-safe
 
     def load(self) -> None:
-        import onnxruntime as ort
-
         directory = zh_voice_dir(self.voice_ref)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # the converted graphs' unused-initializer warnings are noise
         try:
             self._processor = baker_processor()
-            self._acoustic = ort.InferenceSession(str(directory / ACOUSTIC_ONNX), opts,
-                                                  providers=["CPUExecutionProvider"])
-            self._vocoder = ort.InferenceSession(str(directory / VOCODER_ONNX), opts,
-                                                 providers=["CPUExecutionProvider"])
+            # quiet: the converted graphs' unused-initializer warnings are noise
+            self._acoustic = onnx_session(directory / ACOUSTIC_ONNX, self.threads, quiet=True)
+            self._vocoder = onnx_session(directory / VOCODER_ONNX, self.threads, quiet=True)
         except Exception as exc:  # noqa: BLE001  (onnxruntime's load errors have no common base)
             raise TtsError(f"zh voice {directory}: {type(exc).__name__}: {exc}") from None
         self.synthesize("你好。")  # onnxruntime's first run is slow; pay it at load

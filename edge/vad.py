@@ -25,6 +25,7 @@ from typing import Union
 import numpy as np
 
 from edge import metrics
+from edge.threads import onnx_session
 from shared.log import log_event
 from shared.topology import VadSpec, resolve_model_path
 
@@ -214,8 +215,10 @@ class VadService:
         preroll_ms: int = 300,
         tail_ms: int = 100,
         max_utterance_s: float = 30.0,
+        threads: int = 1,
     ):
         self.spec = spec
+        self.threads = threads  # onnxruntime intra-op threads (edge/threads.py: batching is the parallelism)
         self.speculative_ms = speculative_ms
         self.preroll_ms = preroll_ms
         self.tail_ms = tail_ms
@@ -237,13 +240,8 @@ class VadService:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         path = resolve_model_path(self.spec.model)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # batching gives the parallelism, threads only contend
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, self.threads)
         names = {i.name for i in session.get_inputs()}
         if not {"input", "state", "sr"} <= names:
             raise ValueError(f"VAD model {path}: inputs {sorted(names)}, expected Silero v5+ (input, state, sr)")

@@ -40,6 +40,7 @@ NEAREST_OTHER_REGION = "nearest-other-region"
 ALL_FULL = "all-full"
 NO_HEALTHY_EDGE = "no-healthy-edge"
 
+ROOM_META = "room"  # an edge's registration: "0" while its admission control says it is full
 REGION_HEADER = "X-Xz-Region"  # optional hint a provisioning proxy may add to OTA requests
 
 
@@ -227,6 +228,8 @@ def edge_from_consul(topology: Topology, entry: dict[str, Any]) -> EdgeStatus | 
         (e.capacity for e in (site.edges if site else []) if e.name == edge_name), 1)
     load = max(0, int(_meta_float(meta, "load", 0)))
     capacity = max(1, capacity)
+    if meta.get(ROOM_META) == "0":  # shedding turns: full, whatever its device count
+        load = max(load, capacity)
     return EdgeStatus(site_name, region, edge_name, url, lat, lon, capacity, load)
 
 

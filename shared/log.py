@@ -6,12 +6,15 @@ turn runs (even deep inside a model wrapper) is tagged without passing them arou
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
 import os
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 
 device_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("device_id", default=None)
 session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
@@ -38,10 +41,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+_writer: QueueListener | None = None
+
+
+def _stop_writer() -> None:
+    if _writer is not None:
+        _writer.stop()  # writes what is queued
+
+
 def setup_logging(level: str | None = None) -> None:
-    """JSON logs to stderr; level from the argument or ``XZ_LOG_LEVEL`` (default INFO)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """JSON logs to stderr; level from the argument or ``XZ_LOG_LEVEL`` (default INFO).
+
+    Lines are formatted where they are logged (the context's ids) and written by a thread: a slow or
+    full stderr pipe never stalls the event loop (``/health`` under load)."""
+    global _writer
+    _stop_writer()
+    if _writer is None:
+        atexit.register(_stop_writer)
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    handler = QueueHandler(lines)
     handler.setFormatter(JsonFormatter())
+    _writer = QueueListener(lines, logging.StreamHandler(sys.stderr))
+    _writer.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("XZ_LOG_LEVEL", "INFO")).upper())

@@ -92,6 +92,7 @@ class Match(_Model):
     cloud_healthy: bool | None = None  # link up and breaker closed
     local_available: bool | None = None  # the edge's own model serves (not crashed or restarting)
     intents: tuple[str, ...] = ()  # the turn's intent class is one of these (an unclassified turn matches none)
+    over_capacity: bool | None = None  # the edge is past its admission limits (edge/admission.py) for this turn
 
     @field_validator("pattern")
     @classmethod
@@ -153,6 +154,7 @@ class Match(_Model):
             self.cloud_healthy is None or f.cloud_healthy == self.cloud_healthy,
             self.local_available is None or f.local_available == self.local_available,
             not self.intents or f.intent in self.intents,
+            self.over_capacity is None or f.over_capacity == self.over_capacity,
         )
         return all(checks)
 
@@ -288,6 +290,9 @@ DEFAULT_POLICY = parse_policy({
         {"name": "cloud-unhealthy", "match": {"cloud_healthy": False}, "action": "local"},
         # The local model is down (restarting): the cloud answers (the budget does not apply), or nobody can.
         {"name": "local-down", "match": {"local_available": False}, "action": "escalate"},
+        # The edge is past its admission limits (and the cloud healthy, or the rule above fired): the cloud answers,
+        # outside the budget. Operators who prefer a local answer queued behind the others set this to local.
+        {"name": "edge-full", "match": {"over_capacity": True}, "action": "escalate"},
         # A turn in a language the edge's model does not speak (SmolLM2 and Mandarin) goes to the cloud.
         {"name": "other-language", "match": {"local_language": False}, "action": "escalate"},
         {"name": "greeting", "action": "local", "match": {
@@ -352,6 +357,7 @@ class TurnFeatures:
     local_available: bool = True  # false while the local model server is down: escalating is the only answer
     local_language: bool = True  # the local model answers in ``language`` (see local_language())
     intent: str | None = None  # the request's intent class (INTENT_CLASSES); None: not classified
+    over_capacity: bool = False  # admission found the edge past its limits when the turn started
 
     @classmethod
     def from_text(cls, text: str, **kw: Any) -> "TurnFeatures":
@@ -390,6 +396,7 @@ class TurnFeatures:
                 local_available=bool(d.get("local_available", True)),
                 local_language=bool(d.get("local_language", True)),
                 intent=None if d.get("intent") is None else str(d["intent"]),
+                over_capacity=bool(d.get("over_capacity", False)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad features: {exc}") from None
@@ -466,7 +473,8 @@ def evaluate(
 
     escalate = action == "escalate"
     budget_limited = False
-    if escalate and features.local_available:  # with the local model down the budget has no alternative
+    # With the local model down or the edge full, the budget has no good alternative: it does not apply.
+    if escalate and features.local_available and not features.over_capacity:
         b = policy.budget
         turns, escalated = state.counts(now, b.window_s)
         allowed = b.max_share * max(turns + 1, b.min_turns)

@@ -62,10 +62,12 @@ class ConsulRegistration(Registration):
 
     def __init__(self, spec: ServiceSpec, address: ConsulAddress, load: Callable[[], int] | None = None,
                  refresh_s: float = 10.0, timeout_s: float = 2.0,
-                 client_factory: Callable[[ConsulAddress, float], Any] = consul_client):
+                 client_factory: Callable[[ConsulAddress, float], Any] = consul_client,
+                 live_meta: Callable[[], dict[str, str]] | None = None):
         self.spec = spec
         self.address = address
         self.load = load
+        self.live_meta = live_meta  # more metadata read at each refresh (e.g. an edge's room for devices)
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._client_factory = client_factory
@@ -77,6 +79,8 @@ class ConsulRegistration(Registration):
         meta = dict(self.spec.meta)
         if self.load is not None:
             meta["load"] = str(int(self.load()))
+        if self.live_meta is not None:
+            meta.update(self.live_meta())
         return meta
 
     async def register(self) -> bool:
@@ -129,9 +133,11 @@ class ConsulRegistration(Registration):
 
 
 def registration_for(topology: Topology, spec: ServiceSpec, load: Callable[[], int] | None = None,
-                     address: ConsulAddress | None = None) -> Registration:
+                     address: ConsulAddress | None = None,
+                     live_meta: Callable[[], dict[str, str]] | None = None) -> Registration:
     """A Consul registration when ``discovery.backend`` is consul, else a no-op."""
     if topology.discovery.backend != "consul" and address is None:
         return NullRegistration()
     return ConsulRegistration(spec, address or consul_address(topology), load,
-                              refresh_s=topology.discovery.refresh_s, timeout_s=topology.discovery.timeout_s)
+                              refresh_s=topology.discovery.refresh_s, timeout_s=topology.discovery.timeout_s,
+                              live_meta=live_meta)

@@ -47,17 +47,17 @@ class Tier:
     expected_s: dict[str, float] = field(default_factory=dict)  # stage -> expected p50 seconds
     pinned_only: bool = False  # edge doctor never picks it by itself (a language choice, not a hardware one)
 
-    def overrides(self, threads: int) -> dict[str, str]:
-        """``XZ_CFG__`` environment overrides that make an edge node run this tier."""
+    def overrides(self) -> dict[str, str]:
+        """``XZ_CFG__`` environment overrides that make an edge node run this tier.
+
+        Thread counts are not among them: the edge derives them from its cores and tier (edge/threads.py)."""
         m = self.models
         return {
             "XZ_CFG__edge__asr__backend": m.asr_backend,
             "XZ_CFG__edge__asr__model": m.asr_model,
             "XZ_CFG__edge__asr__compute_type": m.asr_compute_type,
-            "XZ_CFG__edge__asr__threads": str(threads),
             "XZ_CFG__edge__llm__model": m.llm_alias,
             "XZ_CFG__edge__llm__launch__model_path": m.llm_model,
-            "XZ_CFG__edge__llm__launch__n_threads": str(threads),
             "XZ_CFG__edge__tts__backend": m.tts_backend,
             "XZ_CFG__edge__tts__voice": m.tts_voice,
             "XZ_CFG__edge__asr__language": m.asr_language,

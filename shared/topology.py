@@ -88,7 +88,7 @@ class LaunchSpec(_Model):
     """How the embedded default starts a local llama.cpp server for a backend."""
 
     model_path: str
-    n_threads: int = Field(2, gt=0)
+    n_threads: int = Field(2, gt=0)  # on an edge node, unless set: from edge.threads (edge/threads.py)
     n_ctx: int = Field(2048, gt=0)
     # llama-cpp-python's RAM prompt cache (states of recent prompts, resumed from the longest matching
     # prefix). Off by default: it counts only the KV bytes of an entry, not the logits copy stored with
@@ -282,7 +282,7 @@ class AsrSpec(_Model):
     model: str
     language: str = "en"  # a Whisper code, or "auto": detect per utterance (multilingual models)
     compute_type: str = "int8"
-    threads: int = Field(2, gt=0)
+    threads: int = Field(2, gt=0)  # on an edge node, unless set: from edge.threads (edge/threads.py)
 
 
 class LlmSpec(_Model):
@@ -367,6 +367,24 @@ class RouterSpec(_Model):
     weak_margin: float = Field(0.0, ge=-1, le=1)  # below this the turn is chat
     min_score: float = Field(0.40, ge=0, le=1)  # a best tool match below this is chat
     confirm_ttl_s: float = Field(30, gt=0)  # a yes later than this after "Set the light to blue?" is no answer
+class AdmissionSpec(_Model):
+    """Where a new turn stops being admitted (edge/admission.py); unset limits derive from ``edges[].capacity``."""
+
+    enabled: bool = True
+    max_active_turns: int | None = Field(None, gt=0)  # turns in flight at once
+    max_asr_queue: int | None = Field(None, gt=0)  # utterances waiting for ASR
+    max_asr_wait_ms: int = Field(1500, gt=0)  # expected ASR wait (clips ahead x recent time per clip): a starved CPU
+    max_llm_inflight: int | None = Field(None, gt=0)  # local LLM generations running or waiting
+
+
+class ThreadsSpec(_Model):
+    """CPU threads per model (edge/threads.py); unset ones follow the core count and the tier."""
+
+    cores: int | None = Field(None, gt=0)  # default: the CPUs this process may run on
+    vad: int | None = Field(None, gt=0)
+    asr: int | None = Field(None, gt=0)  # also edge.asr.threads (that one wins)
+    tts: int | None = Field(None, gt=0)  # per synthesis (the TTS pool runs two at once)
+    llm: int | None = Field(None, gt=0)  # the launched llama.cpp server (edge.llm.launch.n_threads wins)
 
 
 class EdgeSettings(_Model):
@@ -381,6 +399,8 @@ class EdgeSettings(_Model):
     escalation: EscalationSpec = EscalationSpec()
     trace: TraceSpec = TraceSpec()
     router: RouterSpec = RouterSpec()
+    admission: AdmissionSpec = AdmissionSpec()
+    threads: ThreadsSpec = ThreadsSpec()
 
 
 # ---------------------------------------------------------------- tools

@@ -110,11 +110,17 @@ class FakeVad:
 class FakeAsr:
     """Hears "heard N ms"; ``jobs`` lists every transcription submitted (a reused speculative job counts once)."""
 
+    max_batch = 4
+    queue_depth = 0  # (admission control reads it) jobs are done at once
+
     def __init__(self) -> None:
         self.jobs: list[int] = []
 
     def should_speculate(self) -> bool:
         return True
+
+    def expected_wait_s(self) -> float:
+        return 0.0
 
     def submit(self, pcm16k: np.ndarray) -> asyncio.Future:
         from edge.asr import Transcript
@@ -136,6 +142,8 @@ class FakeLlm:
         from shared.chat import ChatDelta, ChatError
 
         self.seen.append(messages)
+        if self.engine.llm_gate is not None:
+            await self.engine.llm_gate.wait()  # a busy local model: the turn stays in flight until the test opens it
         if self.engine.fail_turns:
             raise ChatError("stand-in: cannot connect to http://127.0.0.1:9/v1")
         if self.engine.stall_turns:
@@ -171,6 +179,7 @@ class FakeEngine:
     reply_ms: int = 1200
     fail_turns: bool = False  # the local model refuses connections
     stall_turns: bool = False  # the local model never sends a token
+    llm_gate: asyncio.Event | None = None  # set: the local model waits for it before answering
     edge: dict = field(default_factory=dict)  # topology overrides for the pipeline (e.g. llm.stall_timeout_ms)
     ready: bool = True
     vad: FakeVad = field(default_factory=FakeVad)
@@ -182,15 +191,27 @@ class FakeEngine:
     turn_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        from edge.admission import AdmissionControl, CountedChat, InflightCounter
         from edge.cloud_link import CloudLink
         from edge.engine import build_pipeline
         from edge.pipeline.turn import Phrases
 
-        settings = make_topology(self.edge).edge
+        topology = make_topology(self.edge)
+        settings = topology.edge
         self.audio = settings.audio
         self.llm = FakeLlm(self)
         self.tts = FakeTts(self)
-        self.pipeline = build_pipeline(self.tts, self.llm, settings, Phrases(), CloudLink())
+        self.cloud = CloudLink()  # empty (every turn local) until a test attaches a cloud
+        self.sessions: set = set()
+        self.llm_inflight = InflightCounter()
+        # as EdgeEngine wires it: the edge's capacity and edge.admission, live turns, sessions, local generations
+        self.admission = AdmissionControl.for_edge(
+            topology.site().edges[0].capacity, settings.admission, self.asr, lambda: self.pipeline.active,
+            lambda: len(self.sessions), self.llm_inflight,
+            lambda: self.cloud.healthy(self.cloud.policy().policy.settings.model_class),
+        ) if settings.admission.enabled else None
+        self.pipeline = build_pipeline(self.tts, CountedChat(self.llm, self.llm_inflight), settings, Phrases(),
+                                       self.cloud, admission=self.admission)
 
     async def start(self) -> None:
         self.ready = True

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from edge.admission import AdmissionControl, InflightCounter, Limits, Load, Verdict, ota_chooser_with_load
 from shared.discovery import StaticDiscovery
-from shared.topology import load_topology
+from shared.topology import AdmissionSpec, load_topology
 
 
 def admissions(verdict: str) -> float:
@@ -28,6 +28,8 @@ def test_limits_follow_the_topology_capacity():
     small, big = Limits.for_capacity(50), Limits.for_capacity(150)
     assert big.max_devices == 150 and small.max_devices == 50
     assert big.max_active_turns > small.max_active_turns and big.max_llm_inflight >= small.max_llm_inflight
+    pinned = Limits.for_capacity(150, spec=AdmissionSpec(max_active_turns=3, max_llm_inflight=1))
+    assert (pinned.max_active_turns, pinned.max_llm_inflight, pinned.max_asr_queue) == (3, 1, big.max_asr_queue)
 
 
 def test_under_the_limits_every_turn_is_admitted():
@@ -55,6 +57,12 @@ def test_overload_without_a_cloud_gets_the_busy_phrase():
 def test_a_deep_asr_queue_sheds_even_with_a_healthy_cloud():
     decision = control(Load(asr_queue=4), cloud=True).decide()
     assert decision.verdict is Verdict.BUSY and "asr queue" in decision.reason
+
+
+def test_a_starved_cpu_sheds_on_the_expected_asr_wait_even_with_a_short_queue():
+    decision = control(Load(asr_queue=2, asr_wait_ms=LIMITS.max_asr_wait_ms), cloud=True).decide()
+    assert (decision.verdict, decision.limit) == (Verdict.BUSY, "asr_wait")
+    assert not control(Load(asr_queue=2, asr_wait_ms=LIMITS.max_asr_wait_ms)).has_room_for_device()
 
 
 def test_inflight_counter_counts_and_releases_on_error():
@@ -104,7 +112,8 @@ async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm)
     """The live load comes from the edge itself: the ASR queue, the turns gauge, sessions, the LLM counter."""
     llm = InflightCounter()
     sessions = {"n": 0}
-    control = AdmissionControl.for_edge(150, asr_service, lambda: sessions["n"], llm, lambda: False)
+    control = AdmissionControl.for_edge(150, AdmissionSpec(), asr_service, lambda: 0, lambda: sessions["n"], llm,
+                                        lambda: False)
     assert control.limits == Limits.for_capacity(150, asr_service.max_batch)
     assert control.decide().admitted
     with llm.track(), llm.track(), llm.track(), llm.track(), llm.track(), llm.track():
@@ -120,3 +129,5 @@ async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm)
     assert not control.has_room_for_device()
     await asyncio.gather(*tasks, return_exceptions=True)  # past the service's own bound: AsrOverloaded
     assert control.load().asr_queue == 0
+    # the time-based signal: the recent model time per clip, times the clips ahead of a new one
+    assert asr_service.clip_s > 0 and control.load().asr_wait_ms == 0.0

@@ -211,6 +211,9 @@ def test_consul_entries_are_read_defensively(topo):
     assert (e.site, e.region, e.url, e.load, e.capacity) == ("fra", "eu", "ws://10.9.9.9:8100/xiaozhi/v1/", 0, 1)
     assert (e.lat, e.lon) == (50.11, 8.68)  # location from the document
     assert edge_from_consul(topo, {"Service": {"Meta": {}}}) is None  # not one of ours
+    full = {"Service": {"ID": "x", "Meta": {"site": "fra", "edge": "fra-edge-9", "capacity": "200", "load": "12",
+                                            "room": "0"}}}
+    assert not edge_from_consul(topo, full).has_room  # its admission control says full: no new devices
 
 
 async def test_garbage_from_consul_keeps_the_snapshot(tmp_path):

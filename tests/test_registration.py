@@ -42,8 +42,9 @@ async def test_register_refresh_load_and_deregister(consul: ConsulUnderTest):
     health = HealthEndpoint()
     await health.start()
     topo = edge_topology(health.port)
-    load = {"n": 5}
-    reg = edge_registration(topo, load=lambda: load["n"], site="ams", edge="ams-edge-1", address=consul.address)
+    load = {"n": 5, "room": True}
+    reg = edge_registration(topo, load=lambda: load["n"], site="ams", edge="ams-edge-1", address=consul.address,
+                            has_room=lambda: load["room"])
     assert isinstance(reg, ConsulRegistration)
     reg.spec.check_interval = "1s"
     reg.refresh_s = 0.3
@@ -60,15 +61,16 @@ async def test_register_refresh_load_and_deregister(consul: ConsulUnderTest):
         svc = entry["Service"]
         assert svc["Address"] == "127.0.0.1" and svc["Port"] == health.port
         assert set(svc["Tags"]) == {"region=eu", "site=ams"}
-        assert svc["Meta"]["capacity"] == "200" and svc["Meta"]["load"] == "5"
+        assert svc["Meta"]["capacity"] == "200" and svc["Meta"]["load"] == "5" and svc["Meta"]["room"] == "1"
         assert svc["Meta"]["site"] == "ams" and svc["Meta"]["tier"] == "cpu-medium"
         assert any(c["ServiceID"] == svc["ID"] and c["Status"] == "passing" for c in entry["Checks"])
 
-        load["n"] = 42  # periodic refresh carries the new load, and the check stays passing
+        load.update(n=42, room=False)  # periodic refresh carries the new load (admission: full), check still passing
 
         async def load_updated() -> bool:
             found = [e for e in await entries(consul.address, "xz-edge") if e["Service"]["ID"] == svc["ID"]]
-            return bool(found) and found[0]["Service"]["Meta"]["load"] == "42"
+            return bool(found) and (found[0]["Service"]["Meta"]["load"], found[0]["Service"]["Meta"]["room"]) == (
+                "42", "0")
 
         await eventually(load_updated, timeout=10)
 

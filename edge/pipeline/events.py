@@ -20,7 +20,7 @@ import numpy as np
 from shared.log import monotonic_ms
 
 Stage = Literal["listening", "understanding", "deciding", "answering", "speaking", "turn"]
-Outcome = Literal["ok", "empty", "cancelled", "error"]
+Outcome = Literal["ok", "empty", "cancelled", "error", "shed"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +50,14 @@ class UtteranceEnded(TurnEvent):
 class TurnStarted(TurnEvent):
     kind: str
     origin_ms: float  # end of the user's speech (or the wake/text message): latencies count from here
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnShed(TurnEvent):
+    """Admission refused the turn (the edge is full): the busy phrase instead of an answer."""
+
+    limit: str  # asr_queue | asr_wait | active_turns | local_llm
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)

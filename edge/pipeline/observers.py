@@ -13,7 +13,7 @@ from typing import Callable, Protocol, TypeVar
 
 from edge import metrics
 from edge.pipeline.events import (Decided, FirstToken, SentenceSpoken, SpeechStopped, Transcribed, TurnEnded,
-                                  TurnEvent, TurnFailed, TurnStarted)
+                                  TurnEvent, TurnFailed, TurnShed, TurnStarted)
 from shared.log import log_event
 
 log = logging.getLogger("edge.turn")
@@ -63,7 +63,8 @@ class TurnEvents:
 
 
 class MetricsObserver:
-    """Prometheus: active turns, finished turns by outcome, stage latencies, failures (each counted once)."""
+    """Prometheus: active turns, finished turns by outcome, stage latencies, failures, shed and escalated-for-load
+    turns (each counted once)."""
 
     def __init__(self) -> None:
         self.origin = 0.0
@@ -81,6 +82,10 @@ class MetricsObserver:
                 self._latency("first_audio", ev)
             case TurnFailed():
                 metrics.ERRORS.labels(kind=f"turn_{ev.code}").inc()
+            case TurnShed():
+                metrics.SHED_TURNS.labels(limit=ev.limit).inc()
+            case Decided(source="cloud", features=f) if getattr(f, "over_capacity", False):
+                metrics.LOAD_ESCALATIONS.inc()
             case TurnEnded():
                 metrics.ACTIVE_TURNS.dec()
                 metrics.TURNS.labels(answered_by=ev.answered_by, outcome=ev.outcome).inc()
@@ -100,6 +105,8 @@ class LogObserver:
             case Decided():
                 log_event(log, "answer planned", answered_by=ev.source, rule=ev.rule, revision=ev.revision,
                           reason=ev.reason, tools=list(ev.tools) if ev.tools is not None else None)
+            case TurnShed():
+                log_event(log, "turn shed, edge full", logging.WARNING, limit=ev.limit, reason=ev.reason)
             case TurnFailed():  # a bug gets its traceback
                 log.error("turn failed", exc_info=ev.error if ev.code == "bug" else None,
                           extra={"fields": {"stage": ev.stage, "code": ev.code, "error": ev.detail}})

@@ -4,6 +4,10 @@
     (speech/      transcript,      policy,      AnswerSource  sentences,
      wake/text)   stt message      Route        (text stream) TTS, playback
 
+Before the stages, admission control (:mod:`edge.admission`) may shed a speech or text
+turn while the edge is full: the cached busy phrase and ``tts stop`` instead of an answer
+(outcome ``shed``), or mark it ``over_capacity`` for the policy (which escalates it).
+
 A turn is one asyncio task (the session's): cancelling it (barge-in, abort, a new
 turn, disconnect) cancels every stage at once, and the speaking stage still sends
 its ``tts stop``. Whatever fails inside a turn (ASR, the local model crashing or
@@ -23,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
 
 import numpy as np
 
+from edge.admission import AdmissionControl, Verdict
 from edge.pipeline.errors import as_stage_error
-from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnStarted
+from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
 from edge.pipeline.ports import AnswerSource, DeviceOutput
 from shared.log import log_event, monotonic_ms, turn_id_var
@@ -53,6 +58,7 @@ class TurnStart:
     history: list[dict] = field(default_factory=list)  # the conversation's window, oldest first
     mcp: "McpClient | None" = None
     pending: Any = None  # a tool call the previous turn asked about (shared.tool_decision.PendingCall)
+    over_capacity: bool = False  # set by admission: the edge was past its limits (a policy feature)
 
     @staticmethod
     def new_id() -> str:
@@ -80,6 +86,7 @@ class Phrases:
     error: str = "Sorry, something went wrong."
     declined: str = "Okay, I won't."  # a "no" to a tool confirmation question
     unknown: str = "Sorry, I don't know that one."  # a local answer failed its check and the cloud is not there
+    busy: str = "I'm busy, one moment, please ask again."  # admission shed the turn (one clause: one cached clip)
 
 
 def turn_messages(system_prompt: str, history: list[dict], user_text: str) -> list[dict]:
@@ -123,7 +130,8 @@ class TurnPipeline:
 
     def __init__(self, understanding: UnderstandingStage, deciding: DecidingStage, answering: AnsweringStage,
                  speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[], AnswerSource],
-                 system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: []):
+                 system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: [],
+                 admission: AdmissionControl | None = None):
         self.understanding = understanding
         self.deciding = deciding
         self.answering = answering
@@ -132,6 +140,7 @@ class TurnPipeline:
         self.greeting = greeting
         self.system_prompt = system_prompt
         self.observers = observers
+        self.admission = admission  # None: every turn is admitted
         self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
 
     def messages(self, start: TurnStart, user_text: str) -> list[dict]:
@@ -145,8 +154,14 @@ class TurnPipeline:
         events.emit(TurnStarted(kind=start.kind, origin_ms=start.speech_end_ms or monotonic_ms()))
         result = TurnResult("", "", "none", {}, "ok")
         answer: AnswerSource | None = None
+        # Decided before this turn counts as active; a greeting is a cached phrase: always served.
+        admission = self.admission.decide(start.transcript) if start.kind != "wake" and self.admission else None
         self.active += 1
         try:
+            if admission is not None and admission.verdict is Verdict.BUSY:
+                await self._shed(start, out, events, admission.limit, admission.reason, result)
+                return result
+            start.over_capacity = admission is not None and admission.verdict is Verdict.ESCALATE
             heard = await self.understanding.run(start, out, events)
             result.user_text = heard.text
             if not heard.text:
@@ -181,6 +196,15 @@ class TurnPipeline:
             result.timings_ms = events.timings_ms()
             events.emit(TurnEnded(outcome=result.outcome, answered_by=result.answered_by, reason=result.reason,
                                   user_text=result.user_text, reply_text=result.reply_text))
+
+    async def _shed(self, start: TurnStart, out: DeviceOutput, events: TurnEvents, limit: str, reason: str,
+                    result: TurnResult) -> None:
+        """The busy phrase (cached) and ``tts stop`` at once; the turn's queued ASR job is dropped."""
+        if start.transcript is not None and hasattr(start.transcript, "cancel"):
+            start.transcript.cancel()  # still waiting in the ASR queue: skipped (one already running finishes)
+        events.emit(TurnShed(limit=limit, reason=reason))
+        result.outcome, result.reason, result.answered_by = "shed", f"edge full: {reason}", "cache"
+        result.reply_text = await self.speaking.say(self.phrases.busy, out, events)
 
     async def _apologize(self, out: DeviceOutput, events: TurnEvents) -> None:
         """The cached apology, bounded in time; speaking sends its tts stop even if this fails."""

@@ -76,7 +76,7 @@ class Deciding:
         language = heard.language or "en"
         healthy = self.cloud.healthy(settings.model_class)
         base = dict(language=language, queue_depth=self.queue_depth(), active_turns=self.active_turns(),
-                    cloud_healthy=healthy, local_available=self.local_available(),
+                    cloud_healthy=healthy, local_available=self.local_available(), over_capacity=start.over_capacity,
                     local_language=local_language(heard.language, self.local_languages))
         if start.pending is not None and not start.pending.expired():
             answered = self._answer_to_question(start, heard, messages, settings, snapshot.revision, base, events)

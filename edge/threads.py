@@ -1,0 +1,82 @@
+"""The edge's CPU thread budget: how many threads each model may use, decided in one place.
+
+VAD, ASR (CTranslate2), TTS (onnxruntime) and the local LLM (llama.cpp) each default to
+"all the cores" in their libraries. Under load they run at the same time, so on a 2-core box
+that is 6+ busy threads on 2 cores: every stage slows down, and llama.cpp's spinning threads
+most of all. The budget keeps the two heavy, serial stages (ASR and the LLM) within the cores
+together, and gives VAD and TTS one thread each (VAD batches every session into one call; the
+TTS pool runs two syntheses at once, which is its parallelism).
+
+Tier matters: on ``gpu`` ASR runs on the accelerator (one host thread feeds it); on
+``multilingual`` Whisper base costs 2-3x tiny.en, so ASR gets two thirds of the cores.
+Each stage can be pinned in topology.yaml (``edge.threads``), and an explicit
+``edge.asr.threads`` / ``edge.llm.launch.n_threads`` wins over both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+
+from shared.topology import EdgeSettings, ThreadsSpec
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    cores: int
+    vad: int
+    asr: int
+    tts: int
+    llm: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_budget(spec: ThreadsSpec = ThreadsSpec(), tier: str | None = None) -> ThreadBudget:
+    """Threads per stage for ``spec.cores`` (default: available) cores and the edge's tier."""
+    cores = spec.cores or available_cores()
+    reserve = 1 if cores >= 6 else 0  # the event loop, Opus and VAD get a core of their own on bigger boxes
+    heavy = max(1, cores - reserve)
+    if tier == "gpu":
+        asr = 1
+    elif tier == "multilingual":
+        asr = math.ceil(heavy * 2 / 3)
+    else:
+        asr = math.ceil(heavy / 2)
+    llm = max(1, heavy - asr)
+    return ThreadBudget(cores=cores, vad=spec.vad or 1, asr=spec.asr or asr, tts=spec.tts or (2 if cores >= 8 else 1),
+                        llm=spec.llm or llm)
+
+
+def apply_budget(settings: EdgeSettings, budget: ThreadBudget) -> tuple[EdgeSettings, ThreadBudget]:
+    """``settings`` with the budget's ASR and LLM threads unless topology.yaml set those explicitly,
+    and the budget in force (explicit settings included: what start-up logs)."""
+    asr, llm = settings.asr, settings.llm
+    if "threads" not in asr.model_fields_set:
+        asr = asr.model_copy(update={"threads": budget.asr})
+    if llm.launch is not None and "n_threads" not in llm.launch.model_fields_set:
+        llm = llm.model_copy(update={"launch": llm.launch.model_copy(update={"n_threads": budget.llm})})
+    used = replace(budget, asr=asr.threads, llm=llm.launch.n_threads if llm.launch is not None else budget.llm)
+    return settings.model_copy(update={"asr": asr, "llm": llm}), used
+
+
+def onnx_session(path: object, threads: int, quiet: bool = False):
+    """A CPU onnxruntime session on ``threads`` intra-op threads (onnxruntime's default is every core)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if quiet:
+        opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,186 @@
+"""Capacity over a real WebSocket: past its limits the edge sheds with the cached busy phrase or escalates
+(policy rule ``edge-full``, the cloud a real worker on a real nats-server), never closes a session, serves
+the next turn once the load drops, counts it all, and sends booting devices to another edge.
+
+The engine is tests/fixtures_edge.py's stand-in models behind the real session, turn pipeline and admission
+control (as EdgeEngine wires them); the ASR-refusal test uses the real Whisper service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY
+
+from cloud.backends import BackendPool, Endpoint
+from cloud.breaker import CircuitBreaker
+from cloud.worker import Worker
+from edge.admission import ota_chooser_with_load
+from edge.escalation import EscalationClient
+from edge.ota import request_ws_url
+from edge.pipeline.turn import Phrases
+from scripts.device_sim import DeviceSimulator, TurnReport
+from shared.chat import ChatClient, ChatDelta
+from shared.discovery import StaticDiscovery
+from shared.topology import BackendSpec, parse_topology
+from tests.fixtures_edge import FakeEngine, make_topology, tone
+
+BUSY = Phrases().busy
+LOCAL_REPLY = "First sentence. Second sentence."
+ONE_TURN = {"admission": {"max_active_turns": 1}}  # the edge is full while one turn is in flight
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def device(edge, device_id: str) -> DeviceSimulator:
+    sim = DeviceSimulator(edge.ws_url, edge.token(device_id), device_id, turn_timeout_s=15)
+    await sim.connect()
+    return sim
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def hold_one_turn(engine: FakeEngine, sim: DeviceSimulator) -> asyncio.Task[TurnReport]:
+    """A turn that stays in flight (its local model waits for ``engine.llm_gate``): the edge is now full."""
+    engine.llm_gate = asyncio.Event()
+    task = asyncio.create_task(sim.run_turn(tone(600)))
+    await until(lambda: engine.llm_inflight.value == 1)
+    return task
+
+
+def assert_busy(report: TurnReport, sim: DeviceSimulator) -> None:
+    assert report.reply == BUSY and report.answered_by == "cache"
+    assert report.frames > 0 and report.tts_stop  # the phrase's audio, then tts stop
+    assert report.stt is None  # shed before transcription
+    assert sim.close_code is None  # the session stays open: no 1011, no close at all
+
+
+async def test_beyond_capacity_the_device_hears_the_busy_phrase_and_is_served_once_load_drops(edge_server):
+    engine = FakeEngine(edge=ONE_TURN)
+    edge = await edge_server(engine)
+    first, second = await device(edge, "aa:bb:cc:00:01:01"), await device(edge, "aa:bb:cc:00:01:02")
+    shed, turns = sample("xz_edge_shed_turns_total", limit="active_turns"), \
+        sample("xz_edge_turns_total", answered_by="cache", outcome="shed")
+    try:
+        held = await hold_one_turn(engine, first)
+        busy = await second.run_turn(tone(600))
+        assert_busy(busy, second)
+        assert sample("xz_edge_shed_turns_total", limit="active_turns") == shed + 1
+        assert sample("xz_edge_turns_total", answered_by="cache", outcome="shed") == turns + 1
+        engine.llm_gate.set()  # the load drops
+        assert (await held).reply == LOCAL_REPLY
+        again = await second.run_turn(tone(600))  # the same session, the next turn: answered as usual
+        assert again.reply == LOCAL_REPLY and again.answered_by == "edge" and again.tts_stop
+    finally:
+        await first.close()
+        await second.close()
+    # a shed turn is not part of the conversation: the next prompt never saw it
+    assert [m for m in engine.llm.seen[-1] if m["role"] == "assistant"] == []
+
+
+async def test_the_asr_queue_refusing_an_utterance_is_shed_not_a_closed_session(edge_server, asr_service,
+                                                                                 question_pcm, monkeypatch):
+    engine = FakeEngine(asr=asr_service)  # the real Whisper queue behind the listening stage
+    edge = await edge_server(engine)
+    sim = await device(edge, "aa:bb:cc:00:02:01")
+    shed = sample("xz_edge_shed_turns_total", limit="asr_queue")
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(asr_service, "max_queue", 0)  # full: every submission raises AsrOverloaded
+            busy = await sim.run_turn(question_pcm)
+        assert_busy(busy, sim)
+        assert sample("xz_edge_shed_turns_total", limit="asr_queue") == shed + 1
+        served = await sim.run_turn(question_pcm)
+        assert "capital" in (served.stt or "").lower() and served.reply == LOCAL_REPLY
+    finally:
+        await sim.close()
+
+
+# ---------------------------------------------------------------- escalated for load
+class CloudModel(ChatClient):
+    """The cloud worker's model: one fixed answer."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:9/v1", "cloud-stand-in")
+
+    async def stream(self, messages, *, tools=None, max_tokens, temperature, logprobs=False):
+        yield ChatDelta(text="The cloud answers.")
+        yield ChatDelta(finish_reason="stop")
+
+
+@pytest.fixture
+async def cloud_client(nats_hub, nats_connect) -> Callable[[], Awaitable[EscalationClient]]:
+    """A real worker on a real nats-server (scripted model); yields a factory of edge escalation clients."""
+    spec = BackendSpec(name="scripted", url="http://127.0.0.1:9/v1", model="scripted")
+    pool = BackendPool([Endpoint(spec, CloudModel(), CircuitBreaker("scripted", 3, 10.0))])
+    worker = Worker(await nats_connect(nats_hub.url), "w-load", "large", pool)
+    await worker.start()
+
+    async def make() -> EscalationClient:
+        return EscalationClient(await nats_connect(nats_hub.url), "edge-1", "local-site")
+
+    yield make
+    await worker.stop()
+    await pool.stop()
+
+
+async def test_beyond_capacity_with_a_healthy_cloud_the_turn_is_escalated(edge_server, cloud_client):
+    engine = FakeEngine(edge=ONE_TURN)
+    engine.cloud.attach(await cloud_client(), None, None)  # no watcher: the built-in default policy
+    edge = await edge_server(engine)
+    first, second = await device(edge, "aa:bb:cc:00:03:01"), await device(edge, "aa:bb:cc:00:03:02")
+    escalated, verdicts = sample("xz_edge_load_escalations_total"), sample("xz_edge_admission_total",
+                                                                           verdict="escalate")
+    try:
+        held = await hold_one_turn(engine, first)  # "heard 600 ms" is a local turn for the default policy
+        report = await second.run_turn(tone(600))
+        assert report.reply == "The cloud answers." and report.answered_by == "cloud" and report.tts_stop
+        assert sample("xz_edge_load_escalations_total") == escalated + 1
+        assert sample("xz_edge_admission_total", verdict="escalate") == verdicts + 1
+        engine.llm_gate.set()
+        assert (await held).answered_by == "edge"
+        local = await second.run_turn(tone(600))  # room again: the same words stay on the edge
+        assert local.answered_by == "edge" and local.reply == LOCAL_REPLY
+    finally:
+        await first.close()
+        await second.close()
+
+
+# ---------------------------------------------------------------- OTA: booting devices go elsewhere
+async def test_a_full_edge_sends_a_booting_device_to_the_other_edge(edge_server):
+    engine = FakeEngine(edge=ONE_TURN)
+    two_edges = make_topology().model_dump(by_alias=True, exclude_none=True)
+    two_edges["sites"][0]["edges"].append({"name": "edge-2", "host": "127.0.0.2", "port": 8001, "capacity": 150})
+    chooser = ota_chooser_with_load(StaticDiscovery(parse_topology(two_edges, environ={})), "edge-1",
+                                    engine.admission, request_ws_url)
+    edge = await edge_server(engine, choose_edge=chooser)
+    booting = [f"aa:bb:cc:00:04:{i:02x}" for i in range(16)]
+
+    async def ota_urls() -> set[str]:
+        async with aiohttp.ClientSession() as http:
+            urls = set()
+            for device_id in booting:
+                async with http.post(edge.ota_url, json={}, headers={"Device-Id": device_id}) as resp:
+                    assert resp.status == 200
+                    urls.add((await resp.json())["websocket"]["url"])
+            return urls
+
+    assert edge.ws_url in await ota_urls()  # with room, some booting devices land here
+    sim = await device(edge, "aa:bb:cc:00:04:ff")
+    try:
+        held = await hold_one_turn(engine, sim)
+        assert await ota_urls() == {"ws://127.0.0.2:8001/xiaozhi/v1/"}  # full: every one goes to edge-2
+        engine.llm_gate.set()
+        await held
+        assert edge.ws_url in await ota_urls()
+    finally:
+        await sim.close()

@@ -1,0 +1,42 @@
+"""The thread budget: the heavy stages share the cores instead of each taking all of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.engine import EdgeEngine
+from edge.threads import apply_budget, onnx_session, thread_budget
+from shared.topology import ThreadsSpec, resolve_model_path
+from tests.fixtures_edge import make_topology
+
+
+@pytest.mark.parametrize("cores", [2, 4, 8, 16])
+def test_asr_and_the_llm_together_fit_the_cores(cores):
+    for tier in (None, "cpu-small", "cpu-medium", "cpu-large", "gpu"):
+        b = thread_budget(ThreadsSpec(cores=cores), tier)
+        assert b.asr + b.llm <= cores and min(b.vad, b.asr, b.tts, b.llm) >= 1
+    assert thread_budget(ThreadsSpec(cores=cores), "gpu").asr == 1  # the accelerator does ASR's work
+    ml, cpu = thread_budget(ThreadsSpec(cores=cores), "multilingual"), thread_budget(ThreadsSpec(cores=cores))
+    assert ml.asr >= cpu.asr  # Whisper base costs more than tiny.en: ASR gets the bigger share
+
+
+def test_topology_pins_win_over_the_budget():
+    b = thread_budget(ThreadsSpec(cores=2, asr=2, tts=2))
+    assert (b.asr, b.tts, b.llm) == (2, 2, 1)
+    settings = make_topology({"asr": {"threads": 3}}).edge  # edge.asr.threads, explicit: wins over both
+    applied, used = apply_budget(settings, thread_budget(ThreadsSpec(cores=2)))
+    assert applied.asr.threads == used.asr == 3
+    assert applied.llm.launch.n_threads == used.llm == 1  # not set in topology.yaml: the budget's
+
+
+def test_the_engine_runs_with_its_budget():
+    engine = EdgeEngine(make_topology({"threads": {"cores": 4}}))
+    assert engine.threads == thread_budget(ThreadsSpec(cores=4))
+    assert engine.settings.asr.threads == engine.threads.asr == 2
+    assert engine.settings.llm.launch.n_threads == engine.threads.llm == 2
+    assert engine.vad.threads == engine.tts.threads == 1
+
+
+def test_onnx_sessions_get_the_budgeted_threads(models_topology):
+    session = onnx_session(resolve_model_path(models_topology.edge.vad.model), 1)
+    assert session.get_session_options().intra_op_num_threads == 1
