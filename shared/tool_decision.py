@@ -128,6 +128,16 @@ def is_yes(answer: str) -> bool:
     return bool(set(_WORDS.findall(text)) & _YES or _YES_PHRASES.search(text))
 
 
+_REPLY_FILLER = frozenset("thanks thank you go ahead do it that's fine i said mind never way leave forget now "
+                          "changed my of course sounds good for why".split())
+
+
+def is_bare_reply(text: str) -> bool:
+    """Only yes/no words ("yes please", "no thanks", "sure, go ahead"): a reply, never a request of its own."""
+    words = set(_WORDS.findall(text.lower().replace("’", "'")))
+    return bool(words & (_YES | _NO)) and words <= _YES | _NO | _REPLY_FILLER
+
+
 def is_no(answer: str) -> bool:
     """A short refusal ("no", "no thanks", "never mind"): the question is answered. A longer turn that says
     no somewhere ("no, what time is it?") is a new request and is answered as one."""

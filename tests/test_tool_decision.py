@@ -7,7 +7,8 @@ import pytest
 from scripts.sim_board import SimBoard
 from shared.intent_router import RouteDecision
 from shared.tool_calling import CatalogTool
-from shared.tool_decision import PendingCall, confirmation_question, decide_action, is_yes, tool_effect
+from shared.tool_decision import (PendingCall, confirmation_question, decide_action, is_bare_reply, is_no, is_yes,
+                                  tool_effect)
 
 BOARD = {t.name: CatalogTool(t.name, t.description, t.to_json()["inputSchema"]) for t in SimBoard().tools}
 TIME = CatalogTool("get_time", "Get the current local time.", {})
@@ -82,3 +83,9 @@ def test_pending_call_acts_only_on_a_timely_yes():
     assert not pending.resolve("no", now=105.0)
     assert not pending.resolve(None, now=105.0) and not pending.resolve("  ", now=105.0)  # silence
     assert not pending.resolve("yes", now=200.0)  # too late: a new request
+
+
+def test_bare_replies_and_refusals():
+    assert all(is_bare_reply(t) for t in ["yes please", "no thanks", "sure, go ahead", "never mind", "ok"])
+    assert not any(is_bare_reply(t) for t in ["Turn on the light please", "light on please", "yes, what time is it"])
+    assert is_no("no thanks") and is_no("never mind") and not is_no("no, what time is it in Tokyo?")

@@ -31,7 +31,7 @@ from edge.tools.site import SiteTools, TurnTools
 from shared.intent_router import IntentRouter, RouteDecision
 from shared.policy import Decision, PolicyState, Settings, TurnFeatures, local_language
 from shared.tool_calling import llm_name
-from shared.tool_decision import PendingCall, is_no
+from shared.tool_decision import PendingCall, is_bare_reply, is_no
 from shared.topology import EscalationSpec, RouterSpec
 from shared.wire import ToolCall, new_id
 
@@ -120,8 +120,8 @@ class Deciding:
         return await asyncio.to_thread(self.router.route, text, registry)
 
     def _tools(self, start: TurnStart, heard: Heard, language: str, routed: RouteDecision | None) -> TurnTools | None:
-        if self.tools is None:
-            return None
+        if self.tools is None or is_bare_reply(heard.text):
+            return None  # "yes please" with no question pending (or a late one) asks for nothing
         if self.router is not None and routed is None:  # a language the router does not know: the cloud decides
             return self.tools.offered(start)
         return self.tools.for_turn(start, heard.text, routed)
