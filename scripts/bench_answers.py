@@ -444,9 +444,7 @@ def cloud_note(topo: Topology) -> str:
 
 
 def device_timezone(topo: Topology, site: str) -> ZoneInfo:
-    from edge.tools.config import load_tools_spec
-
-    spec = load_tools_spec(topo)
+    spec = topo.tools
     site_spec = spec.sites.get(site)
     return ZoneInfo((site_spec.timezone if site_spec and site_spec.timezone else None) or spec.timezone)
 

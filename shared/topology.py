@@ -268,6 +268,10 @@ class SessionSpec(_Model):
     hello_timeout_s: float = Field(10, gt=0)
     idle_timeout_s: float = Field(120, gt=0)
     max_frame_bytes: int = Field(8192, gt=0)
+    # ``listen detect`` with one of these (case, spaces and punctuation aside) is the wake word: the greeting.
+    # Any other detect text is a typed request and answered as one (as the reference xiaozhi server does).
+    wake_words: list[str] = ["你好小智", "你好小明", "你好小鑫", "小智", "hi esp", "hi lexin", "hi xiaozhi",
+                             "hello xiaozhi", "hey xiaozhi", "xiaozhi", "alexa", "jarvis", "computer"]
 
 
 class VadSpec(_Model):

@@ -194,3 +194,16 @@ async def test_disconnect_mid_answer_cancels_the_turn_and_spares_other_sessions(
         await asyncio.sleep(0.05)
     assert fake_engine.cancelled == 1 and fake_engine.finished == 1
     assert connected() == base and not edge.sessions
+
+
+@pytest.mark.parametrize("text, kind", [("你好小智", "wake"), ("Hi, ESP!", "wake"),
+                                        ("What time is it in Tokyo?", "text")])
+async def test_detect_text_is_the_wake_word_or_a_typed_request(edge_server, fake_engine, text, kind):
+    edge = await edge_server(fake_engine)
+    async with RawDevice(edge) as dev:
+        await dev.hello()
+        await dev.ws.send_str(json.dumps({"type": "listen", "state": "detect", "text": text}))
+        while not fake_engine.requests:
+            await dev.json()
+    (start,) = fake_engine.requests
+    assert (start.kind, start.text) == (kind, text)

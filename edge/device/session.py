@@ -86,6 +86,7 @@ class DeviceSession:
         self.mode = "auto"
         self.listening = False
         self.conversation = Conversation(settings.llm.history_turns)
+        self._wake_words = {_folded(w) for w in settings.session.wake_words}
         self.mcp: McpClient | None = None
         self.turn_task: asyncio.Task | None = None
         self.close_code: int | None = None
@@ -224,7 +225,8 @@ class DeviceSession:
                     await self._on_utterance(utterance)
         elif msg.state == "detect":
             if msg.text:
-                await self.start_turn(self._start("wake", text=msg.text))
+                kind = "wake" if _folded(msg.text) in self._wake_words else "text"
+                await self.start_turn(self._start(kind, text=msg.text))
 
     def _reset_listening(self) -> None:
         self._listener = self.engine.listening(self.mode)
@@ -320,3 +322,8 @@ class DeviceSession:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _folded(text: str) -> str:
+    """A wake word's comparable form: lower case, letters and digits only ("Hi, ESP!" -> "hiesp")."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
