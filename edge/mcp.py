@@ -44,6 +44,7 @@ class McpClient:
         self.tools: list[dict[str, Any]] = []
         self.server_info: dict[str, Any] = {}
         self.ready = asyncio.Event()
+        self.settled = asyncio.Event()  # initialize finished, well or not: a turn waits for this, never longer
         self._closed = False
         # (tools, registry) merged by edge.tools.site for these tools; kept here, not in a table keyed by
         # this client, so it is garbage with the session (the registry refers back to this client)
@@ -90,13 +91,16 @@ class McpClient:
 
     async def initialize(self, capabilities: dict[str, Any] | None = None, timeout: float | None = None) -> list[dict]:
         """``initialize`` then every page of ``tools/list``; the tools are kept in ``self.tools``."""
-        result = await self.request("initialize", {"protocolVersion": PROTOCOL_VERSION,
-                                                   "capabilities": capabilities or {},
-                                                   "clientInfo": {"name": "xiaozhi-edge", "version": "0.1"}},
-                                    timeout)
-        if isinstance(result, dict) and isinstance(result.get("serverInfo"), dict):
-            self.server_info = result["serverInfo"]
-        self.tools = await self.list_tools(timeout)
+        try:
+            result = await self.request("initialize", {"protocolVersion": PROTOCOL_VERSION,
+                                                       "capabilities": capabilities or {},
+                                                       "clientInfo": {"name": "xiaozhi-edge", "version": "0.1"}},
+                                        timeout)
+            if isinstance(result, dict) and isinstance(result.get("serverInfo"), dict):
+                self.server_info = result["serverInfo"]
+            self.tools = await self.list_tools(timeout)
+        finally:
+            self.settled.set()
         self.ready.set()
         log_event(log, "mcp ready", tools=[t.get("name") for t in self.tools])
         return self.tools

@@ -191,8 +191,8 @@ class TurnPipeline:
             return result
         finally:
             self.active -= 1
-            if answer is not None:
-                result.answered_by = answer.answered_by
+            if answer is not None:  # both may change while streaming (a fallback, a replaced answer)
+                result.answered_by, result.reason = answer.answered_by, answer.reason or result.reason
             result.timings_ms = events.timings_ms()
             events.emit(TurnEnded(outcome=result.outcome, answered_by=result.answered_by, reason=result.reason,
                                   user_text=result.user_text, reply_text=result.reply_text))

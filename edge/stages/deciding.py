@@ -17,6 +17,7 @@ next turn's yes; a turn scored as chat never calls anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
@@ -34,6 +35,8 @@ from shared.tool_calling import llm_name
 from shared.tool_decision import PendingCall, is_bare_reply, is_no
 from shared.topology import EscalationSpec, RouterSpec
 from shared.wire import ToolCall, new_id
+
+MCP_WAIT_S = 1.0  # how long a turn waits for the device's tools/list before deciding without its tools
 
 
 @dataclass
@@ -116,6 +119,10 @@ class Deciding:
         """The router's decision (one embedding, in a thread); None without a router or in another language."""
         if self.router is None or language.split("-")[0] not in self.router_spec.languages:
             return None
+        mcp = start.mcp
+        if mcp is not None and not mcp.settled.is_set():  # a request right after hello: tools/list is on the way
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(mcp.settled.wait(), MCP_WAIT_S)
         registry = self.tools.registry_for(start) if self.tools is not None else None
         return await asyncio.to_thread(self.router.route, text, registry)
 
