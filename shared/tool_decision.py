@@ -12,7 +12,8 @@ only wastes a sentence. So the rule (issue 14) depends on what the tool does:
   answer (:class:`PendingCall`, :func:`is_yes`);
 - a turn the router scored as chat never calls anything.
 
-Whether a tool reads is taken from MCP's ``annotations.readOnlyHint`` when the
+The edge's server tools (clock, calculator, the operator's HTTP lookups) read. For a
+device tool, whether it reads is taken from MCP's ``annotations.readOnlyHint`` when the
 tool carries it, else from its name: a name whose action word is one of
 :data:`READING_VERBS` (``get_time``, ``self.battery.get_level``,
 ``self.get_device_status``, ``calculate``) reads; everything else is treated as
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from shared.argument_hints import COLOURS
-from shared.intent_router import RouteDecision
+from shared.intent_router import CHAT_CLASSES as CHAT_INTENTS, RouteDecision
 from shared.tool_calling import ToolDef
 
 Effect = Literal["reads", "changes"]
@@ -39,6 +40,8 @@ READING_VERBS = frozenset("get read list query check calculate compute lookup se
 
 def tool_effect(tool: ToolDef) -> Effect:
     """"reads" or "changes" (see the module docstring for the rule)."""
+    if getattr(tool, "kind", None) == "server":  # the edge's own tools (clock, calculator, HTTP lookups) only read
+        return "reads"
     annotations = getattr(tool, "annotations", None)
     hint = annotations.get("readOnlyHint") if isinstance(annotations, Mapping) else None
     if isinstance(hint, bool):
@@ -74,6 +77,8 @@ def decide_action(route: RouteDecision, tool: ToolDef | None) -> ToolAction:
         return ToolAction("answer", "no tool chosen")
     named = tool.name in route.words
     if tool_effect(tool) == "reads":
+        if not route.clear and route.intent in CHAT_INTENTS:  # "the difference between weather and climate"
+            return ToolAction("answer", f"reading tool, unsure and the request is {route.intent}")
         if route.clear or named:
             return ToolAction("call", "reading tool")
         return ToolAction("answer", "reading tool, unsure and not named")

@@ -89,3 +89,16 @@ def test_bare_replies_and_refusals():
     assert all(is_bare_reply(t) for t in ["yes please", "no thanks", "sure, go ahead", "never mind", "ok"])
     assert not any(is_bare_reply(t) for t in ["Turn on the light please", "light on please", "yes, what time is it"])
     assert is_no("no thanks") and is_no("never mind") and not is_no("no, what time is it in Tokyo?")
+
+
+def test_server_tools_read_whatever_their_name():
+    from edge.tools.config import build_server_tools
+    from shared.topology import HttpToolSpec, ToolsSpec
+
+    spec = ToolsSpec(http=[HttpToolSpec(name="weather", description="The weather at a place.",
+                                        url="https://example.org/w?q={city}",
+                                        parameters={"type": "object", "properties": {"city": {"type": "string"}}})],
+                     enabled=["get_time", "calculate", "weather"])
+    registry = build_server_tools(spec)
+    assert {t.name: tool_effect(t) for t in registry} == {"get_time": "reads", "calculate": "reads",
+                                                           "weather": "reads"}
