@@ -20,13 +20,12 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from edge.cloud_link import CloudLink
 from edge.pipeline.events import Decided
 from edge.pipeline.observers import TurnEvents
 from edge.pipeline.turn import TurnStart
-from edge.stages.answering.local import LocalAnswer
 from edge.stages.understanding import Heard
 from edge.tools.site import SiteTools, TurnTools
 from shared.intent_router import IntentRouter, RouteDecision
@@ -35,6 +34,9 @@ from shared.tool_calling import llm_name
 from shared.tool_decision import PendingCall, is_bare_reply, is_no
 from shared.topology import EscalationSpec, RouterSpec
 from shared.wire import ToolCall, new_id
+
+if TYPE_CHECKING:  # the answering stage consumes a Route: importing it here would be a cycle
+    from edge.stages.answering.local import LocalAnswer
 
 MCP_WAIT_S = 1.0  # how long a turn waits for the device's tools/list before deciding without its tools
 
