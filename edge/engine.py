@@ -257,6 +257,8 @@ class EdgeEngine:
             "site": self.site.name,
             "edge": self.edge_id,
             "cloud_link": parts["cloud_link"],
+            # would a turn be escalated now: the link is up and a worker of the policy's class has room
+            "cloud_healthy": bool(snapshot and self.cloud.healthy(snapshot.policy.settings.model_class)),
             "active_turns": self.pipeline.active if self.pipeline else 0,
             **({"load": self.admission.snapshot()} if self.admission else {}),
             "loop_lag_ms": round(self.loop_lag[0] * 1000, 1),
