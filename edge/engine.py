@@ -20,6 +20,7 @@ from dataclasses import fields
 from edge import metrics
 from edge.asr import AsrService
 from edge.cloud_link import CloudLink
+from edge.phrases import UNAVAILABLE_EN
 from edge.pipeline.observers import Observer, TraceObserver
 from edge.pipeline.ports import DeviceOutput
 from edge.pipeline.turn import Phrases, TurnPipeline, TurnResult, TurnStart
@@ -53,8 +54,8 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                         local_languages=settings.llm.languages)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
-        greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
-        observers=observers)
+        greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
+        system_prompt=settings.llm.system_prompt, observers=observers)
     return pipeline
 
 
@@ -93,7 +94,7 @@ class EdgeEngine:
         await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
                              *([self._llama.start()] if self._llama else []))
         self.llm = build_chat_client(spec)
-        await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)])
+        await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)] + [UNAVAILABLE_EN])
         esc = self.settings.escalation
         if self.settings.trace.path:
             from shared.turn_trace import TurnTrace

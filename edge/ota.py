@@ -6,6 +6,8 @@ The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
 not admit (``edge/device_access.py``) gets no token: 403, or ``activation`` when the
 firmware's activation flow is on. Which edge a device goes to is a pluggable
 ``choose_edge(device_id, request)`` so federation can assign devices to sites.
+The ``Accept-Language`` of the check (the firmware's UI language, e.g. ``zh-CN``) is
+remembered per device: it is the language of that device's turns when the ASR names none.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from datetime import datetime
 from typing import Awaitable, Callable, Union
 
 from aiohttp import web
+from cachetools import LRUCache
 
 from edge import metrics
 from edge.device_access import DeviceAdmission
 from edge.tokens import TokenIssuer
+from shared.languages import accept_language, device_language
 from shared.log import log_event
 from shared.topology import Topology
 
@@ -54,6 +58,27 @@ def own_edge_chooser(topology: Topology) -> ChooseEdge:
     return choose
 
 
+class DeviceLanguages:
+    """Each device's default language: its topology override (``devices.languages``), else the
+    ``Accept-Language`` of its last OTA check, else ``default``.
+
+    Remembered in memory for the ``max_devices`` most recent devices (a device checks OTA at every
+    boot, so one evicted or served by an edge restarted since falls back to ``default`` until then)."""
+
+    def __init__(self, topology: Topology, max_devices: int = 10_000, default: str = "en"):
+        self.topology = topology
+        self.default = default
+        self._heard: LRUCache[str, str] = LRUCache(max_devices)
+
+    def remember(self, device_id: str, header: str | None) -> None:
+        if language := accept_language(header):
+            self._heard[device_id] = language
+
+    def of(self, device_id: str, header: str | None = None) -> str:
+        """``device_id``'s default language; ``header``: an Accept-Language sent now (the WebSocket handshake's)."""
+        return device_language(self.topology, device_id, header or self._heard.get(device_id), self.default)
+
+
 def server_time() -> dict[str, int]:
     """Devices set their clock from this (needed for TLS); offset in minutes east of UTC."""
     offset = datetime.now().astimezone().utcoffset()
@@ -68,6 +93,7 @@ class OtaHandler:
                  ws_version: int = 1, admission: DeviceAdmission | None = None):
         self.tokens = tokens
         self.admission = admission
+        self.languages = DeviceLanguages(topology)
         self.choose_edge = choose_edge or own_edge_chooser(topology)
         self.ws_version = ws_version
 
@@ -97,6 +123,7 @@ class OtaHandler:
         if info is None:
             metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
             return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
+        self.languages.remember(device_id, request.headers.get("Accept-Language"))
         if self.admission is not None:
             admitted, reason = self.admission.admitted(device_id)
             if not admitted and reason == "device not activated":

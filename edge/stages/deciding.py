@@ -34,6 +34,8 @@ class Route:
     messages: list[dict]
     tools: TurnTools | None = None
     probe: LocalAnswer | None = None  # the confidence probe's started local answer
+    language: str = "en"  # the turn's (the escalation request's, the phrases')
+    local_language: bool = True  # the local model answers in it (else a local answer is the phrase for that)
 
 
 class Deciding:
@@ -64,7 +66,7 @@ class Deciding:
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
         if decision.needs_confidence:
-            if self.spec.measure_confidence and tools is None:
+            if self.spec.measure_confidence and tools is None and features.local_language:
                 probe = self.probe(messages)
                 features.local_confidence = await probe.confidence(settings.confidence_tokens)
             # Not measured (or no logprobs from the backend): treated as confident.
@@ -81,4 +83,5 @@ class Deciding:
         events.emit(Decided(source=source, rule=decision.rule, reason=reason, revision=decision.revision,
                             features=features, decision=decision,
                             tools=tuple(tools.registry.names()) if tools else None))
-        return Route(source, reason, decision, settings, messages, tools, probe)
+        return Route(source, reason, decision, settings, messages, tools, probe, features.language,
+                     features.local_language)

@@ -13,11 +13,13 @@ from typing import AsyncIterator
 
 from edge import metrics
 from edge.cloud_link import CloudLink
+from edge.phrases import UNAVAILABLE_EN, localized
 from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.cloud import CloudAnswer
 from edge.stages.answering.fallback import WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
+from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.answering.tools import LocalToolRounds
 from edge.stages.deciding import Route
 from edge.tools.site import TurnTools
@@ -49,26 +51,38 @@ class Answering:
 
     def source(self, route: Route, start: TurnStart) -> AnswerSource:
         if route.source != "cloud" or self.cloud.client is None:
-            if route.probe is not None:
-                route.probe.reason = route.reason
-                return route.probe
-            return self.local(route.messages, route.tools, route.reason)
+            answer = self._local(route, route.tools)
+            answer.reason = route.reason
+            return answer
         decision, settings, tools = route.decision, route.settings, route.tools
         metrics.ESCALATIONS.labels(reason=decision.rule).inc()
         request = EscalationRequest(
             turn_id=start.turn_id, device_id=start.device_id, messages=route.messages, reason=decision.rule,
-            policy_revision=decision.revision, deadline=epoch_ms() + self.spec.deadline_ms,
+            language=route.language, policy_revision=decision.revision, deadline=epoch_ms() + self.spec.deadline_ms,
             max_tokens=self.spec.max_tokens, temperature=self.llm_spec.temperature,
             tools=tools.registry.llm_tools() if tools else [],
             tool_examples=tool_examples(tools.registry) if tools else {})
         cloud = CloudAnswer(self.cloud.client, request, settings, self.spec.deadline_ms, tools,
-                            lambda msgs: self._finish(msgs, tools))
-        return WithFallback(cloud, lambda: route.probe or self.local(route.messages, tools),
-                            settings.let_me_think_phrase if settings.let_me_think else None, self.lead_in_s,
-                            route.reason, probe=route.probe)
+                            lambda msgs: self._finish(msgs, tools, route))
+        lead_in = localized("thinking", route.language, settings.let_me_think_phrase) if settings.let_me_think else None
+        return WithFallback(cloud, lambda: self._local(route, tools), lead_in, self.lead_in_s, route.reason,
+                            probe=route.probe)
 
-    def _finish(self, messages: list[dict], tools: TurnTools | None) -> AsyncIterator[str]:
+    def _local(self, route: Route, tools: TurnTools | None) -> AnswerSource:
+        """The edge's answer: the probe's or a new one; in a language the local model lacks, the cached
+        phrase saying so in that language (SmolLM2 would answer Mandarin with English nonsense)."""
+        if not route.local_language:
+            return self._unavailable(route.language)
+        return route.probe or self.local(route.messages, tools)
+
+    @staticmethod
+    def _unavailable(language: str) -> PhraseAnswer:
+        return PhraseAnswer(localized("unavailable", language, UNAVAILABLE_EN), answered_by="edge")
+
+    def _finish(self, messages: list[dict], tools: TurnTools | None, route: Route) -> AsyncIterator[str]:
         """The local model's text for ``messages``, offering no tools (it finishes what the cloud began)."""
+        if not route.local_language:
+            return self._unavailable(route.language).stream()
         if tools is None:
             return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health).stream()
         return guarded(tools.loop.answer_only(messages), self.stall_s, "local model", self.health)
