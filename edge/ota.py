@@ -6,8 +6,8 @@ The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
 not admit (``edge/device_access.py``) gets no token: 403, or ``activation`` when the
 firmware's activation flow is on. Which edge a device goes to is a pluggable
 ``choose_edge(device_id, request)`` so federation can assign devices to sites.
-The ``Accept-Language`` of the check (the firmware's UI language, e.g. ``zh-CN``) is
-remembered per device: it is the language of that device's turns when the ASR names none.
+The ``Accept-Language`` of the check (the firmware's UI language, e.g. ``zh-CN``; else the
+body's ``language``) is remembered per device: it is the language of that device's turns when the ASR names none.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class OtaHandler:
         if info is None:
             metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
             return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
-        self.languages.remember(device_id, request.headers.get("Accept-Language"))
+        said = request.headers.get("Accept-Language") or info.get("language")  # the body has it too ("zh-CN")
+        self.languages.remember(device_id, said if isinstance(said, str) else None)
         if self.admission is not None:
             admitted, reason = self.admission.admitted(device_id)
             if not admitted and reason == "device not activated":
