@@ -69,8 +69,9 @@ async def run(args: argparse.Namespace) -> int:
     questions = ZH_QUESTIONS if zh else QUESTIONS
     lead_ins = {Phrases().thinking, localized("thinking", args.language, Phrases().thinking)}
     clips = [synthesize(q) for q in questions]
-    sim = await DeviceSimulator.from_ota(args.ota, device_id="02:00:00:00:be:01", protocol_version=args.protocol_version,
-                                         accept_language="zh-CN" if zh else "en-US")
+    sim = await DeviceSimulator.from_ota(args.ota, device_id="02:00:00:00:be:01",
+                                         accept_language="zh-CN" if zh else "en-US",
+                                         protocol_version=args.protocol_version)
     await sim.connect()
     stages: dict[str, list[float]] = {}
     by: dict[str, int] = {}

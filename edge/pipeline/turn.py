@@ -184,7 +184,7 @@ class TurnPipeline:
                                   user_text=result.user_text, reply_text=result.reply_text))
 
     async def _apologize(self, out: DeviceOutput, events: TurnEvents, language: str) -> None:
-        """The cached apology in the turn's language, bounded in time; speaking sends its tts stop even if this fails."""
+        """The cached apology in the turn's language, bounded in time; speaking sends tts stop even if this fails."""
         if out.closed:
             return
         try:
