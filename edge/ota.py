@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from edge import metrics
 from edge.device_access import DeviceAdmission
 from edge.tokens import TokenIssuer
-from shared.languages import accept_language, device_language
+from shared.languages import accept_language, device_language, primary_subtag
 from shared.log import log_event
 from shared.topology import Topology
 
@@ -59,15 +59,20 @@ def own_edge_chooser(topology: Topology) -> ChooseEdge:
 
 
 class DeviceLanguages:
-    """Each device's default language: its topology override (``devices.languages``), else the
-    ``Accept-Language`` of its last OTA check, else ``default``.
+    """Each device's default language (for turns the ASR names none of, e.g. wake-word turns).
 
-    Remembered in memory for the ``max_devices`` most recent devices (a device checks OTA at every
-    boot, so one evicted or served by an edge restarted since falls back to ``default`` until then)."""
+    On an edge whose ASR has a fixed language (``edge.asr.language`` not ``auto``) that language:
+    the edge speaks it, whatever the firmware's UI language (a zh-CN device on an English edge is
+    greeted in English, not by espeak-ng in Mandarin). Else the device's topology override
+    (``devices.languages``), else the ``Accept-Language`` of its last OTA check, else ``default``.
+    Accept-Language is remembered in memory for the ``max_devices`` most recent devices (a device
+    checks OTA at every boot, so one evicted, or served by an edge restarted since, gets the default)."""
 
     def __init__(self, topology: Topology, max_devices: int = 10_000, default: str = "en"):
         self.topology = topology
         self.default = default
+        asr_language = topology.edge.asr.language
+        self.fixed = "" if asr_language == "auto" else primary_subtag(asr_language)
         self._heard: LRUCache[str, str] = LRUCache(max_devices)
 
     def remember(self, device_id: str, header: str | None) -> None:
@@ -76,7 +81,8 @@ class DeviceLanguages:
 
     def of(self, device_id: str, header: str | None = None) -> str:
         """``device_id``'s default language; ``header``: an Accept-Language sent now (the WebSocket handshake's)."""
-        return device_language(self.topology, device_id, header or self._heard.get(device_id), self.default)
+        return self.fixed or device_language(self.topology, device_id, header or self._heard.get(device_id),
+                                             self.default)
 
 
 def server_time() -> dict[str, int]:

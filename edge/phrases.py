@@ -1,6 +1,6 @@
 """The edge's fixed phrases in other languages than English, by the English phrase's role.
 
-The English phrases live with the code that says them (``edge.turn.Phrases``, the tool
+The English phrases live with the code that says them (``edge.pipeline.turn.Phrases``, the tool
 loop's); this catalogue gives the same roles in the languages the edge has voices for,
 so a Mandarin turn that cannot be answered (cloud down, nothing heard) is told so in
 Mandarin, from the phrase cache (``TtsService`` pre-warms these for every configured voice).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from shared.languages import primary_subtag
 
-# role -> phrase; roles are edge.turn.Phrases' field names, plus ``unavailable`` for a turn in a
+# role -> phrase; roles are edge.pipeline.turn.Phrases' field names, plus ``unavailable`` for a turn in a
 # language the local model lacks while the cloud is unreachable.
 LOCALIZED: dict[str, dict[str, str]] = {
     "zh": {

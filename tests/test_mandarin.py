@@ -228,7 +228,11 @@ def test_missing_zh_voice_is_one_clear_line(tmp_path):
 
 # ---------------------------------------------------------------- device default language
 def test_device_languages_remembered_per_device_and_bounded(models_topology):
-    langs = DeviceLanguages(models_topology, max_devices=2)
+    auto = models_topology.model_copy(update={"edge": models_topology.edge.model_copy(update={
+        "asr": models_topology.edge.asr.model_copy(update={"language": "auto"})})})
+    assert models_topology.edge.asr.language == "en"
+    assert DeviceLanguages(models_topology).of("dev-a", "zh-CN") == "en"  # a fixed-language edge speaks its own
+    langs = DeviceLanguages(auto, max_devices=2)
     langs.remember("dev-a", "zh-CN,zh;q=0.9")
     langs.remember("dev-b", "fr-FR")
     assert (langs.of("dev-a"), langs.of("dev-b"), langs.of("never-seen")) == ("zh", "fr", "en")
@@ -241,7 +245,7 @@ def test_device_languages_remembered_per_device_and_bounded(models_topology):
 
 async def test_ota_language_reaches_the_turn_and_its_phrases(edge_server, fake_engine):
     """OTA Accept-Language -> the session's default -> a wake turn greets in Mandarin (stand-in models)."""
-    edge = await edge_server(fake_engine)
+    edge = await edge_server(fake_engine, edge={"asr": {"language": "auto"}})
     sim = await DeviceSimulator.from_ota(edge.ota_url, "aa:00:00:00:00:01", accept_language="zh-CN,zh;q=0.9")
     await sim.connect()
     try:
