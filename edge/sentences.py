@@ -32,7 +32,8 @@ ABBREVIATIONS = frozenset(
     "sep sept oct nov dec mon tue wed thu fri sat sun e.g i.e a.m p.m u.s u.k u.n cf al".split()
 )
 _WORD_BEFORE = re.compile(r"([^\s\"'(\[{“‘]+)$")
-_WIDE_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+# CJK punctuation, kana, ideographs, hangul, full-width forms ("。" is as wide as "好")
+_WIDE_CHARS = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef"
 _WIDE = re.compile(f"[{_WIDE_CHARS}]")
 # where a forced cut may fall: a Chinese clause mark, or , ; : before a space ("1,000" stays whole) or after CJK
 _CLAUSE_MARK = re.compile(f"[{_CJK_COMMAS}]|[{_COMMAS}](?=\\s)|(?<=[{_WIDE_CHARS}])[{_COMMAS}]")

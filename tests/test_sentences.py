@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
+from edge.phrases import LOCALIZED
+from edge.pipeline.turn import Phrases
 from edge.sentences import SentenceSplitter, SplitterConfig
 
 
@@ -74,6 +78,14 @@ def test_long_chinese_clauses_are_cut_at_clause_marks():
     # the first piece at the first-clause length, then a cut after every clause mark past clause_chars
     assert got == [first, clauses[0] + clauses[1], clauses[2] + clauses[3]]
     assert pieces("北京很大，人很多，东西好吃，我很喜欢。") == ["北京很大，人很多，东西好吃，", "我很喜欢。"]
+
+
+@pytest.mark.parametrize("phrase", [p for lang in LOCALIZED.values() for p in lang.values()]
+                         + [getattr(Phrases(), f.name) for f in fields(Phrases)])
+def test_every_edge_phrase_is_a_sentence_of_its_own(phrase):
+    # the lead-in ("请稍等。") must play while the cloud still thinks, not wait to merge with its answer
+    fed, _ = stream(phrase + " 北京是中国的首都。")
+    assert fed[0] == phrase
 
 
 def test_max_length_is_a_weight_for_cjk_text():
