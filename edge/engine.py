@@ -22,6 +22,7 @@ from edge import metrics
 from edge.admission import AdmissionControl, CountedChat, InflightCounter
 from edge.asr import AsrService
 from edge.cloud_link import CloudLink
+from edge.phrases import UNAVAILABLE_EN
 from edge.pipeline.observers import Observer, TraceObserver
 from edge.pipeline.ports import DeviceOutput
 from edge.pipeline.turn import Phrases, TurnPipeline, TurnResult, TurnStart
@@ -67,15 +68,15 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
                    admission: AdmissionControl | None = None) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
-    answering = Answering(llm, settings.llm, settings.escalation, cloud, health, cannot_answer=phrases.unknown)
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
                         active_turns=lambda: pipeline.active, local_available=local_available,
                         local_languages=settings.llm.languages, router=router, router_spec=settings.router,
                         declined=phrases.declined)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
-        greeting=lambda: PhraseAnswer(phrases.greeting, "wake word"), system_prompt=settings.llm.system_prompt,
-        observers=observers, admission=admission)
+        greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
+        system_prompt=settings.llm.system_prompt, observers=observers, admission=admission)
     return pipeline
 
 
@@ -130,7 +131,7 @@ class EdgeEngine:
                                                *([self._llama.start()] if self._llama else []), routing)
         self.llm = CountedChat(build_chat_client(spec), self.llm_inflight)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)]
-                               + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase])
+                               + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase] + [UNAVAILABLE_EN])
         esc = self.settings.escalation
         if self.settings.trace.path:
             from shared.turn_trace import TurnTrace

@@ -6,6 +6,8 @@ The firmware POSTs its system info to ``OTA_URL`` (``/xiaozhi/ota/``) and reads
 not admit (``edge/device_access.py``) gets no token: 403, or ``activation`` when the
 firmware's activation flow is on. Which edge a device goes to is a pluggable
 ``choose_edge(device_id, request)`` so federation can assign devices to sites.
+The ``Accept-Language`` of the check (the firmware's UI language, e.g. ``zh-CN``; else the
+body's ``language``) is remembered per device: it is the language of that device's turns when the ASR names none.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from datetime import datetime
 from typing import Awaitable, Callable, Union
 
 from aiohttp import web
+from cachetools import LRUCache
 
 from edge import metrics
 from edge.device_access import DeviceAdmission
 from edge.tokens import TokenIssuer
+from shared.languages import accept_language, device_language, primary_subtag
 from shared.log import log_event
 from shared.topology import Topology
 
@@ -54,6 +58,33 @@ def own_edge_chooser(topology: Topology) -> ChooseEdge:
     return choose
 
 
+class DeviceLanguages:
+    """Each device's default language (for turns the ASR names none of, e.g. wake-word turns).
+
+    On an edge whose ASR has a fixed language (``edge.asr.language`` not ``auto``) that language:
+    the edge speaks it, whatever the firmware's UI language (a zh-CN device on an English edge is
+    greeted in English, not by espeak-ng in Mandarin). Else the device's topology override
+    (``devices.languages``), else the ``Accept-Language`` of its last OTA check, else ``default``.
+    Accept-Language is remembered in memory for the ``max_devices`` most recent devices (a device
+    checks OTA at every boot, so one evicted, or served by an edge restarted since, gets the default)."""
+
+    def __init__(self, topology: Topology, max_devices: int = 10_000, default: str = "en"):
+        self.topology = topology
+        self.default = default
+        asr_language = topology.edge.asr.language
+        self.fixed = "" if asr_language == "auto" else primary_subtag(asr_language)
+        self._heard: LRUCache[str, str] = LRUCache(max_devices)
+
+    def remember(self, device_id: str, header: str | None) -> None:
+        if language := accept_language(header):
+            self._heard[device_id] = language
+
+    def of(self, device_id: str, header: str | None = None) -> str:
+        """``device_id``'s default language; ``header``: an Accept-Language sent now (the WebSocket handshake's)."""
+        return self.fixed or device_language(self.topology, device_id, header or self._heard.get(device_id),
+                                             self.default)
+
+
 def server_time() -> dict[str, int]:
     """Devices set their clock from this (needed for TLS); offset in minutes east of UTC."""
     offset = datetime.now().astimezone().utcoffset()
@@ -68,6 +99,7 @@ class OtaHandler:
                  ws_version: int = 1, admission: DeviceAdmission | None = None):
         self.tokens = tokens
         self.admission = admission
+        self.languages = DeviceLanguages(topology)
         self.choose_edge = choose_edge or own_edge_chooser(topology)
         self.ws_version = ws_version
 
@@ -97,6 +129,8 @@ class OtaHandler:
         if info is None:
             metrics.PROTOCOL_ERRORS.labels(kind="ota_bad_body").inc()
             return json_error(400, "bad_body", "the request body must be a JSON object (system info)")
+        said = request.headers.get("Accept-Language") or info.get("language")  # the body has it too ("zh-CN")
+        self.languages.remember(device_id, said if isinstance(said, str) else None)
         if self.admission is not None:
             admitted, reason = self.admission.admitted(device_id)
             if not admitted and reason == "device not activated":

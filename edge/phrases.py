@@ -1,6 +1,6 @@
 """The edge's fixed phrases in other languages than English, by the English phrase's role.
 
-The English phrases live with the code that says them (``edge.turn.Phrases``, the tool
+The English phrases live with the code that says them (``edge.pipeline.turn.Phrases``, the tool
 loop's); this catalogue gives the same roles in the languages the edge has voices for,
 so a Mandarin turn that cannot be answered (cloud down, nothing heard) is told so in
 Mandarin, from the phrase cache (``TtsService`` pre-warms these for every configured voice).
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from shared.languages import primary_subtag
 
-# role -> phrase; roles are edge.turn.Phrases' field names, plus ``unavailable`` for a turn in a
-# language the local model lacks while the cloud is unreachable.
+# role -> phrase; roles are edge.pipeline.turn.Phrases' field names, plus ``unavailable`` for a turn in a
+# language the local model lacks while the cloud is unreachable, or a local answer that failed its check.
 LOCALIZED: dict[str, dict[str, str]] = {
     "zh": {
         "greeting": "你好！有什么可以帮你的吗？",
@@ -20,6 +20,7 @@ LOCALIZED: dict[str, dict[str, str]] = {
         "error": "抱歉，出了点问题。",
         "unavailable": "这个我现在查不到。",
         "busy": "我现在有点忙，请稍后再问。",
+        "declined": "好的，那就不做了。",
     },
 }
 

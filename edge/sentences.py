@@ -6,7 +6,13 @@ at a comma once it is long enough. A '.' only ends a sentence when whitespace
 follows it, which keeps "3.5", "example.com" and "e.g." whole while tokens still
 stream in; known abbreviations and initials never end one. Fragments shorter than
 ``min_chars`` are merged into the next sentence (one clip instead of two tiny ones),
-and text with no boundary is cut at a space once it reaches ``max_chars``.
+and text with no boundary is cut at a space or clause mark once it reaches ``max_chars``.
+
+Chinese has no spaces: 。！？ end a sentence, and so do ASCII ``.!?`` right after a
+CJK character (models and Whisper write both); a long clause is cut after ，、；：
+(``clause_chars``), so a Mandarin answer that strings clauses together with commas
+still reaches the voice in pieces. Every length is a *weight* in which a CJK
+character counts twice, about what it takes to say compared with a Latin letter.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import re
 from dataclasses import dataclass
 
 _ENDS = ".!?…"
-_CJK_ENDS = "。！？；"
+_CJK_ENDS = "。！？"
 _CLOSERS = "\"')]}”’»」』）"
 _COMMAS = ",;:"
-_CJK_COMMAS = "，、：；"
+_CJK_COMMAS = "，、：；"  # clause marks: a long Chinese clause is cut after one
 
 # Lower-cased words that are followed by '.' without ending a sentence.
 ABBREVIATIONS = frozenset(
@@ -26,14 +32,21 @@ ABBREVIATIONS = frozenset(
     "sep sept oct nov dec mon tue wed thu fri sat sun e.g i.e a.m p.m u.s u.k u.n cf al".split()
 )
 _WORD_BEFORE = re.compile(r"([^\s\"'(\[{“‘]+)$")
-_WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+# CJK punctuation, kana, ideographs, hangul, full-width forms ("。" is as wide as "好")
+_WIDE_CHARS = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef"
+_WIDE = re.compile(f"[{_WIDE_CHARS}]")
+# where a forced cut may fall: a Chinese clause mark, or , ; : before a space ("1,000" stays whole) or after CJK
+_CLAUSE_MARK = re.compile(f"[{_CJK_COMMAS}]|[{_COMMAS}](?=\\s)|(?<=[{_WIDE_CHARS}])[{_COMMAS}]")
 
 
 @dataclass
 class SplitterConfig:
-    min_chars: int = 8  # shorter pieces are merged into the next sentence (CJK characters count twice)
+    """Lengths are weights (:func:`_weight`: a CJK character counts twice)."""
+
+    min_chars: int = 8  # shorter pieces are merged into the next sentence
     first_clause_chars: int = 24  # the first chunk may end at a comma once this long (0: never)
-    max_chars: int = 200  # no boundary by then: cut at the last space
+    clause_chars: int = 60  # a piece this long may end at a Chinese clause mark (，、；： or , after CJK)
+    max_chars: int = 200  # no boundary by then: cut at the last space or clause mark
 
 
 class SentenceSplitter:
@@ -70,27 +83,30 @@ class SentenceSplitter:
             if ch == "\n":
                 end = i + 1
             elif ch in _CJK_ENDS:
-                end = _skip(buf, i + 1, _CJK_ENDS + _CLOSERS)
+                end = _skip(buf, i + 1, _CJK_ENDS + _ENDS + _CLOSERS)
             elif ch in _ENDS:
                 j = _skip(buf, i + 1, _ENDS)
                 j = _skip(buf, j, _CLOSERS)
                 if j >= n:
                     return None  # can't tell yet ("3." may become "3.5"): wait for the next token
-                if buf[j].isspace() and not (ch == "." and j == i + 1 and _is_abbreviation(buf[:i])):
+                if _after_wide(buf, i) or (
+                        buf[j].isspace() and not (ch == "." and j == i + 1 and _is_abbreviation(buf[:i]))):
                     end = j
                 i = j - 1
-            elif self._emitted == 0 and cfg.first_clause_chars and (ch in _COMMAS or ch in _CJK_COMMAS):
-                if ch in _COMMAS and (i + 1 >= n or not buf[i + 1].isspace()):
-                    if i + 1 >= n:
+            elif ch in _COMMAS or ch in _CJK_COMMAS:
+                wide = ch in _CJK_COMMAS or _after_wide(buf, i)
+                first = self._emitted == 0 and cfg.first_clause_chars > 0
+                limit = cfg.first_clause_chars if first else cfg.clause_chars if wide else 0
+                if limit:
+                    if not wide and i + 1 >= n:
                         return None  # "1," may become "1,000"
-                elif _weight(buf[: i + 1]) >= cfg.first_clause_chars:
-                    end = i + 1
+                    if (wide or buf[i + 1].isspace()) and _weight(buf[: i + 1]) >= limit:
+                        end = i + 1
             if end is not None and _weight(buf[:end]) >= cfg.min_chars:
                 return self._cut(end)
             i += 1
-        if n >= cfg.max_chars:
-            space = buf.rfind(" ", cfg.min_chars, cfg.max_chars)
-            return self._cut(space if space > 0 else cfg.max_chars)
+        if _weight(buf) >= cfg.max_chars:
+            return self._cut(_forced_cut(buf, cfg))
         return None
 
     def _cut(self, end: int) -> str:
@@ -103,6 +119,26 @@ def _weight(text: str) -> int:
     """Length for the min/first-clause thresholds; a CJK character says about as much as two Latin ones."""
     text = text.strip()
     return len(text) + len(_WIDE.findall(text))
+
+
+def _after_wide(text: str, i: int) -> bool:
+    """Is ``text[i]`` right after a CJK character (where ASCII punctuation needs no space to count)?"""
+    return i > 0 and _WIDE.match(text[i - 1]) is not None
+
+
+def _forced_cut(buf: str, cfg: SplitterConfig) -> int:
+    """Where to cut a piece with no boundary that reached ``max_chars``: after the last clause mark or at
+    the last space within the limit, else at the limit itself."""
+    limit, weight = 0, 0
+    for k, ch in enumerate(buf):
+        weight += 2 if _WIDE.match(ch) else 1
+        if weight > cfg.max_chars:
+            break
+        limit = k + 1
+    space = buf.rfind(" ", cfg.min_chars, limit)
+    marks = [m.end() for m in _CLAUSE_MARK.finditer(buf, cfg.min_chars, limit)]
+    best = max(space, marks[-1] if marks else -1)
+    return best if best > 0 else max(limit, 1)
 
 
 def _skip(text: str, i: int, chars: str) -> int:

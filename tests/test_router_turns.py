@@ -14,6 +14,7 @@ import pytest
 
 from edge.cloud_link import CloudLink
 from edge.escalation import CloudHealthMonitor, EscalationClient
+from edge.phrases import UNAVAILABLE_EN
 from edge.pipeline.observers import TurnEvents
 from edge.pipeline.turn import Phrases, TurnStart, turn_messages
 from edge.stages.answering import Answering
@@ -47,7 +48,7 @@ class Edge:
         phrases = Phrases()
         site = SiteTools(ToolsSpec(), "local-site", llm, "llamacpp", spec.max_tokens, 0.0, router=router) \
             if tools else None
-        self.answering = Answering(llm, spec, EscalationSpec(), link, cannot_answer=phrases.unknown)
+        self.answering = Answering(llm, spec, EscalationSpec(), link)
         self.deciding = Deciding(EscalationSpec(), link, self.answering.probe, site, router=router,
                                  declined=phrases.declined)
 
@@ -152,7 +153,7 @@ async def test_a_local_answer_in_another_language_is_replaced(router):
     french = PlainModel("Bonjour, monsieur. Je vais très bien, merci.")
     edge = Edge(french, LlmSpec(url="http://127.0.0.1:9/v1", model="stand-in"), router, tools=False)
     route, by, said = await edge.turn(req, "How are you doing today?")
-    assert route.source == "edge" and (by, said) == ("cache", Phrases().unknown)
+    assert route.source == "edge" and (by, said) == ("edge", UNAVAILABLE_EN)
 
 
 async def test_a_local_answer_failing_the_check_goes_to_a_healthy_cloud(router, cloud):  # noqa: F811

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
+from edge.phrases import LOCALIZED
+from edge.pipeline.turn import Phrases
 from edge.sentences import SentenceSplitter, SplitterConfig
 
 
@@ -55,7 +59,42 @@ def test_no_cut_inside_numbers_abbreviations_urls(text):
 
 def test_cjk_punctuation_needs_no_space():
     assert pieces("你好！今天天气很好。我们去公园吧；你觉得呢？好的") == [
-        "你好！今天天气很好。", "我们去公园吧；", "你觉得呢？", "好的"]
+        "你好！今天天气很好。", "我们去公园吧；你觉得呢？", "好的"]  # ； only cuts a long clause
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_ascii_punctuation_after_cjk_ends_a_sentence(step):
+    # Whisper and models write half-width marks in Chinese too, with no space after them
+    assert pieces("今天天气很好.我们去公园吧!你觉得呢?好的", step) == [
+        "今天天气很好.", "我们去公园吧!", "你觉得呢?", "好的"]
+    assert pieces("它有3.5米高。", step) == ["它有3.5米高。"]  # a decimal point is not after a CJK character
+
+
+def test_long_chinese_clauses_are_cut_at_clause_marks():
+    first = "长城是中国古代的军事防御工程，"
+    clauses = ["它东起山海关西到嘉峪关全长两万多公里，", "修建的历史可以追溯到两千多年前的春秋战国时期、",
+               "后来秦始皇把各国的长城连在一起；", "明朝又进行了大规模的修建。"]
+    got = pieces(first + "".join(clauses))
+    # the first piece at the first-clause length, then a cut after every clause mark past clause_chars
+    assert got == [first, clauses[0] + clauses[1], clauses[2] + clauses[3]]
+    assert pieces("北京很大，人很多，东西好吃，我很喜欢。") == ["北京很大，人很多，东西好吃，", "我很喜欢。"]
+
+
+@pytest.mark.parametrize("phrase", [p for lang in LOCALIZED.values() for p in lang.values()]
+                         + [getattr(Phrases(), f.name) for f in fields(Phrases)])
+def test_every_edge_phrase_is_a_sentence_of_its_own(phrase):
+    # the lead-in ("请稍等。") must play while the cloud still thinks, not wait to merge with its answer
+    fed, _ = stream(phrase + " 北京是中国的首都。")
+    assert fed[0] == phrase
+
+
+def test_max_length_is_a_weight_for_cjk_text():
+    text = "啊" * 150
+    got = pieces(text, step=7, config=SplitterConfig(max_chars=100))
+    assert "".join(got) == text and [len(p) for p in got] == [50, 50, 50]  # a CJK character weighs two
+    marked = "我们今天去公园散步然后回家吃饭" * 3 + "，" + "晚上看电视" * 4
+    got = pieces(marked, step=3, config=SplitterConfig(max_chars=100))
+    assert got[0].endswith("，") and "".join(got) == marked  # cut at the clause mark within the limit
 
 
 def test_newlines_end_sentences():

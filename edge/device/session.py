@@ -71,11 +71,12 @@ class DeviceSession:
     """Serves one device WebSocket until it closes; ``run()`` returns when the session is over."""
 
     def __init__(self, ws: web.WebSocketResponse, engine: Engine, settings: EdgeSettings, device_id: str,
-                 protocol_version: int, client_id: str | None = None):
+                 protocol_version: int, client_id: str | None = None, language: str = "en"):
         self.ws = ws
         self.engine = engine
         self.settings = settings
         self.device_id = device_id
+        self.language = language  # the default of this device's turns (the ASR's detection beats it)
         self.client_id = client_id
         self.protocol_version = protocol_version
         self.session_id = uuid.uuid4().hex
@@ -101,7 +102,8 @@ class DeviceSession:
         device_id_var.set(self.device_id)
         session_id_var.set(self.session_id)
         metrics.CONNECTED_DEVICES.inc()
-        log_event(log, "device connected", client=self.client_id, protocol_version=self.protocol_version)
+        log_event(log, "device connected", client=self.client_id, protocol_version=self.protocol_version,
+                  language=self.language)
         try:
             await self._serve()
         except (ConnectionResetError, ConnectionError):
@@ -233,7 +235,7 @@ class DeviceSession:
 
     def _start(self, kind: str, **kw: Any) -> TurnStart:
         return TurnStart(TurnStart.new_id(), self.session_id, self.device_id, kind, speech_end_ms=monotonic_ms(),
-                         **kw)
+                         language=self.language, **kw)
 
     # ------------------------------------------------------------ binary
     async def _on_binary(self, data: bytes) -> None:

@@ -32,6 +32,8 @@ from edge.pipeline.errors import as_stage_error
 from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
 from edge.pipeline.ports import AnswerSource, DeviceOutput
+from edge.phrases import localized
+from shared.languages import answer_instruction
 from shared.log import log_event, monotonic_ms, turn_id_var
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ class TurnStart:
     speculative: bool = False  # that job was started at the pause, before the end of speech
     text: str | None = None
     speech_end_ms: float = 0.0
+    language: str = ""  # the device's default (topology override, else its OTA Accept-Language); ASR beats it
     history: list[dict] = field(default_factory=list)  # the conversation's window, oldest first
     mcp: "McpClient | None" = None
     pending: Any = None  # a tool call the previous turn asked about (shared.tool_decision.PendingCall)
@@ -85,8 +88,11 @@ class Phrases:
     thinking: str = "One moment, let me think."
     error: str = "Sorry, something went wrong."
     declined: str = "Okay, I won't."  # a "no" to a tool confirmation question
-    unknown: str = "Sorry, I don't know that one."  # a local answer failed its check and the cloud is not there
     busy: str = "I'm busy, one moment, please ask again."  # admission shed the turn (one clause: one cached clip)
+
+    def said_in(self, role: str, language: str) -> str:
+        """The phrase for ``role`` ("error", "no_answer", ...) in ``language`` (edge.phrases), else in English."""
+        return localized(role, language, getattr(self, role))
 
 
 def turn_messages(system_prompt: str, history: list[dict], user_text: str) -> list[dict]:
@@ -120,16 +126,17 @@ class AnsweringStage(Protocol):
 
 
 class SpeakingStage(Protocol):
-    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents) -> str: ...
+    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents, language: str = "") -> str: ...
 
-    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache") -> str: ...
+    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache",
+                  language: str = "") -> str: ...
 
 
 class TurnPipeline:
     """Runs turns through the stages; one per engine, shared by every session."""
 
     def __init__(self, understanding: UnderstandingStage, deciding: DecidingStage, answering: AnsweringStage,
-                 speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[], AnswerSource],
+                 speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[str], AnswerSource],
                  system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: [],
                  admission: AdmissionControl | None = None):
         self.understanding = understanding
@@ -143,8 +150,11 @@ class TurnPipeline:
         self.admission = admission  # None: every turn is admitted
         self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
 
-    def messages(self, start: TurnStart, user_text: str) -> list[dict]:
-        return turn_messages(self.system_prompt, start.history, user_text)
+    def messages(self, start: TurnStart, heard: Heard) -> list[dict]:
+        """The model's conversation: the system prompt asking for an answer in the turn's language, the
+        history window, the user's words (the cloud gets the same, so its model answers in that language too)."""
+        system = " ".join(p for p in (self.system_prompt, answer_instruction(heard.language)) if p)
+        return turn_messages(system, start.history, heard.text)
 
     async def run(self, start: TurnStart, out: DeviceOutput) -> TurnResult:
         """Run one turn to its end; never raises except CancelledError (the turn was stopped)."""
@@ -156,6 +166,7 @@ class TurnPipeline:
         answer: AnswerSource | None = None
         # Decided before this turn counts as active; a greeting is a cached phrase: always served.
         admission = self.admission.decide(start.transcript) if start.kind != "wake" and self.admission else None
+        language = start.language  # until the transcript says otherwise (the apology's language)
         self.active += 1
         try:
             if admission is not None and admission.verdict is Verdict.BUSY:
@@ -163,18 +174,18 @@ class TurnPipeline:
                 return result
             start.over_capacity = admission is not None and admission.verdict is Verdict.ESCALATE
             heard = await self.understanding.run(start, out, events)
-            result.user_text = heard.text
+            result.user_text, language = heard.text, heard.language or language
             if not heard.text:
                 result.outcome = "empty"
                 return result
             if start.kind == "wake":
-                answer = self.greeting()
+                answer = self.greeting(language)
             else:
-                route = await self.deciding.run(start, heard, self.messages(start, heard.text), events)
+                route = await self.deciding.run(start, heard, self.messages(start, heard), events)
                 result.pending = route.pending
                 answer = self.answering.source(route, start)
             result.reason = answer.reason
-            result.reply_text = await self.speaking.run(answer, out, events)
+            result.reply_text = await self.speaking.run(answer, out, events, language)
             return result
         except asyncio.CancelledError as stop:
             result.outcome = "cancelled"
@@ -187,7 +198,7 @@ class TurnPipeline:
             result.outcome = "error"
             err = as_stage_error(exc)
             events.emit(TurnFailed(stage=err.stage, code=err.code, detail=str(err), error=exc))
-            await self._apologize(out, events)
+            await self._apologize(out, events, language)
             return result
         finally:
             self.active -= 1
@@ -204,14 +215,15 @@ class TurnPipeline:
             start.transcript.cancel()  # still waiting in the ASR queue: skipped (one already running finishes)
         events.emit(TurnShed(limit=limit, reason=reason))
         result.outcome, result.reason, result.answered_by = "shed", f"edge full: {reason}", "cache"
-        result.reply_text = await self.speaking.say(self.phrases.busy, out, events)
+        result.reply_text = await self.speaking.say(self.phrases.said_in("busy", start.language), out, events,
+                                                    language=start.language)
 
-    async def _apologize(self, out: DeviceOutput, events: TurnEvents) -> None:
-        """The cached apology, bounded in time; speaking sends its tts stop even if this fails."""
+    async def _apologize(self, out: DeviceOutput, events: TurnEvents, language: str) -> None:
+        """The cached apology in the turn's language, bounded in time; speaking sends tts stop even if this fails."""
         if out.closed:
             return
         try:
             async with asyncio.timeout(APOLOGY_TIMEOUT_S):
-                await self.speaking.say(self.phrases.error, out, events)
+                await self.speaking.say(self.phrases.said_in("error", language), out, events, language=language)
         except Exception as exc:  # noqa: BLE001 - nothing more to try: the device got its tts stop
             log_event(log, "apology failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 from edge.cloud_link import CloudLink
 from edge.pipeline.events import Decided
 from edge.pipeline.observers import TurnEvents
+from edge.phrases import localized
 from edge.pipeline.turn import TurnStart
 from edge.stages.understanding import Heard
 from edge.tools.site import SiteTools, TurnTools
@@ -53,7 +54,8 @@ class Route:
     phrase: str | None = None  # say this fixed (cached) phrase and nothing else
     calls: list[ToolCall] = field(default_factory=list)  # tool calls decided before any model round
     pending: PendingCall | None = None  # a call waiting for the next turn's yes (the phrase asks)
-    language: str = "en"
+    language: str = "en"  # the turn's (the escalation request's, the phrases')
+    local_language: bool = True  # the local model answers in it (else a local answer is the phrase for that)
 
 
 class Deciding:
@@ -94,7 +96,7 @@ class Deciding:
         decision = snapshot.evaluate(features, self.state)
         probe: LocalAnswer | None = None
         if decision.needs_confidence:
-            if self.spec.measure_confidence and tools is None:
+            if self.spec.measure_confidence and tools is None and features.local_language:
                 probe = self.probe(messages)
                 features.local_confidence = await probe.confidence(settings.confidence_tokens)
             # Not measured (or no logprobs from the backend): treated as confident.
@@ -102,7 +104,8 @@ class Deciding:
                 features.local_confidence = 0.0
             decision = snapshot.evaluate(features, self.state)
         reason = f"{decision.rule}: {decision.reason}"
-        route = Route("edge", reason, decision, settings, messages, tools, probe, language=language)
+        route = Route("edge", reason, decision, settings, messages, tools, probe, language=language,
+                      local_language=features.local_language)
         if decision.phrase is not None:
             route.phrase, route.tools = decision.phrase, None
         elif decision.escalate:
@@ -162,7 +165,8 @@ class Deciding:
                           settings, messages, self.tools.offered(start), calls=[call], language=base["language"])
         elif is_no(heard.text):
             route = Route("edge", f"declined: {pending.question}", Decision(False, "declined", "no", revision),
-                          settings, messages, phrase=self.declined, language=base["language"])
+                          settings, messages, phrase=localized("declined", base["language"], self.declined),
+                          language=base["language"])
         else:
             return None
         events.emit(Decided(source="edge", rule=route.decision.rule, reason=route.reason, revision=revision,

@@ -18,6 +18,7 @@ from edge.emotion import pick_emotion
 from edge.pipeline.errors import TtsFailed
 from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped
 from edge.pipeline.observers import TurnEvents
+from edge.phrases import localized
 from edge.pipeline.ports import AnswerSource, DeviceOutput
 from edge.sentences import SentenceSplitter
 from edge.stages.answering.phrase import PhraseAnswer
@@ -36,22 +37,26 @@ class Speaking:
         self.tts = tts
         self.no_answer = no_answer
 
-    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents) -> str:
-        """Speak ``answer``; returns the text spoken. Answer errors propagate after ``tts stop``."""
-        return await _Utterance(self, answer, out, events).run()
+    async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents, language: str = "") -> str:
+        """Speak ``answer`` in ``language`` (it picks each sentence's voice); returns the text spoken.
+        Answer errors propagate after ``tts stop``."""
+        return await _Utterance(self, answer, out, events, language).run()
 
-    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache") -> str:
+    async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache",
+                  language: str = "") -> str:
         """Speak one fixed (cached) phrase, e.g. the apology (no model: no FirstToken)."""
-        return await _Utterance(self, PhraseAnswer(text, answered_by=answered_by), out, events, model=False).run()
+        return await _Utterance(self, PhraseAnswer(text, answered_by=answered_by), out, events, language,
+                                model=False).run()
 
 
 class _Utterance:
     """One answer being spoken (the state of one ``Speaking.run``)."""
 
     def __init__(self, owner: Speaking, answer: AnswerSource, out: DeviceOutput, events: TurnEvents,
-                 model: bool = True):
+                 language: str = "", model: bool = True):
         self.tts = owner.tts
-        self.no_answer = owner.no_answer
+        self.language = language
+        self.no_answer = localized("no_answer", language, owner.no_answer)
         self.answer = answer
         self.out = out
         self.events = events
@@ -98,7 +103,7 @@ class _Utterance:
         while (sentence := await self.sentences.get()) is not _END:
             if normalize_text(sentence):
                 try:
-                    clip = await self.tts.speak(sentence)
+                    clip = await self.tts.speak(sentence, self.language)
                 except Exception as exc:
                     raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
                 await self.clips.put((sentence, clip, self.answer.answered_by))

@@ -1,10 +1,15 @@
-"""Understanding: the utterance's transcript (with its language) -> ``stt`` to the device and :class:`Transcribed`."""
+"""Understanding: the utterance's transcript (with its language) -> ``stt`` to the device and :class:`Transcribed`.
+
+The turn's language is what the ASR detected (or its configured language); when it gives
+none (text and wake turns, ASR backends without detection) the device's default.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
+from edge.asr import normalize_transcript
 from edge.device.protocol import Stt
 from edge.pipeline.errors import AsrError
 from edge.pipeline.events import Transcribed
@@ -24,7 +29,7 @@ class Understanding:
 
     async def run(self, start: TurnStart, out: DeviceOutput, events: TurnEvents) -> Heard:
         if start.transcript is None:
-            heard = Heard((start.text or "").strip())
+            heard = Heard((start.text or "").strip(), start.language)
             hit = False
         else:
             try:
@@ -32,7 +37,8 @@ class Understanding:
                 transcript = await asyncio.shield(start.transcript)
             except Exception as exc:
                 raise AsrError("asr_failed", f"{type(exc).__name__}: {exc}") from exc
-            heard = Heard(transcript.text.strip(), transcript.language or "")
+            language = transcript.language or start.language
+            heard = Heard(normalize_transcript(transcript.text.strip(), language), language)  # Simplified for zh
             hit = start.speculative
         if heard.text:
             await out.send(Stt(heard.text))

@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable
 
 from edge import metrics
 from edge.cloud_link import CloudLink
+from edge.phrases import UNAVAILABLE_EN, localized
 from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.checked import CheckedAnswer
@@ -32,9 +33,8 @@ from shared.wire import EscalationRequest, ToolCall, epoch_ms
 
 class Answering:
     def __init__(self, llm: ChatClient, llm_spec: LlmSpec, spec: EscalationSpec, cloud: CloudLink,
-                 health: LocalHealth | None = None, cannot_answer: str = "Sorry, I don't know that one."):
+                 health: LocalHealth | None = None):
         self.llm = llm
-        self.cannot_answer = cannot_answer  # said when a local answer fails the check and the cloud is not there
         self.llm_spec = llm_spec
         self.spec = spec
         self.cloud = cloud
@@ -57,16 +57,8 @@ class Answering:
         if route.phrase is not None:
             return PhraseAnswer(route.phrase, route.reason)
         if route.source != "cloud" or self.cloud.client is None:
-            if route.probe is not None:
-                route.probe.reason = route.reason
-                local = route.probe
-            else:
-                local = self.local(route.messages, route.tools, route.reason, route.calls)
-            if route.tools is not None:  # tool results are the device's own words: not checked
-                return local
-            return CheckedAnswer(local, route.messages[-1]["content"], route.language,
-                                 lambda: self._replacement(route, start))
-        return self._escalated(route, start, lambda: route.probe or self.local(route.messages, route.tools))
+            return self._local(route, start)
+        return self._escalated(route, start, lambda: self._local(route))
 
     def _escalated(self, route: Route, start: TurnStart, fallback: Callable[[], AnswerSource],
                    reason: str | None = None) -> AnswerSource:
@@ -76,25 +68,45 @@ class Answering:
         metrics.ESCALATIONS.labels(reason=reason).inc()
         request = EscalationRequest(
             turn_id=start.turn_id, device_id=start.device_id, messages=route.messages, reason=reason,
-            policy_revision=decision.revision, deadline=epoch_ms() + self.spec.deadline_ms,
+            language=route.language, policy_revision=decision.revision, deadline=epoch_ms() + self.spec.deadline_ms,
             max_tokens=self.spec.max_tokens, temperature=self.llm_spec.temperature,
             tools=tools.registry.llm_tools() if tools else [],
             tool_examples=tool_examples(tools.registry) if tools else {})
         assert self.cloud.client is not None
         cloud = CloudAnswer(self.cloud.client, request, settings, self.spec.deadline_ms, tools,
-                            lambda msgs: self._finish(msgs, tools))
-        return WithFallback(cloud, fallback, settings.let_me_think_phrase if settings.let_me_think else None,
-                            self.lead_in_s, route.reason, probe=route.probe)
+                            lambda msgs: self._finish(msgs, tools, route))
+        lead_in = localized("thinking", route.language, settings.let_me_think_phrase) if settings.let_me_think else None
+        return WithFallback(cloud, fallback, lead_in, self.lead_in_s, route.reason, probe=route.probe)
 
-    def _replacement(self, route: Route, start: TurnStart) -> AnswerSource:
-        """For a local answer that failed the check: the cloud when it is healthy, else an honest phrase."""
-        phrase = lambda: PhraseAnswer(self.cannot_answer, f"{route.reason}; answer check")  # noqa: E731
-        if self.cloud.client is None or not self.cloud.healthy(route.settings.model_class):
+    def _local(self, route: Route, start: TurnStart | None = None) -> AnswerSource:
+        """The edge's answer: the probe's or a new one, its first sentence checked (a failing one is replaced by
+        the cloud when ``start`` is given and the cloud is healthy, else by the phrase); in a language the local
+        model lacks, the cached phrase saying so in that language (SmolLM2 would answer Mandarin with nonsense)."""
+        if not route.local_language:
+            return self._unavailable(route.language, route.reason)
+        if route.probe is not None:
+            route.probe.reason = route.reason
+        local = route.probe or self.local(route.messages, route.tools, route.reason, route.calls)
+        if route.tools is not None:  # tool results are the device's own words: not checked
+            return local
+        return CheckedAnswer(local, route.messages[-1]["content"], route.language,
+                             lambda: self._replacement(route, start))
+
+    def _replacement(self, route: Route, start: TurnStart | None) -> AnswerSource:
+        """For a local answer that failed the check: the cloud when it is healthy, else the honest phrase."""
+        phrase = lambda: self._unavailable(route.language, f"{route.reason}; answer check")  # noqa: E731
+        if start is None or self.cloud.client is None or not self.cloud.healthy(route.settings.model_class):
             return phrase()
         return self._escalated(route, start, phrase, reason="answer-check")
 
-    def _finish(self, messages: list[dict], tools: TurnTools | None) -> AsyncIterator[str]:
+    @staticmethod
+    def _unavailable(language: str, reason: str = "") -> PhraseAnswer:
+        return PhraseAnswer(localized("unavailable", language, UNAVAILABLE_EN), reason, answered_by="edge")
+
+    def _finish(self, messages: list[dict], tools: TurnTools | None, route: Route) -> AsyncIterator[str]:
         """The local model's text for ``messages``, offering no tools (it finishes what the cloud began)."""
+        if not route.local_language:
+            return self._unavailable(route.language).stream()
         if tools is None:
             return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health).stream()
         return guarded(tools.loop.answer_only(messages), self.stall_s, "local model", self.health)
