@@ -3,7 +3,8 @@
     local.py      the local model (``LocalAnswer``), with a stall watchdog and its health
     tools.py      the local tool loop (``LocalToolRounds``)
     cloud.py      the cloud stream, its tool rounds and its local finish (``CloudAnswer``)
-    fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``)
+    fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``);
+                  "let me think" before a slow local answer while the cloud link is down (``Prefaced``)
     phrase.py     a fixed, cached phrase (``PhraseAnswer``)
 """
 
@@ -16,7 +17,7 @@ from edge.cloud_link import CloudLink
 from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.cloud import CloudAnswer
-from edge.stages.answering.fallback import WithFallback
+from edge.stages.answering.fallback import Prefaced, WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
 from edge.stages.answering.tools import LocalToolRounds
 from edge.stages.deciding import Route
@@ -51,8 +52,13 @@ class Answering:
         if route.source != "cloud" or self.cloud.client is None:
             if route.probe is not None:
                 route.probe.reason = route.reason
-                return route.probe
-            return self.local(route.messages, route.tools, route.reason)
+                local = route.probe
+            else:
+                local = self.local(route.messages, route.tools, route.reason)
+            settings = route.settings
+            if self.cloud.client is not None and not self.cloud.up and settings.let_me_think:
+                return Prefaced(local, settings.let_me_think_phrase, self.lead_in_s)  # partitioned: no long silence
+            return local
         decision, settings, tools = route.decision, route.settings, route.tools
         metrics.ESCALATIONS.labels(reason=decision.rule).inc()
         request = EscalationRequest(
