@@ -225,13 +225,12 @@ class Chaos:
         recovered = await self._recovered_after(t0, fault)
         return summarize(fault.name, self.fleet.records, t0, recovered, note)
 
-    def frozen_first_audio_ms(self) -> list[float]:
-        """End of speech -> first audio of the questions whose speech ended while the leaf was frozen."""
+    def frozen_questions(self) -> list[TurnRecord]:
+        """The questions whose speech ended while the leaf was frozen."""
         if self.frozen is None:
             return []
         t0, t1 = self.frozen
-        return [r.silence_s * 1000 for r in self.fleet.records
-                if r.question and t0 <= r.speech_end <= t1 and not r.dropped]
+        return [r for r in self.fleet.records if r.question and t0 <= r.speech_end <= t1 and not r.dropped]
 
     async def _recovered_after(self, t0: float, fault: Fault) -> float | None:
         """When the component was back and every device finished a normal turn started after the fault."""
@@ -259,13 +258,16 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.fault:<13} {r.affected:>8} {r.longest_silence_s:>17.2f} {rec:>9} {r.lost:>5}  {r.note}")
 
 
-def leaf_frozen_line(first_audio_ms: list[float]) -> str:
-    if not first_audio_ms:
+def leaf_frozen_line(questions: list[TurnRecord]) -> str:
+    if not questions:
         return "end of speech -> first audio with the leaf frozen: no question was asked during the freeze"
-    worst, median = max(first_audio_ms), statistics.median(first_audio_ms)
+    first_audio = [r.silence_s * 1000 for r in questions]
+    worst, median = max(first_audio), statistics.median(first_audio)
+    stt = [r.stt_ms for r in questions if r.stt_ms is not None]
     verdict = "meets" if worst <= LEAF_FROZEN_TARGET_MS else "misses"
     return (f"end of speech -> first audio with the leaf frozen: median {median:.0f} ms, max {worst:.0f} ms "
-            f"over {len(first_audio_ms)} questions ({verdict} the {LEAF_FROZEN_TARGET_MS:.0f} ms target)")
+            f"over {len(first_audio)} questions ({verdict} the {LEAF_FROZEN_TARGET_MS:.0f} ms target); "
+            f"of which end of speech -> transcript median {statistics.median(stt) if stt else float('nan'):.0f} ms")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -300,11 +302,11 @@ async def run(args: argparse.Namespace) -> int:
           f"{sum(r.lost for r in recs)} lost overall; component restarts: {restarts}\n")
     print_table(rows)
     print()
-    frozen = chaos.frozen_first_audio_ms()
+    frozen = chaos.frozen_questions()
     print(leaf_frozen_line(frozen))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows],
-                                               "leaf_frozen_first_audio_ms": frozen}, indent=2))
+                                               "leaf_frozen": [r.__dict__ for r in frozen]}, indent=2))
     return 0
 
 

@@ -123,6 +123,7 @@ class TurnRecord:
     speech_end: float
     end: float
     first_audio_ms: float | None = None  # end of speech to first audio, as the device measured it
+    stt_ms: float | None = None  # end of speech to the transcript (VAD end of turn + ASR)
     tts_stop: bool = False
     frames: int = 0
     reply: str = ""
@@ -268,7 +269,8 @@ class DeviceFleet:
             else:
                 report = await asyncio.wait_for(task, self.turn_timeout_s + 10)
                 rec = TurnRecord(index, utterance, start, speech_end, time.monotonic(),
-                                 first_audio_ms=report.timings_ms.get("first_audio"), tts_stop=report.tts_stop,
+                                 first_audio_ms=report.timings_ms.get("first_audio"),
+                                 stt_ms=report.timings_ms.get("stt"), tts_stop=report.tts_stop,
                                  frames=report.frames, reply=report.reply, answered_by=report.answered_by)
         except asyncio.CancelledError:
             task.cancel()

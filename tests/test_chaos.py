@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)
 FAST = {"edge": {"llm": {"max_tokens": 24}, "escalation": {"max_tokens": 32}}}
 THANKS = "Thank you so much, goodbye!"  # said once, first: its answer is in no cache yet
 BACK_WITHIN_S = 90.0  # a restarted worker reloads its model; generous for a busy 2-core box
-LEAF_FROZEN_FIRST_AUDIO_MS = 1500.0  # the target is 800 ms on a quiet machine (README: Fault tolerance)
+# Transcript -> first audio with the leaf frozen: the "one moment" phrase (lead_in_ms 300) or a quick local answer.
+# (The 800 ms target counts from the end of speech: VAD and ASR time too, which a busy box stretches; chaos.py.)
+LEAF_FROZEN_ANSWER_MS = 1000.0
 
 
 @dataclass
@@ -48,12 +50,16 @@ class Stage:
     def fault(self, name: str) -> Fault:
         return self.faults.all()[name]
 
-    async def during(self, name: str, utterance: str) -> TurnRecord:
-        """A says ``utterance`` with fault ``name`` in force (a timed fault is healed after the turn)."""
+    async def during(self, name: str, utterance: str, meanwhile=None) -> TurnRecord:
+        """A says ``utterance`` with fault ``name`` in force (a timed fault is healed after the turn, and
+        after ``await meanwhile()``: checks while it is still broken)."""
         fault = self.fault(name)
         await fault.inject()
         try:
-            return await self.say("a", utterance)
+            rec = await self.say("a", utterance)
+            if meanwhile is not None:
+                await meanwhile()
+            return rec
         finally:
             if fault.heal is not None:
                 await fault.heal()
@@ -119,9 +125,14 @@ async def test_worker_killed_mid_stream_turn_ends_and_the_worker_comes_back(stag
 
 async def test_frozen_leaf_first_audio_comes_quickly_and_the_link_comes_back(stage):
     """The edge notices the freeze (pings) and answers locally, opening with the cached "one moment"."""
-    rec = await stage.during("leaf-freeze", QUESTIONS[0])
+    async def health_tells_the_truth() -> None:
+        health = await stage.run.edge_health()
+        assert health["components"]["cloud_link"] == "down" and health["can_answer"], health
+
+    rec = await stage.during("leaf-freeze", QUESTIONS[0], health_tells_the_truth)
     assert ended_well(rec), rec
-    assert rec.first_audio_ms is not None and rec.first_audio_ms <= LEAF_FROZEN_FIRST_AUDIO_MS, rec
+    assert rec.first_audio_ms is not None and rec.stt_ms is not None, rec
+    assert rec.first_audio_ms - rec.stt_ms <= LEAF_FROZEN_ANSWER_MS, rec
     await stage.recovers(stage.fault("leaf-freeze"))
 
 
