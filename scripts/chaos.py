@@ -130,7 +130,7 @@ class Faults:
 
     async def tts_fail(self) -> str:
         self.run.set_faults("tts")
-        return "TTS raising (uncached sentences)"
+        return "TTS raising (all but the pre-warmed phrases)"
 
     async def asr_fail(self) -> str:
         self.run.set_faults("asr")
