@@ -442,7 +442,6 @@ class AsrService:
 
     async def transcribe(self, pcm16k: np.ndarray) -> Transcript:
         """Text of one utterance (int16, 16 kHz). Cancelling the caller leaves a shared job running."""
-        faults.check("asr")
         future, reused = self._submit(pcm16k)
         result: Transcript = await asyncio.shield(asyncio.wrap_future(future))
         return replace(result, reused=True) if reused else result
@@ -454,6 +453,7 @@ class AsrService:
     def _submit(self, pcm16k: np.ndarray) -> tuple[Future, bool]:
         if self.backend is None:
             raise RuntimeError("AsrService.load() must finish before transcribing")
+        faults.check("asr")  # (debug hook) every job, speculative or not, as a crashed decoder would
         if not isinstance(pcm16k, np.ndarray) or pcm16k.dtype != np.int16 or pcm16k.ndim != 1:
             kind = f"{pcm16k.dtype}{list(pcm16k.shape)}" if isinstance(pcm16k, np.ndarray) else type(pcm16k).__name__
             raise ValueError(f"ASR expects a 1-D int16 array of 16 kHz samples, got {kind}")

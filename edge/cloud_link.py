@@ -22,7 +22,9 @@ class CloudLink:
 
     @property
     def up(self) -> bool:
-        return self.client is not None and self.client.nc.is_connected
+        """Connected, and (a frozen leaf keeps its TCP connection) the monitor's pings come back."""
+        return self.client is not None and self.client.nc.is_connected and (
+            self.health is None or self.health.link_up)
 
     def healthy(self, model_class: str) -> bool:
         """Worth escalating to: the link is up and (as far as heartbeats tell) a worker has room."""

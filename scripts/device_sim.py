@@ -103,7 +103,8 @@ class DeviceSimulator:
     def __init__(self, url: str, token: str | None = None, device_id: str = "02:00:00:00:00:01",
                  client_id: str | None = None, protocol_version: int = 1, mode: str = "auto",
                  board: SimBoard | None = None, silence_s: float = 1.0,
-                 max_silence_s: float = 5.0, turn_timeout_s: float = 60.0, hello_timeout_s: float = 10.0):
+                 max_silence_s: float = 5.0, turn_timeout_s: float = 60.0, hello_timeout_s: float = 10.0,
+                 linger_s: float = 0.0):
         self.url = url
         self.token = token
         self.device_id = device_id
@@ -115,11 +116,15 @@ class DeviceSimulator:
         self.max_silence_s = max_silence_s
         self.turn_timeout_s = turn_timeout_s
         self.hello_timeout_s = hello_timeout_s
+        # After ``tts stop``, keep listening this long: an answer that failed mid-way gets its apology in a
+        # ``tts start``/``stop`` of its own right after, which then belongs to this turn (chaos harness).
+        self.linger_s = linger_s
         self.session_id: str | None = None
         self.sample_rate = 0
         self.frame_ms = FRAME_MS
         self.mcp_requests: list[dict] = []
         self.close_code: int | None = None
+        self.frames_received = 0  # audio frames over the connection's life (a harness hangs up mid-answer on it)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._events: asyncio.Queue = asyncio.Queue()
@@ -254,6 +259,7 @@ class DeviceSimulator:
                 except ProtocolError:
                     continue
                 if kind == "opus":
+                    self.frames_received += 1
                     await self._events.put((now, "audio", payload))
         self.close_code = ws.close_code
         await self._events.put((time.monotonic(), "closed", ws.close_code))
@@ -342,6 +348,7 @@ class DeviceSimulator:
                        abort_after_ms: float | None) -> None:
         deadline = speech_end + self.turn_timeout_s
         abort_at: float | None = None
+        linger_until: float | None = None
         sentences: list[str] = []
         while True:
             now = time.monotonic()
@@ -352,9 +359,13 @@ class DeviceSimulator:
             wake = deadline if abort_at is None or report.aborted else min(deadline, abort_at)
             if report.aborted and report.tts_stop:
                 wake = min(wake, seen["tts_stop"] + 0.3)  # catch stray frames after the stop
+            if linger_until is not None:
+                wake = min(wake, linger_until)
             event = await self.next_event(max(wake - now, 0.001))
             if event is None:
                 if time.monotonic() >= deadline or (report.aborted and report.tts_stop):
+                    break
+                if linger_until is not None and time.monotonic() >= linger_until:
                     break
                 continue
             t, kind, obj = event
@@ -386,6 +397,7 @@ class DeviceSimulator:
                 state = obj.get("state")
                 if state == "start":
                     seen.setdefault("tts_start", t)
+                    linger_until = None
                 elif state == "sentence_start" and obj.get("text"):
                     sentences.append(obj["text"])
                     report.sentence_starts.append((t, obj["text"]))
@@ -393,6 +405,9 @@ class DeviceSimulator:
                     seen.setdefault("tts_stop", t)
                     report.tts_stop = True
                     if not report.aborted and abort_after_ms is None:
+                        if self.linger_s > 0:
+                            linger_until = t + self.linger_s
+                            continue
                         break
                     if abort_after_ms is not None and not report.aborted:
                         break  # the answer ended before the abort was due

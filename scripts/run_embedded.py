@@ -68,7 +68,8 @@ class EmbeddedStack:
     """The embedded default's processes, each under a :class:`Supervisor`, started in dependency order."""
 
     def __init__(self, config: str, workdir: Path | None = None, on_event=print_event,
-                 extra_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = ()):
+                 extra_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = (),
+                 log_dir: Path | None = None):
         self.config = str(Path(config).resolve())
         self.topo: Topology = load_topology(self.config)
         self.site = self.topo.site()
@@ -76,6 +77,7 @@ class EmbeddedStack:
         self.env = {**os.environ, "XZ_TOPOLOGY": self.config, **(extra_env or {})}
         self.on_event = on_event
         self.worker_args = list(worker_args)  # e.g. --no-cache: tests skip loading the answer cache's model
+        self.log_dir = log_dir  # None: the components log to this terminal; else <log_dir>/<name>.log
         # TLS and one user per role, generated on first run (shared/nats_runtime.py)
         self.security = NatsSecurity(self.workdir / "security", [self.site.name],
                                      {w.name: w.model_class for w in self.topo.cloud.workers})
@@ -128,7 +130,16 @@ class EmbeddedStack:
     def _python(self, name: str, args: list[str], health_url: str, env: dict[str, str] | None = None) -> Supervisor:
         """``env``: added to the stack's environment (the component's NATS credentials), on every (re)start."""
         async def start() -> asyncio.subprocess.Process:
-            proc = await spawn(sys.executable, *args, env={**self.env, **(env or {})}, cwd=str(ROOT))
+            out = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = open(self.log_dir / f"{name.replace(' ', '-')}.log", "ab")
+            try:
+                proc = await spawn(sys.executable, *args, env={**self.env, **(env or {})}, cwd=str(ROOT),
+                                   stdout=out, stderr=out)
+            finally:
+                if out is not None:
+                    out.close()  # the child holds its own descriptor
             try:
                 await wait_http(health_url, READY_TIMEOUT_S, proc)
             except BaseException:

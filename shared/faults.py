@@ -4,7 +4,8 @@ Off unless the environment variable ``XZ_FAULTS_FILE`` names a file; then every
 word in that file (e.g. ``tts asr``) is a fault in force, and the hooks named
 after it raise :class:`InjectedFault`. The file is re-read when it changes, so a
 running edge can be broken and healed without a restart. Hooks: ``asr`` (every
-transcription), ``tts`` (every sentence not already in the phrase cache).
+transcription), ``tts`` (every sentence, cached or not, except the edge's pre-warmed
+phrases: the apology must still play).
 """
 
 from __future__ import annotations

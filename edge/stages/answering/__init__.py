@@ -3,7 +3,8 @@
     local.py      the local model (``LocalAnswer``), with a stall watchdog and its health
     tools.py      the local tool loop (``LocalToolRounds``)
     cloud.py      the cloud stream, its tool rounds and its local finish (``CloudAnswer``)
-    fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``)
+    fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``);
+                  "let me think" before a slow local answer while the cloud link is down (``Prefaced``)
     phrase.py     a fixed, cached phrase (``PhraseAnswer``): policy phrases, confirmation questions
     checked.py    the local model's first sentence checked before it is spoken (``CheckedAnswer``)
 """
@@ -19,7 +20,7 @@ from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.checked import CheckedAnswer
 from edge.stages.answering.cloud import CloudAnswer
-from edge.stages.answering.fallback import WithFallback
+from edge.stages.answering.fallback import Prefaced, WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
 from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.answering.tools import LocalToolRounds
@@ -57,7 +58,12 @@ class Answering:
         if route.phrase is not None:
             return PhraseAnswer(route.phrase, route.reason)
         if route.source != "cloud" or self.cloud.client is None:
-            return self._local(route, start)
+            local = self._local(route, start)
+            settings = route.settings
+            if self.cloud.client is not None and not self.cloud.up and settings.let_me_think:  # partitioned
+                lead_in = localized("thinking", route.language, settings.let_me_think_phrase)
+                return Prefaced(local, lead_in, self.lead_in_s)  # no long silence before a slow local answer
+            return local
         return self._escalated(route, start, lambda: self._local(route))
 
     def _escalated(self, route: Route, start: TurnStart, fallback: Callable[[], AnswerSource],

@@ -1,11 +1,15 @@
-"""An escalated answer that never leaves the device in silence.
+"""Answers that never leave the device in silence while the cloud is slow or unreachable.
 
-The cloud is asked at once. If no cloud text has come within ``lead_in_s``, the
+``WithFallback`` (an escalated answer): the cloud is asked at once. If no cloud text has come within ``lead_in_s``, the
 cached "one moment, let me think" phrase is spoken while it is still awaited; if
 the cloud fails before any text (timeout, no worker, refusal), the local source
 answers, opening with the same phrase unless it was already said. ``local`` is
 only called on fallback; a local source made before (the deciding stage's
 confidence probe) is handed over by the factory and closed when the cloud answers.
+
+``Prefaced`` (a local answer while the cloud link is down, e.g. a partitioned leaf): the
+same phrase if the local model has said nothing within ``lead_in_s``, so a question that
+would have been escalated is not met with seconds of silence on a busy edge.
 """
 
 from __future__ import annotations
@@ -61,3 +65,44 @@ class WithFallback:
         await self.cloud.aclose()
         for spare in {id(s): s for s in (self._source, self.probe) if s is not None and s is not self.cloud}.values():
             await spare.aclose()
+
+
+class Prefaced:
+    def __init__(self, inner: AnswerSource, lead_in: str, lead_in_s: float):
+        self.inner = inner
+        self.lead_in = lead_in
+        self.lead_in_s = lead_in_s
+
+    @property
+    def answered_by(self) -> str:
+        return self.inner.answered_by
+
+    @property
+    def reason(self) -> str:
+        return self.inner.reason
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        self.inner.reason = value
+
+    async def stream(self) -> AsyncIterator[str]:
+        items = aiter(self.inner.stream())
+        first = asyncio.ensure_future(anext(items))
+        try:
+            await asyncio.wait({first}, timeout=self.lead_in_s)
+            if not first.done():
+                yield self.lead_in + " "
+            try:
+                yield await first
+            except StopAsyncIteration:
+                return
+            async for text in items:
+                yield text
+        finally:
+            if not first.done():
+                first.cancel()
+                await asyncio.wait({first})
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
