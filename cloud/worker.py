@@ -172,6 +172,7 @@ class Worker:
 
     # ------------------------------------------------------------ one generation
     async def _serve(self, req: EscalationRequest, inbox: str, key: str) -> None:
+        """One generation; ``key`` is its cancel subject (a cancel from the edge vs the worker shutting down)."""
         turn_id_var.set(req.turn_id)
         metrics.INFLIGHT.inc()
         seq = 0
@@ -191,10 +192,10 @@ class Worker:
             remaining = req.remaining_ms()
             async with asyncio.timeout(None if remaining == float("inf") else remaining / 1000.0):
                 cacheable = self.cache is not None and not req.tools and not req.tool_calls
-                key = AnswerCache.key_for(req.messages, req.language, req.device_id) if cacheable else None
-                vector = await self.cache.embed(key.question) if key else None
-                if key and vector is not None:
-                    hit = self.cache.find(vector, key.context)
+                cache_key = AnswerCache.key_for(req.messages, req.language, req.device_id) if cacheable else None
+                vector = await self.cache.embed(cache_key.question) if cache_key else None
+                if cache_key and vector is not None:
+                    hit = self.cache.find(vector, cache_key.context)
                     if hit is not None:
                         outcome = "cache_hit"
                         await send(text=hit.answer)
@@ -211,8 +212,8 @@ class Worker:
                     if delta.finish_reason:
                         final = {"finish_reason": delta.finish_reason, "tool_calls": delta.tool_calls,
                                  "usage": delta.usage}
-                if key and vector is not None and final["finish_reason"] == "stop":
-                    self.cache.put(key.question, vector, "".join(answer), key.context)  # before the edge asks again
+                if cache_key and vector is not None and final["finish_reason"] == "stop":
+                    self.cache.put(cache_key.question, vector, "".join(answer), cache_key.context)  # before the edge asks again
                 await send(**final)
         except TimeoutError:
             outcome = "deadline"

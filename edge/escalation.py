@@ -253,13 +253,15 @@ class CloudHealthMonitor:
         self._last: dict[str, tuple[float, WorkerHeartbeat]] = {}
         self._sub = None
         self._probe: asyncio.Task | None = None
+        self._probing = False
 
     async def start(self) -> None:
+        self._probing = True
         self._sub = await self.nc.subscribe(subjects.heartbeat_class(self.model_class), cb=self._on_beat)
         self._probe = asyncio.create_task(self._probe_loop(), name="cloud-link-probe")
 
     async def _probe_loop(self) -> None:
-        while True:
+        while self._probing:
             ok = False
             if self.nc.is_connected:
                 try:
@@ -276,11 +278,13 @@ class CloudHealthMonitor:
             await asyncio.sleep(self.probe_interval_s)
 
     async def stop(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        self._probing = False
+        probe, self._probe = self._probe, None
+        # Python 3.11's wait_for (inside nats-py's flush) can swallow a cancellation that lands as the PONG
+        # arrives: cancel until the task is really done (the flag ends the loop at its next turn anyway).
+        while probe is not None and not probe.done():
+            probe.cancel()
+            await asyncio.wait({probe}, timeout=1.0)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

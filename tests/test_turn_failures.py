@@ -115,3 +115,21 @@ async def test_health_is_503_while_the_edge_cannot_answer(edge_server, fake_engi
         state["can_answer"] = False
         async with http.get(f"{edge.base_url}/health") as resp:
             assert resp.status == 503 and (await resp.json())["components"]["llm"] == "down"
+
+
+async def test_failure_mid_answer_apologizes_in_the_same_tts_session(edge_server, fake_engine, caplog):
+    """The firmware goes back to listening at ``tts stop``: the apology must come before it, not after."""
+    fake_engine.break_midway = True
+    edge = await edge_server(fake_engine)
+    sim = await _sim(edge)
+    try:
+        report = await sim.run_turn(tone(600))
+        states = [m.get("state") for m in report.messages if m.get("type") == "tts"]
+        assert states.count("start") == 1 and states.count("stop") == 1 and states[-1] == "stop", states
+        assert report.reply.startswith("First sentence.") and report.reply.endswith(APOLOGY), report.reply
+        assert len(_failed_lines(caplog)) == 1
+        fake_engine.break_midway = False
+        again = await sim.run_turn(tone(900))
+        assert again.reply == "First sentence. Second sentence." and again.tts_stop
+    finally:
+        await sim.close()

@@ -131,6 +131,8 @@ class SpeakingStage(Protocol):
     async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache",
                   language: str = "") -> str: ...
 
+    async def close(self, out: DeviceOutput, events: TurnEvents) -> None: ...
+
 
 class TurnPipeline:
     """Runs turns through the stages; one per engine, shared by every session."""
@@ -225,5 +227,7 @@ class TurnPipeline:
         try:
             async with asyncio.timeout(APOLOGY_TIMEOUT_S):
                 await self.speaking.say(self.phrases.said_in("error", language), out, events, language=language)
-        except Exception as exc:  # noqa: BLE001 - nothing more to try: the device got its tts stop
+        except Exception as exc:  # noqa: BLE001 - nothing more to try: the device gets its tts stop below
             log_event(log, "apology failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            await self.speaking.close(out, events)  # a session the failed answer left open, if still open

@@ -4,7 +4,9 @@ Three concurrent steps joined by bounded queues, so each works while the next is
 the first sentence is synthesized while the model still writes the rest, and the
 next sentence is synthesized while the current one plays. ``tts stop`` goes out
 from ``finally``: exactly once per ``tts start``, also when the turn is cancelled
-(barge-in, abort) or fails.
+(barge-in, abort). When an answer fails after its audio began, the session stays
+open for the apology (one start, one stop: the firmware returns to listening at
+the stop, so a second start would find it listening).
 """
 
 from __future__ import annotations
@@ -39,8 +41,17 @@ class Speaking:
 
     async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents, language: str = "") -> str:
         """Speak ``answer`` in ``language`` (it picks each sentence's voice); returns the text spoken.
-        Answer errors propagate after ``tts stop``."""
+        An answer error propagates with the tts session still open when audio was already playing: the
+        caller (the turn's failure owner) speaks the apology in it, then ``close`` (or the apology) stops it."""
         return await _Utterance(self, answer, out, events, language).run()
+
+    async def close(self, out: DeviceOutput, events: TurnEvents) -> None:
+        """``tts stop`` for a session a failed answer left open (when its apology could not be spoken)."""
+        if out.tts_open and not out.closed:
+            out.clear()
+            with contextlib.suppress(ConnectionError):
+                await out.send(Tts("stop"))
+            events.emit(SpeechStopped())
 
     async def say(self, text: str, out: DeviceOutput, events: TurnEvents, answered_by: str = "cache",
                   language: str = "") -> str:
@@ -68,15 +79,20 @@ class _Utterance:
         self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
 
     async def run(self) -> str:
+        failed = False
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._split())
                 tg.create_task(self._synthesize())
                 tg.create_task(self._play())
         except BaseExceptionGroup as group:
+            failed = True
             raise group.exceptions[0] from None  # one failure is the turn's failure (the others were cancelled)
         finally:
-            await self._stop()
+            if failed and self.started and not self.out.closed:
+                self.out.clear()  # the apology follows in this same tts session; ``close`` ends it
+            else:
+                await self._stop()
         return " ".join(self.spoken)
 
     async def _split(self) -> None:
@@ -119,8 +135,9 @@ class _Utterance:
                 self.told_by = answered_by
             if not self.started:
                 self.started = True
-                await out.send(Tts("start"))
-                self.events.emit(SpeechStarted())
+                if not out.tts_open:  # else: the apology, in the session a failed answer left open
+                    await out.send(Tts("start"))
+                    self.events.emit(SpeechStarted())
             text = normalize_text(sentence)
             await out.send(Tts("sentence_start", text))
             self.spoken.append(text)
