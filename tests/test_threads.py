@@ -10,7 +10,12 @@ from shared.topology import ThreadsSpec, resolve_model_path
 from tests.fixtures_edge import make_topology
 
 
-@pytest.mark.parametrize("cores", [2, 4, 8, 16])
+def test_a_two_core_box_gives_each_heavy_stage_both_cores():
+    b = thread_budget(ThreadsSpec(cores=2))  # they alternate within a turn: a split starves the single turn
+    assert (b.asr, b.llm, b.vad, b.tts) == (2, 2, 1, 1)
+
+
+@pytest.mark.parametrize("cores", [4, 8, 16])
 def test_asr_and_the_llm_together_fit_the_cores(cores):
     for tier in (None, "cpu-small", "cpu-medium", "cpu-large", "gpu"):
         b = thread_budget(ThreadsSpec(cores=cores), tier)
@@ -21,12 +26,12 @@ def test_asr_and_the_llm_together_fit_the_cores(cores):
 
 
 def test_topology_pins_win_over_the_budget():
-    b = thread_budget(ThreadsSpec(cores=2, asr=2, tts=2))
-    assert (b.asr, b.tts, b.llm) == (2, 2, 1)
+    b = thread_budget(ThreadsSpec(cores=4, asr=3, tts=2))
+    assert (b.asr, b.tts, b.llm) == (3, 2, 2)
     settings = make_topology({"asr": {"threads": 3}}).edge  # edge.asr.threads, explicit: wins over both
     applied, used = apply_budget(settings, thread_budget(ThreadsSpec(cores=2)))
     assert applied.asr.threads == used.asr == 3
-    assert applied.llm.launch.n_threads == used.llm == 1  # not set in topology.yaml: the budget's
+    assert applied.llm.launch.n_threads == used.llm == 2  # not set in topology.yaml: the budget's
 
 
 def test_the_engine_runs_with_its_budget():
