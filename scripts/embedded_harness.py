@@ -48,7 +48,7 @@ UTTERANCES = [GREETINGS[0], QUESTIONS[0], GREETINGS[1], QUESTIONS[1]]
 # What a failed turn says (the pipeline's cached apology, or "cannot answer" when no model can);
 # "Sorry, I didn't catch that." is not one: a model that said nothing is a normal, if poor, turn.
 APOLOGIES = (Phrases().error, UNAVAILABLE_EN)
-LINGER_S = 0.5  # after tts stop, a device waits this long for an apology in its own tts start/stop
+LINGER_S = 0.5  # after tts stop, a device listens this long for stray messages (a second tts start would be a bug)
 
 
 def _with_port(url: str, port: int) -> str:
