@@ -473,8 +473,9 @@ def evaluate(
 
     escalate = action == "escalate"
     budget_limited = False
-    # With the local model down or the edge full, the budget has no good alternative: it does not apply.
-    if escalate and features.local_available and not features.over_capacity:
+    # With the local model down, the edge full or a language the local model lacks, the budget has no good
+    # alternative (a Mandarin device's every turn escalates): it does not apply.
+    if escalate and features.local_available and not features.over_capacity and features.local_language:
         b = policy.budget
         turns, escalated = state.counts(now, b.window_s)
         allowed = b.max_share * max(turns + 1, b.min_turns)

@@ -372,3 +372,13 @@ def test_trace_settings_are_validated():
     for bad in ({"max_mb": 0}, {"backups": 0}, {"max_age_days": -1}, {"store_text": "sometimes"}):
         with pytest.raises(ValueError):
             TraceSpec(**bad)
+
+
+def test_the_budget_never_turns_another_language_into_a_local_answer():
+    """SmolLM2 cannot answer Mandarin: a Mandarin device's turns all escalate, whatever the share."""
+    from shared.policy import DEFAULT_POLICY, PolicyState, TurnFeatures, evaluate
+
+    state = PolicyState()
+    decisions = [evaluate(TurnFeatures.from_text("今天天气怎么样", language="zh", local_language=False), state,
+                          DEFAULT_POLICY) for _ in range(20)]
+    assert all(d.escalate and not d.budget_limited and d.rule == "other-language" for d in decisions)
