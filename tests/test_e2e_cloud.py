@@ -92,14 +92,21 @@ class Stack:
             await sim.close()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory, llama_server):
-    work = tmp_path_factory.mktemp("cloud-e2e")
+async def linked_stack(work, llama_server) -> Stack:
+    """A hub, a leaf linked to it, and one worker on the bundled model."""
     hub = await start_hub("hub", workdir=work / "hub")
     leaf = await start_leaf(hub.leafnode_url, "leaf", workdir=work / "leaf")
     await wait_linked(leaf.url, hub.url)
     s = Stack(hub, leaf, llama_server.base_url, llama_server.alias)
     await s.start_worker()
+    return s
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory, llama_server):
+    work = tmp_path_factory.mktemp("cloud-e2e")
+    s = await linked_stack(work, llama_server)
+    hub, leaf = s.hub, s.leaf
     try:
         async with running_edge(work, edge__escalation__enabled="true",
                                 edge__escalation__nats_url=leaf.url) as (url, engine):

