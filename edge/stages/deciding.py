@@ -30,6 +30,7 @@ from edge.pipeline.turn import TurnStart
 from edge.stages.understanding import Heard
 from edge.tools.site import SiteTools, TurnTools
 from shared.intent_router import IntentRouter, RouteDecision
+from shared.languages import primary_subtag
 from shared.policy import Decision, PolicyState, Settings, TurnFeatures, local_language
 from shared.tool_calling import llm_name
 from shared.tool_decision import PendingCall, is_bare_reply, is_no
@@ -122,7 +123,7 @@ class Deciding:
 
     async def _route(self, text: str, language: str, start: TurnStart) -> RouteDecision | None:
         """The router's decision (one embedding, in a thread); None without a router or in another language."""
-        if self.router is None or language.split("-")[0] not in self.router_spec.languages:
+        if self.router is None or primary_subtag(language) not in self.router_spec.languages:
             return None
         mcp = start.mcp
         if mcp is not None and not mcp.settled.is_set():  # a request right after hello: tools/list is on the way

@@ -11,18 +11,16 @@ the replacement speaks instead (the cloud when it is healthy, else a cached phra
 from __future__ import annotations
 
 import logging
-import re
 from typing import AsyncIterator, Callable
 
 from edge import metrics
 from edge.pipeline.ports import AnswerSource
+from edge.sentences import SentenceSplitter
 from shared.answer_check import check_answer
 from shared.log import log_event
 
 log = logging.getLogger("edge.answer_check")
 
-_SENTENCE_END = re.compile(r"[.!?。！？](?:\s|$)|[。！？]")
-MIN_HELD_CHARS = 12  # "Hi." alone is not yet a judgeable answer; the check sees a little more
 
 
 class CheckedAnswer:
@@ -42,10 +40,10 @@ class CheckedAnswer:
 
     async def stream(self) -> AsyncIterator[str]:
         deltas = self.inner.stream()
-        held = ""
+        held, first = "", SentenceSplitter()  # the speaking stage's own sentence rules (CJK included)
         async for delta in deltas:
             held += delta
-            if len(held) >= MIN_HELD_CHARS and _SENTENCE_END.search(held):
+            if first.feed(delta):
                 break
         verdict = check_answer(self.question, held, self.language)
         if verdict.ok or (verdict.problem == "foreign_language" and verdict.kept):
