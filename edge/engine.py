@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 from dataclasses import asdict, fields
+from pathlib import Path
 
 from edge import metrics
 from edge.admission import AdmissionControl, CountedChat, InflightCounter
@@ -159,9 +160,13 @@ class EdgeEngine:
             return None
         from shared.embeddings import shared_embedder
         from shared.intent_router import RouterConfig
+        from shared.small_talk import BOOK_FILE, SmallTalkBook
 
-        router = IntentRouter(shared_embedder(), RouterConfig(clear_margin=spec.clear_margin,
-                                                              weak_margin=spec.weak_margin, min_score=spec.min_score))
+        embedder = shared_embedder()
+        book = SmallTalkBook(embedder, Path(spec.small_talk_file or BOOK_FILE), spec.small_talk_min_score) \
+            if spec.small_talk else None
+        router = IntentRouter(embedder, RouterConfig(clear_margin=spec.clear_margin, weak_margin=spec.weak_margin,
+                                                     min_score=spec.min_score), small_talk=book)
         log_event(log, "intent router ready", languages=spec.languages)
         return router
 

@@ -63,7 +63,8 @@ from shared.topology import LaunchSpec, ToolsSpec, load_topology  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 SUITES = [DATA / "tool_suite.yaml", DATA / "tool_suite_holdout.yaml", DATA / "tool_suite_fresh.yaml",
-          DATA / "tool_suite_unseen.yaml"]  # unseen: written by someone who never read the router's examples
+          DATA / "tool_suite_unseen.yaml", DATA / "tool_suite_blind.yaml"]  # unseen, blind: written by people who
+# never read the router's examples (blind: before the spoken-arithmetic parser and the speech-act cues)
 SYSTEM = "You are Xiaozhi, a friendly voice assistant. Answer in one or two short spoken sentences."
 
 

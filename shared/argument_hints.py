@@ -18,13 +18,16 @@ For a tool with one numeric property (volume, brightness):
   When the device reported nothing the current value is taken as the middle of
   the schema range (so "a bit louder" -> 60 on 0-100): a documented default.
 
+A calculator's one string property ``expression`` takes the arithmetic the words
+say (shared.spoken_math: "subtract 17 from 50" -> "50 - 17").
+
 A string property with named options (a JSON-schema ``enum``, or options in
 backticks in the tool description as the firmware writes them: "`light` or
 `dark`") takes the one option the request names.
 
 Hand-rolled on purpose: the vocabulary is two dozen colour names, the English
 number words up to the hundreds and a few dozen direction words; no dependency
-is worth that. English only.
+is worth that (numbers in words: shared.spoken_math). English only.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from shared.spoken_math import spoken_expression, spoken_numbers, words_to_digits
 from shared.tool_calling import ToolDef
+
+__all__ = ["argument_hints", "clamp_arguments", "spoken_numbers", "COLOURS"]
 
 # Colours a lamp can show, as a person names them (full saturation where that reads right on an LED).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -45,43 +51,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 _COLOUR = re.compile(r"\b(" + "|".join(sorted(map(re.escape, COLOURS), key=len, reverse=True)) + r")\b")
 _CHANNELS = re.compile(r"\b(red|green|blue)\s*(?:to|at|=|:)?\s*(\d{1,3})\b")
 
-_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
-                                      "thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split(), 0)
-         if w != "_"}
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
-
-
-def spoken_numbers(text: str) -> list[float | int]:
-    """Numbers in digits or English words: "set it to 30" -> [30], "fifty five" -> [55], "a hundred" -> [100]."""
-    out: list[float | int] = []
-    current: int | None = None
-    for token in _TOKEN.findall(text.lower().replace("-", " ")):
-        if token[0].isdigit():
-            if current is not None:
-                out.append(current)
-                current = None
-            out.append(float(token) if "." in token else int(token))
-        elif token in _TENS:
-            if current is not None and current % 100:
-                out.append(current)
-                current = None
-            current = (current or 0) + _TENS[token]
-        elif token in _UNITS and token != "zero" or (token == "zero" and current is None):
-            if current is not None and current % 10 and current % 100:
-                out.append(current)
-                current = None
-            current = (current or 0) + _UNITS[token]
-        elif token == "hundred":
-            current = (current or 1) * 100
-        elif token == "and" and current is not None and current % 100 == 0:
-            continue  # "one hundred and five"
-        elif current is not None:
-            out.append(current)
-            current = None
-    if current is not None:
-        out.append(current)
-    return out
 
 
 STEP = 10  # "a bit louder": +10 on the schema's scale
@@ -90,7 +60,7 @@ _UP = frozenset("louder higher brighter up increase raise more boost".split())
 _DOWN = frozenset("quieter softer lower dimmer darker down decrease reduce less".split())
 _BIG = re.compile(r"\b(a lot|much|way)\b")
 _BY = re.compile(r"\bby\s+(\S+(?:\s+\S+)?)")
-_MAX = re.compile(r"\b(max|maximum|full|fullest|highest|all the way up|as (?:loud|bright|high) as possible)\b")
+_MAX = re.compile(r"\b(max|maximum|full|fullest|highest|all the way up|as (?:loud|bright|high) as (?:possible|it (?:goes|gets|can go)))\b")
 _MIN = re.compile(r"\b(min|minimum|lowest|mute|silence|silent|all the way down|as (?:quiet|low|dim) as possible)\b")
 _PERCENT = re.compile(r"\b(percent|per cent)\b|%")
 _BACKTICKED = re.compile(r"`([^`\s]+)`")
@@ -171,7 +141,7 @@ def argument_hints(tool: ToolDef, text: str, state: Mapping[str, Any] | None = N
     props = tool.parameters.get("properties") or {}
     lowered = text.lower()
     if {"r", "g", "b"} <= set(props) and len(props) == 3:
-        channels = dict(_CHANNELS.findall(lowered))
+        channels = dict(_CHANNELS.findall(words_to_digits(lowered)))  # "red two fifty-five" is 255
         if len(channels) == 3:  # "red 100 green 50 blue 0"
             return clamp_arguments(tool, {"r": int(channels["red"]), "g": int(channels["green"]),
                                           "b": int(channels["blue"])})
@@ -189,6 +159,9 @@ def argument_hints(tool: ToolDef, text: str, state: Mapping[str, Any] | None = N
                                  and _range(schema) == (None, None)):
                 return None
             return {name: _clamp(value, schema)}
+        if schema.get("type") == "string" and name == "expression":  # a calculator: the words are the sum
+            expression = spoken_expression(text)
+            return {name: expression} if expression is not None else None
         if schema.get("type") == "string":
             option = _option(name, schema, tool.description or "", lowered)
             return {name: option} if option is not None else None

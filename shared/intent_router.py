@@ -13,6 +13,13 @@ compared with
 - the intent label sets (``shared/data/intent_examples.yaml``:
   ``classes: {small_talk: [...], command: [...], ...}``; any file of that shape).
 
+With a small-talk book (shared.small_talk), a request classed as small talk and
+close to one of its entries names that entry (the edge says its reply).
+
+A request whose words are plainly a sum ("what's seventeen times twenty-three",
+shared.spoken_math) is a clear decision for the offered calculator, whatever the
+similarities say.
+
 A tool's score is its best match; the margin is the best tool's score minus the
 best chat match. ``clear`` decisions have a margin of at least
 ``RouterConfig.clear_margin``; "unsure" ones lie between ``weak_margin`` and
@@ -40,6 +47,9 @@ from cachetools import LRUCache
 
 from shared.embeddings import Embedder
 from shared.policy import INTENT_CLASSES  # the policy matches on them; one list
+from shared.small_talk import SmallTalkBook
+from shared.speech_act import SpeechAct, speech_act
+from shared.spoken_math import spoken_expression
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
 from shared.tool_intent import is_question, ranked, needs_tools
 
@@ -47,6 +57,7 @@ DATA = Path(__file__).resolve().parent / "data"
 INTENT_FILE = DATA / "intent_examples.yaml"
 ROUTES_FILE = DATA / "tool_routes.yaml"
 CHAT_CLASSES = ("small_talk", "knowledge", "reasoning")  # their examples count as "no tool" too
+SMALL_TALK_ANY_INTENT = 0.85  # a small-talk book match this close needs no small_talk class
 
 
 class LabelSetError(ValueError):
@@ -109,6 +120,8 @@ class RouteDecision:
     ms: float  # time spent routing (embedding + scoring)
     words: tuple[str, ...] = ()  # tools the request's words name (shared.tool_intent's gate and ranking)
     question: bool = False  # phrased as a question ("how do you mute ...?"): asks about, does not order
+    act: SpeechAct = SpeechAct()  # the request's form: orders, asks how, tells, or about another object
+    small_talk: str | None = None  # the small-talk book's entry that answers it (shared.small_talk), if any
 
     @property
     def is_chat(self) -> bool:
@@ -139,8 +152,9 @@ class IntentRouter:
 
     def __init__(self, embedder: Embedder, config: RouterConfig | None = None,
                  intent_files: Sequence[Path] = (INTENT_FILE,), routes_file: Path = ROUTES_FILE,
-                 tool_cache_size: int = 256):
+                 tool_cache_size: int = 256, small_talk: SmallTalkBook | None = None):
         self.embedder = embedder
+        self.small_talk = small_talk  # answers small talk from the book, same vector
         self.config = config or RouterConfig()
         self.routes, chat = load_routes(routes_file)
         self.intents = load_intent_examples(intent_files)
@@ -175,6 +189,14 @@ class IntentRouter:
                 best, best_score = name, score
         return best, max(best_score, 0.0)
 
+    def _small_talk(self, vector: np.ndarray, intent: str | None) -> str | None:
+        """The small-talk book's entry for a request classed as small talk; a very close match ("can you hear
+        me?") counts whatever the class."""
+        if self.small_talk is None:
+            return None
+        name, score = self.small_talk.match(vector)
+        return name if intent == "small_talk" or score >= SMALL_TALK_ANY_INTENT else None
+
     def route(self, text: str, tools: ToolSet | None) -> RouteDecision:
         """The decision for one request; ``tools`` None or empty: intent only, always chat."""
         start = time.perf_counter()
@@ -187,9 +209,14 @@ class IntentRouter:
         scored = sorted(((float((self._vectors_of(t) @ vector).max()), t.name) for t in tools or ()),
                         reverse=True)
         cfg = self.config
+        book = self._small_talk(vector, intent)
         if not scored:
             return RouteDecision(None, 0.0, chat_score, -chat_score, False, (), intent, intent_score,
-                                 (time.perf_counter() - start) * 1000)
+                                 (time.perf_counter() - start) * 1000, small_talk=book)
+        calculator = _calculator(tools) if spoken_expression(text) is not None else None
+        if calculator is not None:  # the words are plainly a sum (shared.spoken_math): no similarity can beat that
+            return RouteDecision(calculator, max(scored)[0], chat_score, 1.0, True, (calculator,), "arithmetic",
+                                 intent_score, (time.perf_counter() - start) * 1000, (calculator,))
         score, best = scored[0]
         margin = score - chat_score
         possible = score >= cfg.min_score and margin >= cfg.weak_margin
@@ -197,7 +224,17 @@ class IntentRouter:
         return RouteDecision(best if possible else None, score, chat_score, margin,
                              possible and margin >= cfg.clear_margin, candidates if possible else (),
                              intent, intent_score, (time.perf_counter() - start) * 1000,
-                             words_naming(tools, text), is_question(text) and not _POLITE.match(text))
+                             words_naming(tools, text), is_question(text) and not _POLITE.match(text),
+                             speech_act(text), None if possible else book)
+
+
+def _calculator(tools: ToolSet | None) -> str | None:
+    """The offered tool whose one argument is an arithmetic ``expression`` (the edge's ``calculate``)."""
+    for tool in tools or ():
+        props = tool.parameters.get("properties") or {}
+        if list(props) == ["expression"] and (props["expression"] or {}).get("type") == "string":
+            return tool.name
+    return None
 
 
 _POLITE = re.compile(r"\s*(can|could|would|will)\s+you\b", re.IGNORECASE)  # a request, not a question

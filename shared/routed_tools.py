@@ -2,7 +2,8 @@
 
 The router (shared.intent_router) says whether the request needs a tool and
 shortlists the candidates; the words then pick among them when they name one
-(shared.tool_intent.clear_winner: "turn the light off" vs "on"), else the
+(shared.tool_intent.clear_winner: "turn the light off" vs "on") or settle one's
+arguments (:func:`settled_by_words`: "turn the lamp pink"), else the
 grammar-forced model chooses among the shortlist (shared.grammar_tools). The
 arguments come from the words or the model, clamped to the schema, and the
 decision rule (shared.tool_decision) says whether to call, ask first, or answer
@@ -18,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from shared.argument_hints import argument_hints
 from shared.grammar_tools import GrammarToolCaller, last_user_text
 from shared.intent_router import IntentRouter, RouteDecision
 from shared.log import log_event
@@ -61,6 +63,13 @@ class _Subset:
                                                   "parameters": t.parameters}} for t in self._tools]
 
 
+def settled_by_words(tools: ToolSet, text: str) -> ToolDef | None:
+    """The one candidate whose arguments the words settle ("turn the lamp pink": the colour tool, not the
+    switch; "volume 60": the volume tool, not the status); None when none or several are."""
+    settled = [t for t in tools if t.parameters.get("properties") and argument_hints(t, text) is not None]
+    return settled[0] if len(settled) == 1 else None
+
+
 class RoutedToolCaller:
     """Router in front of the grammar caller; ``decide`` returns a :class:`ToolTurn`."""
 
@@ -82,6 +91,7 @@ class RoutedToolCaller:
             return self._logged(ToolTurn("answer", route, reason="chat"))
         shortlist = _Subset(tools, route.candidates)
         tool = shortlist.get(route.candidates[0]) if len(shortlist) == 1 else clear_winner(shortlist, text)
+        tool = tool or settled_by_words(shortlist, text)
         if tool is None:  # the model picks among close candidates; "none" only when the router was unsure
             tool = await self.caller.choose(text, list(shortlist), allow_none=not route.clear)
         action = decide_action(route, tool)

@@ -10,7 +10,12 @@ only wastes a sentence. So the rule (issue 14) depends on what the tool does:
   read) run only on a clear decision; an unsure one becomes a short yes/no
   question ("Set the light to blue?") and the call waits for the next turn's
   answer (:class:`PendingCall`, :func:`is_yes`);
-- a turn the router scored as chat never calls anything.
+- a turn the router scored as chat never calls anything;
+- nor does one whose form orders nothing (shared.speech_act): a tool word that
+  belongs to another object ("the volume of a sphere"), a how-to question, or a
+  first-person statement with no request in it ("I'm charging my phone", "my
+  laptop screen is cracked") neither reads nor asks; a state change the words do
+  not name is asked only in a request the router classed as a command.
 
 The edge's server tools (clock, calculator, the operator's HTTP lookups) read. For a
 device tool, whether it reads is taken from MCP's ``annotations.readOnlyHint`` when the
@@ -76,12 +81,19 @@ def decide_action(route: RouteDecision, tool: ToolDef | None) -> ToolAction:
     if tool is None:
         return ToolAction("answer", "no tool chosen")
     named = tool.name in route.words
+    act = route.act
+    if act.other_object:
+        return ToolAction("answer", "the tool's word belongs to another object")
+    if act.how_to or act.statement:
+        return ToolAction("answer", "a how-to question" if act.how_to else "a statement, no request in it")
     if tool_effect(tool) == "reads":
         if not route.clear and route.intent in CHAT_INTENTS:  # "the difference between weather and climate"
             return ToolAction("answer", f"reading tool, unsure and the request is {route.intent}")
         if route.clear or named:
             return ToolAction("call", "reading tool")
         return ToolAction("answer", "reading tool, unsure and not named")
+    if not named and route.intent != "command":
+        return ToolAction("answer", f"state change its words do not name, in a {route.intent} request")
     if route.clear and named and not route.question:
         return ToolAction("call", "clear")
     return ToolAction("confirm", "state change, unsure" if not route.clear else "state change, not ordered by name")

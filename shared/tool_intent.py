@@ -41,7 +41,7 @@ _PARTICLES = frozenset({"on", "off", "up", "down", "out"})
 _SYNONYMS = {
     "loud": "volume", "louder": "volume", "quiet": "volume", "quieter": "volume", "mute": "volume",
     "sound": "volume", "softer": "volume", "unmute": "volume",
-    "out": "off", "lamp": "light", "lights": "light", "bulb": "light", "led": "light",
+    "out": "off", "kill": "off", "lamp": "light", "lights": "light", "bulb": "light", "led": "light",
     "display": "screen", "dim": "brightness", "bright": "brightness", "brighter": "brightness",
     "darker": "brightness", "charge": "battery", "charging": "battery", "clock": "time", "today": "date",
     "month": "date", "year": "date", "weekday": "day", "plus": "calculate", "minus": "calculate",

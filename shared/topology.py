@@ -371,6 +371,9 @@ class RouterSpec(_Model):
     weak_margin: float = Field(0.0, ge=-1, le=1)  # below this the turn is chat
     min_score: float = Field(0.40, ge=0, le=1)  # a best tool match below this is chat
     confirm_ttl_s: float = Field(30, gt=0)  # a yes later than this after "Set the light to blue?" is no answer
+    small_talk: bool = True  # greetings, thanks, goodbyes... answered from the small-talk book (shared.small_talk)
+    small_talk_file: str | None = None  # the operator's book; default shared/data/small_talk.yaml
+    small_talk_min_score: float = Field(0.70, ge=0, le=1)  # similarity to an entry's closest example
 class AdmissionSpec(_Model):
     """Where a new turn stops being admitted (edge/admission.py); unset limits derive from ``edges[].capacity``."""
 

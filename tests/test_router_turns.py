@@ -25,6 +25,7 @@ from shared.chat import ChatClient
 from shared.embeddings import shared_embedder
 from shared.intent_router import IntentRouter
 from shared.policy import DEFAULT_POLICY
+from shared.small_talk import SmallTalkBook
 from shared.topology import EscalationSpec, LlmSpec, ToolsSpec
 from tests.test_answer_tools import PlainModel, board_session, cloud  # noqa: F401 - cloud is a fixture
 
@@ -175,3 +176,32 @@ async def test_a_mandarin_tool_request_is_executed_through_the_cloud(router, clo
     assert route.decision.rule == "other-language" and route.source == "cloud"
     assert "self_light_turn_off" in remote.offered[0]  # every tool of the session, the cloud's model chooses
     assert (by, said) == ("cloud", "灯已经关了。") and not board.state.light_on
+
+
+# ---------------------------------------------------------------- small talk from the book
+@pytest.fixture(scope="module")
+def router_with_book() -> IntentRouter:
+    embedder = shared_embedder()
+    return IntentRouter(embedder, small_talk=SmallTalkBook(embedder))
+
+
+@pytest.mark.parametrize("text, entry", [
+    ("Hey, good morning to you!", "greeting"), ("Thanks so much, that was really helpful", "thanks"),
+    ("Alright, I'm heading out, bye!", "farewell"), ("What do people call you?", "identity"),
+])
+async def test_small_talk_is_answered_from_the_book_without_the_model(router_with_book, text, entry):
+    _, req = await board_session()
+    french = PlainModel("Bonjour, monsieur.")  # what the model would say: never asked
+    edge = Edge(french, LlmSpec(url="http://127.0.0.1:9/v1", model="stand-in"), router_with_book, tools=False)
+    route, by, said = await edge.turn(req, text)
+    assert (route.small_talk, by) == (entry, "edge"), route.reason
+    assert said in edge.deciding.router.small_talk.all_replies("en")
+
+
+@pytest.mark.parametrize("text", ["What is my name?", "Which planet is the biggest?", "Turn the light on"])
+async def test_other_requests_are_not_small_talk(router_with_book, text):
+    _, req = await board_session()
+    edge = Edge(PlainModel("Something."), LlmSpec(url="http://127.0.0.1:9/v1", model="stand-in"), router_with_book,
+                tools=False)
+    route, _, _ = await edge.turn(req, text)
+    assert route.small_talk is None, route.reason

@@ -9,6 +9,9 @@ on its first tokens. That probe is a started local answer, handed on in the
 :class:`Route` so no token is generated twice. A turn the policy would escalate
 while the cloud link is known to be down is answered locally at once.
 
+Small talk kept local ("thanks!", "who are you?") is answered from the router's
+small-talk book (:mod:`shared.small_talk`) when one of its entries matches.
+
 Tool turns kept local are decided here too (:mod:`shared.routed_tools`): call
 now, or ask first ("Set the light to blue?") and keep the call pending for the
 next turn's yes; a turn scored as chat never calls anything.
@@ -57,6 +60,7 @@ class Route:
     pending: PendingCall | None = None  # a call waiting for the next turn's yes (the phrase asks)
     language: str = "en"  # the turn's (the escalation request's, the phrases')
     local_language: bool = True  # the local model answers in it (else a local answer is the phrase for that)
+    small_talk: str | None = None  # the small-talk book's entry whose reply ``phrase`` is (the edge answered)
 
 
 class Deciding:
@@ -116,6 +120,8 @@ class Deciding:
                 route.reason += "; cloud link down, answered locally"
         if route.source == "edge" and route.tools is not None and routed is not None:
             await self._decide_tool(route, routed)
+        if route.source == "edge" and route.phrase is None and route.tools is None and routed is not None:
+            self._small_talk(route, routed)
         events.emit(Decided(source=route.source, rule=decision.rule, reason=route.reason, revision=decision.revision,
                             features=features, decision=decision,
                             tools=tuple(route.tools.registry.names()) if route.tools else None))
@@ -138,6 +144,14 @@ class Deciding:
         if self.router is not None and routed is None:  # a language the router does not know: the cloud decides
             return self.tools.offered(start)
         return self.tools.for_turn(start, heard.text, routed)
+
+    def _small_talk(self, route: Route, routed: RouteDecision) -> None:
+        """"Thanks!", "who are you?": the book's reply instead of a model round (shared.small_talk)."""
+        book = self.router.small_talk if self.router is not None else None
+        reply = book.reply(routed.small_talk, route.language) if book is not None and routed.small_talk else None
+        if reply is not None:
+            route.phrase, route.small_talk = reply, routed.small_talk
+            route.reason += f"; small talk: {routed.small_talk}"
 
     async def _decide_tool(self, route: Route, routed: RouteDecision) -> None:
         """A local tool turn: call now, ask first, or no tool after all (shared.tool_decision's rule)."""

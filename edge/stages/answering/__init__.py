@@ -56,7 +56,7 @@ class Answering:
 
     def source(self, route: Route, start: TurnStart) -> AnswerSource:
         if route.phrase is not None:
-            return PhraseAnswer(route.phrase, route.reason)
+            return PhraseAnswer(route.phrase, route.reason, answered_by="edge" if route.small_talk else "cache")
         if route.source != "cloud" or self.cloud.client is None:
             local = self._local(route, start)
             settings = route.settings
