@@ -137,9 +137,8 @@ class FasterWhisperBackend:
         self.model = None
         self.model_dir = whisper_model_dir(spec.model)
         self.description = f"faster-whisper:{self.model_dir.name}"
-        # Shortest encoder window for short clips (see window_frames). 1000 (10 s) cuts ASR time 4-7x per clip, but it
-        # changed a word on some noisy clips in the tests ("leap year" -> "leap here"): off until measured on the load set.
-        self.min_window = self.FULL_WINDOW
+        # Shortest encoder window for short clips (see window_frames): edge.asr.min_window_s (30: never trimmed).
+        self.min_window = int(round(spec.min_window_s * 100))
         self._tokenizers: dict[str | None, object] = {}
 
     def load(self) -> None:

@@ -6,7 +6,8 @@ The utterance is "What is the capital of France?" spoken by the bundled piper vo
 
 ``--batch N`` instead compares, on N different utterances (scripts/bench_load.py's set), the
 backend decoding them one by one vs in one batched call, each with the full 30 s encoder window
-and with the trimmed one: ms per clip, and whether the texts agree.
+and with the trimmed one (``--window``, seconds): ms per clip, whether the texts agree, and the
+character error rate against the words said (``edge.asr.min_window_s`` chooses the window).
 """
 
 from __future__ import annotations
@@ -64,16 +65,19 @@ async def bench(topo, name: str, pcm: np.ndarray, runs: int) -> None:
     )
 
 
-def bench_batch(topo, name: str, n: int, runs: int) -> None:
+def bench_batch(topo, name: str, n: int, runs: int, window_s: float) -> None:
     from edge.asr import FasterWhisperBackend
     from scripts.bench_load import utterance_set
+    from scripts.bench_zh import cer
 
     model, lang = MODELS[name]
     backend = FasterWhisperBackend(topo.edge.asr.model_copy(update={"model": model, "language": lang}))
     backend.load()
-    pcms = [pcm.astype(np.float32) / 32768.0 for _, pcm in utterance_set(30)[:n]]
+    pairs = utterance_set(n)
+    pcms = [pcm.astype(np.float32) / 32768.0 for _, pcm in pairs]
     backend.transcribe_batch(pcms[:1])  # warm-up
-    for window in (backend.FULL_WINDOW, backend.min_window):
+    words = lambda s: " ".join("".join(c for c in s.lower() if c.isalnum() or c == " ").split())  # noqa: E731
+    for window in (backend.FULL_WINDOW, int(window_s * 100)):
         backend.min_window = window
         single, batched, texts = [], [], {}
         for _ in range(runs):  # alternate, so machine noise hits both alike
@@ -83,10 +87,12 @@ def bench_batch(topo, name: str, n: int, runs: int) -> None:
             t0 = time.perf_counter()
             texts["batch"] = [t for t, *_ in backend.transcribe_batch(pcms)]
             batched.append((time.perf_counter() - t0) * 1000 / n)
+        errors = statistics.mean(cer(words(ref), words(hyp)) for (ref, _), hyp in zip(pairs, texts["single"]))
+        wrong = sum(words(ref) != words(hyp) for (ref, _), hyp in zip(pairs, texts["single"]))
         print(f"{name} window={window / 100:.0f}s clips={n} runs={runs} ms/clip: "
               f"single p50={statistics.median(single):.0f} batch p50={statistics.median(batched):.0f} "
               f"speed-up={statistics.median(single) / statistics.median(batched):.2f}x "
-              f"same_text={texts['single'] == texts['batch']}")
+              f"same_text={texts['single'] == texts['batch']} CER={errors:.3f} clips_not_verbatim={wrong}/{n}")
 
 
 def main() -> None:
@@ -94,11 +100,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", default="tiny.en,base")
     ap.add_argument("--batch", type=int, default=0, help="compare N clips batched vs one by one")
+    ap.add_argument("--window", type=float, default=10.0, help="--batch: the trimmed encoder window, seconds")
     args = ap.parse_args()
     topo = load_topology()
     if args.batch:
         for name in args.models.split(","):
-            bench_batch(topo, name, args.batch, args.runs)
+            bench_batch(topo, name, args.batch, args.runs, args.window)
         return
     pcm = utterance(topo)
     for name in args.models.split(","):

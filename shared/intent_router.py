@@ -16,6 +16,12 @@ compared with
 With a small-talk book (shared.small_talk), a request classed as small talk and
 close to one of its entries names that entry (the edge says its reply).
 
+The intent class is checked against the words where they can say more: "arithmetic"
+needs a sum the parser reads (else it is a fact to know: "how many minutes are in
+an hour?"), and "lookup" needs a tool that would read it (else: knowledge); the
+calculator is a candidate only for a request with a number in it ("how many sides
+does a square have?" has none).
+
 A request whose words are plainly a sum ("what's seventeen times twenty-three",
 shared.spoken_math) is a clear decision for the offered calculator, whatever the
 similarities say.
@@ -49,7 +55,7 @@ from shared.embeddings import Embedder
 from shared.policy import INTENT_CLASSES  # the policy matches on them; one list
 from shared.small_talk import SmallTalkBook
 from shared.speech_act import SpeechAct, speech_act
-from shared.spoken_math import spoken_expression
+from shared.spoken_math import spoken_expression, spoken_numbers
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
 from shared.tool_intent import is_question, ranked, needs_tools
 
@@ -204,27 +210,33 @@ class IntentRouter:
         if not text:
             return RouteDecision(None, 0.0, 0.0, 0.0, False, (), None, 0.0, 0.0)
         vector = self.embedder.embed_one(text)
-        intent, intent_score = self.intent_of(vector)
+        seen, intent_score = self.intent_of(vector)
+        arithmetic = spoken_expression(text) is not None
+        intent = "knowledge" if seen == "arithmetic" and not arithmetic else seen  # "minutes in an hour?": a fact
         chat_score = float((self._chat @ vector).max()) if self._chat.size else 0.0
-        scored = sorted(((float((self._vectors_of(t) @ vector).max()), t.name) for t in tools or ()),
+        calculator = _calculator(tools)
+        scored = sorted(((float((self._vectors_of(t) @ vector).max()), t.name) for t in tools or ()
+                         if t.name != calculator or arithmetic or spoken_numbers(text)),  # "sides of a square"?
                         reverse=True)
         cfg = self.config
         book = self._small_talk(vector, intent)
         if not scored:
             return RouteDecision(None, 0.0, chat_score, -chat_score, False, (), intent, intent_score,
                                  (time.perf_counter() - start) * 1000, small_talk=book)
-        calculator = _calculator(tools) if spoken_expression(text) is not None else None
-        if calculator is not None:  # the words are plainly a sum (shared.spoken_math): no similarity can beat that
-            return RouteDecision(calculator, max(scored)[0], chat_score, 1.0, True, (calculator,), "arithmetic",
+        if arithmetic and calculator is not None:  # plainly a sum (shared.spoken_math): no similarity beats that
+            return RouteDecision(calculator, scored[0][0], chat_score, 1.0, True, (calculator,), "arithmetic",
                                  intent_score, (time.perf_counter() - start) * 1000, (calculator,))
         score, best = scored[0]
         margin = score - chat_score
         possible = score >= cfg.min_score and margin >= cfg.weak_margin
+        clear = possible and margin >= cfg.clear_margin
+        words = words_naming(tools, text)
+        if intent == "lookup" and not (clear or (possible and best in words)):  # nothing here would read it
+            intent = "knowledge"  # ("the freezing point of water", "minutes in an hour")
         candidates = tuple(name for s, name in scored[: cfg.max_candidates] if s >= score - cfg.shortlist_delta)
-        return RouteDecision(best if possible else None, score, chat_score, margin,
-                             possible and margin >= cfg.clear_margin, candidates if possible else (),
-                             intent, intent_score, (time.perf_counter() - start) * 1000,
-                             words_naming(tools, text), is_question(text) and not _POLITE.match(text),
+        return RouteDecision(best if possible else None, score, chat_score, margin, clear,
+                             candidates if possible else (), intent, intent_score, (time.perf_counter() - start) * 1000,
+                             words, is_question(text) and not _POLITE.match(text),
                              speech_act(text), None if possible else book)
 
 

@@ -5,7 +5,8 @@ color blue" must not turn the lamp blue); one that reads the battery by mistake
 only wastes a sentence. So the rule (issue 14) depends on what the tool does:
 
 - reading tools (time, battery, status, calculator) run on any decision the
-  router did not score as chat, clear or unsure;
+  router did not score as chat, clear or unsure (unsure: only in a request that
+  asks something, see shared.speech_act);
 - state-changing tools (volume, light, theme, reboot, anything not known to
   read) run only on a clear decision; an unsure one becomes a short yes/no
   question ("Set the light to blue?") and the call waits for the next turn's
@@ -87,6 +88,8 @@ def decide_action(route: RouteDecision, tool: ToolDef | None) -> ToolAction:
     if act.how_to or act.statement:
         return ToolAction("answer", "a how-to question" if act.how_to else "a statement, no request in it")
     if tool_effect(tool) == "reads":
+        if not route.clear and not act.asks:  # "time flies when you're having fun, huh?"
+            return ToolAction("answer", "reading tool, unsure and nothing is asked")
         if not route.clear and route.intent in CHAT_INTENTS:  # "the difference between weather and climate"
             return ToolAction("answer", f"reading tool, unsure and the request is {route.intent}")
         if route.clear or named:

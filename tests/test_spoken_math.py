@@ -134,3 +134,22 @@ def test_explaining_is_asking(router, tools):
     decision = router.route("Can you define what battery capacity means?", tools)
     tool = tools.get(decision.tool) if decision.tool else None
     assert decide_action(decision, tool).outcome == "answer", decision
+
+
+@pytest.mark.parametrize("text, intent", [
+    ("How many minutes are in an hour?", "knowledge"), ("How many sides does a square have?", "knowledge"),
+    ("What is the boiling point of water?", "knowledge"), ("What's twelve times seven?", "arithmetic"),
+    ("What time is it?", "lookup"),
+])
+def test_the_intent_is_checked_against_the_words(router, tools, text, intent):
+    decision = router.route(text, tools)
+    assert decision.intent == intent, decision
+    assert (decision.tool == "calculate") == (intent == "arithmetic"), decision
+
+
+@pytest.mark.parametrize("text, asks", [
+    ("Time is a great healer, isn't it?", False), ("The clock in the hall is slow, you know?", False),
+    ("What's the battery at?", True), ("Battery?", True), ("Tell me the time", True), ("Any idea of the time?", True),
+])
+def test_asking_at_all(text, asks):
+    assert speech_act(text).asks is asks
