@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=int, default=len(SENTENCES), help=f"how many (max {len(SENTENCES)})")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for Whisper")
     p.add_argument("--csv", help="write one row per sentence here")
+    p.add_argument("--window", type=float, default=10.0,
+                   help="also the edge's own batched path (edge/asr.py) with this min encoder window, seconds")
     args = p.parse_args(argv)
     if not 1 <= args.sentences <= len(SENTENCES):
         p.error(f"--sentences must be between 1 and {len(SENTENCES)}")
@@ -73,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     voice.load()
     model = WhisperModel(str(whisper_model_dir(WHISPER_BASE)), device="cpu", compute_type="int8",
                          cpu_threads=args.threads, local_files_only=True)
+    from edge.asr import FasterWhisperBackend
+    from shared.topology import AsrSpec
+
+    edge = FasterWhisperBackend(AsrSpec(model=WHISPER_BASE, language="auto", threads=args.threads,
+                                        min_window_s=args.window))
+    edge.load()
     rows, synth_s, audio_s = [], 0.0, 0.0
     for text in SENTENCES[: args.sentences]:
         t0 = time.perf_counter()
@@ -94,17 +102,23 @@ def main(argv: list[str] | None = None) -> int:
                         f"{mode}_prob": info.language_probability, f"{mode}_cer": cer(text, out),
                         # right script: nothing left for OpenCC to change
                         f"{mode}_simplified": normalize_transcript(out, "zh") == out})
+        t0 = time.perf_counter()
+        out, lang, prob = edge.transcribe_batch([clip])[0]
+        row.update({"edge_ms": (time.perf_counter() - t0) * 1000, "edge_text": out, "edge_lang": lang,
+                    "edge_prob": prob, "edge_cer": cer(text, out), "edge_traditional": False,
+                    "edge_simplified": normalize_transcript(out, "zh") == out})
         rows.append(row)
-        print(f"{text}  opencc: {row['opencc_text']} ({row['opencc_cer']:.0%})  prompt: {row['prompt_text']} "
+        print(f"{text}  edge {args.window:.0f}s: {out} ({row['edge_cer']:.0%})  opencc: {row['opencc_text']} ({row['opencc_cer']:.0%})  prompt: {row['prompt_text']} "
               f"({row['prompt_cer']:.0%})", flush=True)
 
     n = len(rows)
     print(f"\nzh voice: {n} sentences, {audio_s:.1f} s of audio in {synth_s:.1f} s: real-time factor "
           f"{synth_s / audio_s:.3f}")
-    for mode in ("opencc", "prompt"):
+    for mode in ("opencc", "prompt", "edge"):
         cers = [r[f"{mode}_cer"] for r in rows]
         ms = [r[f"{mode}_ms"] for r in rows]
-        print(f"whisper base + {mode:6s}: CER {statistics.mean(cers):.1%} (mean over sentences), "
+        label = f"edge path, {args.window:.0f} s window" if mode == "edge" else f"whisper base + {mode}"
+        print(f"{label:28s}: CER {statistics.mean(cers):.1%} (mean over sentences), "
               f"exact {sum(c == 0 for c in cers)}/{n}, Simplified {sum(r[f'{mode}_simplified'] for r in rows)}/{n} "
               f"(Whisper wrote Traditional in {sum(r[f'{mode}_traditional'] for r in rows)}), "
               f"language zh {sum(r[f'{mode}_lang'] == 'zh' for r in rows)}/{n} "

@@ -162,8 +162,12 @@ def test_batched_decoding_matches_faster_whisper_transcribe(asr_service, speak):
 def test_short_encoder_window_keeps_the_words(asr_service, speak):
     backend = asr_service.backend
     pcms = [coloured(speak, i, p).astype(np.float32) / 32768.0 for i, p in enumerate(BATCH_PHRASES)]
-    assert backend.window_frames(300) == backend.FULL_WINDOW  # the default never trims
-    full = [text for text, *_ in backend.transcribe_batch(pcms)]
+    saved, backend.min_window = backend.min_window, backend.FULL_WINDOW
+    try:
+        assert backend.window_frames(300) == backend.FULL_WINDOW  # min_window_s 30: never trimmed
+        full = [text for text, *_ in backend.transcribe_batch(pcms)]
+    finally:
+        backend.min_window = saved
     saved, backend.min_window = backend.min_window, 1000
     try:
         assert backend.window_frames(300) == 1000 < backend.FULL_WINDOW  # a 3 s clip: 10 s window
@@ -171,7 +175,7 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
         trimmed = [text for text, *_ in backend.transcribe_batch(pcms)]
     finally:
         backend.min_window = saved
-    for a, b in zip(trimmed, full):  # opt-in trimming: a few letters off per clip at most on these noisy clips
+    for a, b in zip(trimmed, full):  # trimming: a few letters off per clip at most on these noisy clips
         assert cer(b, a) <= 0.1, (a, b)
 
 
