@@ -131,6 +131,9 @@ async def test_knowledge_goes_to_a_healthy_cloud_and_small_talk_stays(router, lo
     route = await edge.deciding.run(req, Heard("What is the capital of Japan?", "en"), messages,
                                     TurnEvents(req.turn_id, []))
     assert (route.source, route.decision.rule) == ("cloud", "knowledge-to-cloud")
+    fact = "How many minutes are in an hour?"  # the clock is shortlisted, but would never be called: a fact
+    route = await edge.deciding.run(req, Heard(fact, "en"), turn_messages("", [], fact), TurnEvents(req.turn_id, []))
+    assert (route.source, route.decision.rule, route.tools) == ("cloud", "knowledge-to-cloud", None)
     chat = await edge.deciding.run(req, Heard("How are you doing today?", "en"),
                                    turn_messages("", [], "How are you doing today?"), TurnEvents(req.turn_id, []))
     assert chat.source == "edge" and chat.decision.rule == "edge-intents"

@@ -20,6 +20,7 @@ from shared.grammar_tools import GrammarToolCaller
 from shared.intent_router import IntentRouter, RouteDecision
 from shared.routed_tools import RoutedToolCaller
 from shared.tool_calling import caller_for
+from shared.tool_decision import decide_action
 from shared.tool_intent import needs_tools
 from shared.topology import ToolsSpec
 
@@ -69,6 +70,8 @@ class SiteTools:
     def for_turn(self, req: "TurnStart", user_text: str, route: RouteDecision | None = None) -> TurnTools | None:
         """The turn's tools when the request needs one: the router's decision when there is one, else the words."""
         registry = self.registry_for(req)
+        if route is not None and not route.is_chat and would_answer(route, registry):
+            return None  # no candidate would be acted on: the policy routes the turn as the chat it is
         if (route.is_chat if route is not None else not needs_tools(registry, user_text)):
             return None
         return self.offered(req, registry)
@@ -77,3 +80,10 @@ class SiteTools:
         """Every tool of the turn (a request in a language the router does not know: the cloud's model decides)."""
         registry = registry or self.registry_for(req)
         return TurnTools(registry, tool_context(self.spec, self.site, req.device_id), self.loop)
+
+
+def would_answer(route: RouteDecision, registry: ToolRegistry) -> bool:
+    """Every shortlisted tool would be answered without a call by the decision rule ("how many minutes are in
+    an hour?" shortlists only the clock, unsure and not named): the turn is no tool turn."""
+    names = route.candidates or ((route.tool,) if route.tool else ())
+    return all(decide_action(route, registry.get(name)).outcome == "answer" for name in names)
