@@ -18,7 +18,8 @@ close to one of its entries names that entry (the edge says its reply).
 
 The intent class is checked against the words where they can say more: "arithmetic"
 needs a sum the parser reads (else it is a fact to know: "how many minutes are in
-an hour?"), and "lookup" needs a tool that would read it (else: knowledge); the
+an hour?"), "lookup" needs a tool that would read it (else: knowledge), and a
+question that is barely small talk and not about the assistant is knowledge; the
 calculator is a candidate only for a request with a number in it ("how many sides
 does a square have?" has none).
 
@@ -63,6 +64,8 @@ DATA = Path(__file__).resolve().parent / "data"
 INTENT_FILE = DATA / "intent_examples.yaml"
 ROUTES_FILE = DATA / "tool_routes.yaml"
 CHAT_CLASSES = ("small_talk", "knowledge", "reasoning")  # their examples count as "no tool" too
+SMALL_TALK_WEAK = 0.35  # below the tuning split's least small-talk-like small-talk question ("are you a robot?")
+_YOU = re.compile(r"\byou(?:r|rs|rself)?\b", re.IGNORECASE)  # small-talk questions are about the assistant
 SMALL_TALK_ANY_INTENT = 0.85  # a small-talk book match this close needs no small_talk class
 
 
@@ -213,6 +216,8 @@ class IntentRouter:
         seen, intent_score = self.intent_of(vector)
         arithmetic = spoken_expression(text) is not None
         intent = "knowledge" if seen == "arithmetic" and not arithmetic else seen  # "minutes in an hour?": a fact
+        if intent == "small_talk" and intent_score < SMALL_TALK_WEAK and is_question(text) and not _YOU.search(text):
+            intent = "knowledge"  # "what do bees make?": a question about the world, barely like small talk
         chat_score = float((self._chat @ vector).max()) if self._chat.size else 0.0
         calculator = _calculator(tools)
         scored = sorted(((float((self._vectors_of(t) @ vector).max()), t.name) for t in tools or ()

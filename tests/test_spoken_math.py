@@ -153,3 +153,8 @@ def test_the_intent_is_checked_against_the_words(router, tools, text, intent):
 ])
 def test_asking_at_all(text, asks):
     assert speech_act(text).asks is asks
+
+
+def test_a_question_barely_like_small_talk_is_knowledge(router, tools):
+    assert router.route("What do spiders eat?", tools).intent == "knowledge"
+    assert router.route("How are you today?", tools).intent == "small_talk"
