@@ -17,6 +17,8 @@ That keeps exact first-match semantics while the confidence is computed lazily.
 
 A budget caps the share of turns escalated over a sliding window; an escalation
 the budget refuses becomes ``local`` (the rule is still named, the reason says why).
+A rule with ``budgeted: false`` escalates outside the budget (the default policy's
+knowledge-to-cloud: a local answer to a knowledge question is a wrong one).
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class Rule(_Model):
     match: Match = Match()
     action: Literal["escalate", "local", "phrase"]
     phrase: str | None = Field(None, min_length=1, max_length=200)  # what the edge says for action "phrase"
+    budgeted: bool = True  # false: this rule's escalations are outside the budget (no local answer is worth having)
 
     @model_validator(mode="after")
     def _phrase_with_its_action(self) -> "Rule":
@@ -302,7 +305,9 @@ DEFAULT_POLICY = parse_policy({
         # Tool turns stay local: the bundled edge model reaches 96% on scripts/bench_tools.py's suite (the
         # words settle most calls). Operators with a stronger cloud model flip this to escalate.
         {"name": "needs-tools", "match": {"needs_tools": True}, "action": "local"},
-        {"name": "knowledge-to-cloud", "match": {"intents": ["knowledge", "reasoning"]}, "action": "escalate"},
+        # Outside the budget: what the budget would keep local is a question the edge's model answers wrong.
+        {"name": "knowledge-to-cloud", "match": {"intents": ["knowledge", "reasoning"]}, "action": "escalate",
+         "budgeted": False},
         # What the edge answers well stays there, however it is phrased ("How are you?" is no hard question).
         {"name": "edge-intents", "match": {"intents": ["small_talk", "command", "lookup", "arithmetic"]},
          "action": "local"},
@@ -458,7 +463,7 @@ def evaluate(
     the recorded time.
     """
     now = time.monotonic() if now is None else now
-    rule_name, action, reason, phrase = "", policy.default_action, "no rule matched", None
+    rule_name, action, reason, phrase, budgeted = "", policy.default_action, "no rule matched", None, True
     for rule in policy.rules:
         if not rule.match.holds_before_confidence(features):
             continue
@@ -468,14 +473,15 @@ def evaluate(
                                 revision, needs_confidence=True)
             if not features.local_confidence < rule.match.confidence_below:
                 continue
-        rule_name, action, reason, phrase = rule.name, rule.action, rule.match.describe(), rule.phrase
+        rule_name, action, reason, phrase, budgeted = (rule.name, rule.action, rule.match.describe(), rule.phrase,
+                                                       rule.budgeted)
         break
 
     escalate = action == "escalate"
     budget_limited = False
     # With the local model down, the edge full or a language the local model lacks, the budget has no good
-    # alternative (a Mandarin device's every turn escalates): it does not apply.
-    if escalate and features.local_available and not features.over_capacity and features.local_language:
+    # alternative (a Mandarin device's every turn escalates): it does not apply; nor to a rule outside it.
+    if escalate and budgeted and features.local_available and not features.over_capacity and features.local_language:
         b = policy.budget
         turns, escalated = state.counts(now, b.window_s)
         allowed = b.max_share * max(turns + 1, b.min_turns)

@@ -143,6 +143,18 @@ def test_local_down_escalates_past_the_budget():
     assert not evaluate(TurnFeatures.from_text("hello"), state, policy).escalate
 
 
+def test_a_rule_outside_the_budget_escalates_past_it_and_still_counts():
+    policy = parse_policy({"budget": {"max_share": 0.0, "min_turns": 1}, "rules": [
+        {"name": "facts", "match": {"intents": ["knowledge"]}, "action": "escalate", "budgeted": False},
+        {"name": "rest", "action": "escalate"}]})
+    state = PolicyState()
+    for _ in range(3):
+        assert evaluate(TurnFeatures.from_text("capital of peru", intent="knowledge"), state, policy, now=0).escalate
+    refused = evaluate(TurnFeatures.from_text("tell me a story", intent="reasoning"), state, policy, now=0)
+    assert not refused.escalate and refused.budget_limited
+    assert state.counts(0, 60) == (4, 3)  # the share the budget sees includes them
+
+
 def test_conditions_are_anded_and_first_match_wins():
     doc = {"budget": {"max_share": 1}, "rules": [
         {"name": "short-why", "match": {"pattern": "why", "max_words": 3}, "action": "local"},
