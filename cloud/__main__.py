@@ -38,8 +38,10 @@ async def run_worker(args: argparse.Namespace) -> int:
     from cloud.worker import Worker, serve_http
     from shared.nats_conn import connect_nats, redact_url
     from shared.llama_server import LlamaServer, LlamaServerError
+    from shared.memory_trim import start_trimmer
     from shared.topology import ModelNotFound, TopologyError, load_topology
 
+    start_trimmer()  # freed memory goes back to the OS (RSS stays flat over days)
     try:
         topo = load_topology(args.config)
     except TopologyError as exc:

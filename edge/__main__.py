@@ -38,7 +38,9 @@ async def serve(topology: Topology, site: str | None, host: str, port: int, edge
     from edge.registration import edge_registration
     from edge.server import SESSIONS_KEY, create_app
     from shared.discovery import make_discovery, ota_chooser
+    from shared.memory_trim import start_trimmer
 
+    start_trimmer()  # native model code's freed memory goes back to the OS (RSS stays flat over days)
     edge_name = edge_name or topology.site(site).edges[0].name
     engine = EdgeEngine(topology, site, edge_name)
     # OTA answers each device with the nearest healthy edge that has room (static or Consul); while this

@@ -41,7 +41,7 @@ from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
 from edge.phrases import phrases_in
-from edge.threads import onnx_session
+from edge.threads import ArenaBoundedSession, onnx_session
 from edge.tts_cache import CacheKey, PhraseCache
 from shared import faults
 from shared.languages import primary_subtag as _lang
@@ -51,6 +51,7 @@ from shared.topology import AudioSpec, ModelNotFound, TtsSpec, VoiceSpec, resolv
 log = logging.getLogger("edge.tts")
 
 _POOL_WORKERS = 2
+_PIPER_SHRINK_ABOVE = 100  # phoneme ids (~60 characters): longer sentences give their arena back
 _ESPEAK_TIMEOUT_S = 30.0
 _EDGE_TTS_TIMEOUT_S = 4.0
 
@@ -126,7 +127,8 @@ class PiperBackend:
         meta = json.loads(config.read_text(encoding="utf-8"))
         lang = meta.get("language", {})
         self.language = _lang(lang.get("family") or lang.get("code") or meta.get("espeak", {}).get("voice"))
-        self._voice = PiperVoice(config=PiperConfig.from_dict(meta), session=onnx_session(path, self.threads))
+        session = ArenaBoundedSession(onnx_session(path, self.threads), shrink_above=_PIPER_SHRINK_ABOVE)
+        self._voice = PiperVoice(config=PiperConfig.from_dict(meta), session=session)
         self.synthesize("Hello.")  # onnxruntime's first run is slow; pay it at load, not on the first answer
 
     def synthesize(self, text: str) -> tuple[np.ndarray, int]:

@@ -34,7 +34,8 @@ class LlamaServerError(RuntimeError):
 
 
 class LlamaServer:
-    """One ``python -m llama_cpp.server`` process serving one GGUF model under ``alias``."""
+    """One llama-cpp-python server process (``llama_cpp.server`` via ``shared.llama_serve``) serving one
+    GGUF model under ``alias``."""
 
     def __init__(self, launch: LaunchSpec, host: str = "127.0.0.1", port: int = 8090,
                  alias: str = "local", log_path: str | os.PathLike | None = None,
@@ -76,7 +77,7 @@ class LlamaServer:
     def command(self) -> list[str]:
         model = resolve_model_path(self.launch.model_path)
         return [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "shared.llama_serve",  # llama_cpp.server, freed memory returned
             "--model", str(model), "--model_alias", self.alias,
             "--host", self.host, "--port", str(self.port),
             "--n_threads", str(self.launch.n_threads), "--n_ctx", str(self.launch.n_ctx),

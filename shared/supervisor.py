@@ -106,7 +106,7 @@ def port_holder(port: int, host: str | None = None) -> psutil.Process | None:
 
 
 def describe_holder(port: int, host: str | None = None) -> str:
-    """``"pid 123 (python -m llama_cpp.server ...)"`` for the process holding ``port``, or a hint."""
+    """``"pid 123 (python -m shared.llama_serve ...)"`` for the process holding ``port``, or a hint."""
     proc = port_holder(port, host)
     if proc is None:
         return "a process this user cannot see"

@@ -1,0 +1,25 @@
+"""``python -m shared.llama_serve <llama_cpp.server options>``: llama-cpp-python's OpenAI server,
+returning freed memory to the OS (shared.memory_trim).
+
+Why a wrapper: the server is llama-cpp-python's own program; its RSS rose by steps (460 -> 532 MB
+over 2,000 soak turns) with nothing held for good. Everything else is the library's ``__main__``.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+from shared.memory_trim import start_trimmer
+
+SERVER_MODULE = "llama_cpp.server"
+
+
+def main() -> None:
+    start_trimmer()
+    sys.argv[0] = SERVER_MODULE  # its argparse names itself after argv[0]
+    runpy.run_module(SERVER_MODULE, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
