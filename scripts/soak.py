@@ -10,7 +10,7 @@ samples the RSS of every process of the stack (edge, its llama.cpp server, worke
 llama.cpp server, hub, leaf) and the disk used by the TTS cache, the turn trace and the
 NATS stores. Writes ``<out>.csv`` and, with matplotlib installed (``pip install .[plot]``),
 ``<out>.png``; prints each process's RSS after warm-up vs at the end, in percent. The
-run stops once both counts are reached; it prints its estimated duration after the
+run stops once both counts are reached (or at Ctrl-C, writing what it measured so far); it prints its estimated duration after the
 first turns.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import signal
 import sys
 import time
 from pathlib import Path
@@ -135,9 +136,11 @@ async def run(args: argparse.Namespace) -> int:
         fleet.start()
         tasks = [asyncio.create_task(sample_loop(stack, fleet, args.every, rows)),
                  asyncio.create_task(churn_sessions(fleet, args.sessions, args.turns, 1000))]
+        interrupted = asyncio.Event()  # Ctrl-C ends the run early, with its figures so far written
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
         try:
             last_print, estimated = 0, False
-            while len(fleet.records) < args.turns or fleet.sessions < args.sessions:
+            while (len(fleet.records) < args.turns or fleet.sessions < args.sessions) and not interrupted.is_set():
                 await asyncio.sleep(1.0)
                 done = len(fleet.records)
                 if not estimated and done >= max(4 * args.devices, 20):
