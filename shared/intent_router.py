@@ -198,12 +198,13 @@ class IntentRouter:
                 best, best_score = name, score
         return best, max(best_score, 0.0)
 
-    def _small_talk(self, vector: np.ndarray, intent: str | None) -> str | None:
+    def _small_talk(self, text: str, vector: np.ndarray, intent: str | None) -> str | None:
         """The small-talk book's entry for a request classed as small talk; a very close match ("can you hear
-        me?") counts whatever the class."""
+        me?") counts whatever the class. A question about how to say or do something ("how do you say goodbye
+        in French?") is not the class agreeing with the book, however close its words."""
         if self.small_talk is None:
             return None
-        name, score = self.small_talk.match(vector)
+        name, score = self.small_talk.match(vector, agreed=intent == "small_talk" and not speech_act(text).how_to)
         return name if intent == "small_talk" or score >= SMALL_TALK_ANY_INTENT else None
 
     def route(self, text: str, tools: ToolSet | None) -> RouteDecision:
@@ -224,7 +225,7 @@ class IntentRouter:
                          if t.name != calculator or arithmetic or spoken_numbers(text)),  # "sides of a square"?
                         reverse=True)
         cfg = self.config
-        book = self._small_talk(vector, intent)
+        book = self._small_talk(text, vector, intent)
         if not scored:
             return RouteDecision(None, 0.0, chat_score, -chat_score, False, (), intent, intent_score,
                                  (time.perf_counter() - start) * 1000, small_talk=book)

@@ -208,3 +208,17 @@ async def test_other_requests_are_not_small_talk(router_with_book, text):
                 tools=False)
     route, _, _ = await edge.turn(req, text)
     assert route.small_talk is None, route.reason
+
+
+@pytest.mark.parametrize("text, entry", [("I really appreciate it, thank you.", "thanks"),
+                                         ("Okay, I have to go now. Bye!", "farewell"), ("Hi again!", "greeting")])
+def test_the_router_and_the_book_agreeing_need_a_clear_lead_not_a_close_match(router_with_book, text, entry):
+    book = router_with_book.small_talk
+    assert book.match(shared_embedder().embed_one(text))[0] is None  # alone, the book is not sure enough
+    assert router_with_book.route(text, None).small_talk == entry  # with the small_talk class, it answers
+
+
+@pytest.mark.parametrize("text", ["How do you say goodbye in French?", "Plan a short morning routine for me.",
+                                  "How many hours are in a day?"])
+def test_a_question_classed_small_talk_but_not_led_by_one_entry_goes_to_the_model(router_with_book, text):
+    assert router_with_book.route(text, None).small_talk is None
