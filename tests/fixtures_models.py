@@ -94,3 +94,20 @@ def minilm():
     from shared.embeddings import shared_embedder
 
     return shared_embedder()
+
+
+@pytest.fixture(scope="module")
+def router(minilm):
+    """The embedding router (shared.intent_router) on the real MiniLM; a test module may define its own."""
+    from shared.intent_router import IntentRouter
+
+    return IntentRouter(minilm)
+
+
+@pytest.fixture(scope="module")
+def tools():
+    """The simulated board's MCP tools (scripts/sim_board.py) as a registry, as bench_tools.py sees them."""
+    from scripts.bench_tools import board_registry
+    from scripts.sim_board import SimBoard
+
+    return board_registry(SimBoard())

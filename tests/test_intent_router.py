@@ -19,16 +19,6 @@ STATE_CHANGING = {"self.audio_speaker.set_volume", "self.screen.set_brightness",
                   "self.light.set_rgb", "self.light.turn_on", "self.light.turn_off"}
 
 
-@pytest.fixture(scope="module")
-def router(minilm):
-    return IntentRouter(minilm)
-
-
-@pytest.fixture(scope="module")
-def tools():
-    return board_registry(SimBoard())
-
-
 @pytest.mark.parametrize("text", [
     "Blue is such a calming colour", "The ocean has an enormous volume of water", "My car battery is dead again",
     "I had the time of my life", "What colour are flamingos?", "Do you know how light bulbs work?",

@@ -11,7 +11,6 @@ from edge.tools.calculator import calculate
 from scripts.bench_tools import board_registry
 from scripts.sim_board import SimBoard
 from shared.argument_hints import argument_hints
-from shared.intent_router import IntentRouter
 from shared.speech_act import speech_act
 from shared.spoken_math import spoken_expression, spoken_numbers, words_to_digits
 from shared.tool_decision import decide_action
@@ -80,16 +79,6 @@ CALCULATOR = board_registry(SimBoard()).get("calculate")
 def test_the_calculator_argument_comes_from_the_words():
     assert argument_hints(CALCULATOR, "What's nineteen times twenty-one?") == {"expression": "19 * 21"}
     assert argument_hints(CALCULATOR, "Tell me a joke") is None  # the model is asked
-
-
-@pytest.fixture(scope="module")
-def router(minilm):
-    return IntentRouter(minilm)
-
-
-@pytest.fixture(scope="module")
-def tools():
-    return board_registry(SimBoard())
 
 
 def test_plain_arithmetic_is_a_clear_calculation(router, tools):
