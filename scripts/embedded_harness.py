@@ -108,7 +108,7 @@ def stack_processes(stack: EmbeddedStack) -> dict[str, psutil.Process]:
             out[name] = proc
             for child in proc.children(recursive=True):
                 cmd = " ".join(child.cmdline())
-                label = "llama.cpp" if "llama_serve" in cmd or "llama_cpp.server" in cmd else child.name()
+                label = "llama.cpp" if "shared.llama_serve" in cmd else child.name()
                 out[f"{name}/{label}"] = child
         except psutil.NoSuchProcess:
             continue

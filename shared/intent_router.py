@@ -198,13 +198,13 @@ class IntentRouter:
                 best, best_score = name, score
         return best, max(best_score, 0.0)
 
-    def _small_talk(self, text: str, vector: np.ndarray, intent: str | None) -> str | None:
+    def _small_talk(self, act: SpeechAct, vector: np.ndarray, intent: str | None) -> str | None:
         """The small-talk book's entry for a request classed as small talk; a very close match ("can you hear
         me?") counts whatever the class. A question about how to say or do something ("how do you say goodbye
         in French?") is not the class agreeing with the book, however close its words."""
         if self.small_talk is None:
             return None
-        name, score = self.small_talk.match(vector, agreed=intent == "small_talk" and not speech_act(text).how_to)
+        name, score = self.small_talk.match(vector, agreed=intent == "small_talk" and not act.how_to)
         return name if intent == "small_talk" or score >= SMALL_TALK_ANY_INTENT else None
 
     def route(self, text: str, tools: ToolSet | None) -> RouteDecision:
@@ -225,7 +225,8 @@ class IntentRouter:
                          if t.name != calculator or arithmetic or spoken_numbers(text)),  # "sides of a square"?
                         reverse=True)
         cfg = self.config
-        book = self._small_talk(text, vector, intent)
+        act = speech_act(text)
+        book = self._small_talk(act, vector, intent)
         if not scored:
             return RouteDecision(None, 0.0, chat_score, -chat_score, False, (), intent, intent_score,
                                  (time.perf_counter() - start) * 1000, small_talk=book)
@@ -243,7 +244,7 @@ class IntentRouter:
         return RouteDecision(best if possible else None, score, chat_score, margin, clear,
                              candidates if possible else (), intent, intent_score, (time.perf_counter() - start) * 1000,
                              words, is_question(text) and not _POLITE.match(text),
-                             speech_act(text), None if possible else book)
+                             act, None if possible else book)
 
 
 def _calculator(tools: ToolSet | None) -> str | None:

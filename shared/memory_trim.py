@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+import time
 
 _libc = None
 _started = False
@@ -52,10 +53,9 @@ def start_trimmer(interval_s: float = 1.0) -> bool:
         if _started:
             return True
         _started = True
-    stop = threading.Event()  # never set: the thread ends with the process
-
-    def loop() -> None:
-        while not stop.wait(interval_s):
+    def loop() -> None:  # a daemon: it ends with the process
+        while True:
+            time.sleep(interval_s)
             release_free_memory()
 
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 
 import numpy as np
 import psutil
@@ -39,8 +40,6 @@ def test_trimming_returns_freed_heap_pages_to_the_os():
 def test_the_trimmer_thread_starts_once():
     assert start_trimmer(60)
     assert start_trimmer(60)  # a second call is a no-op, not a second thread
-    import threading
-
     assert sum(t.name == "malloc-trim" for t in threading.enumerate()) == 1
 
 
