@@ -69,7 +69,7 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
                    admission: AdmissionControl | None = None) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
-    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health, hold=phrases.hold)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
                         active_turns=lambda: pipeline.active, local_available=local_available,
                         local_languages=settings.llm.languages, router=router, router_spec=settings.router,
@@ -77,7 +77,8 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
     pipeline = TurnPipeline(
         Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
         greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
-        system_prompt=settings.llm.system_prompt, observers=observers, admission=admission)
+        system_prompt=settings.llm.system_prompt, observers=observers, admission=admission,
+        answer_deadline_s=settings.session.answer_deadline_s)
     return pipeline
 
 
@@ -126,7 +127,10 @@ class EdgeEngine:
         if spec.launch is not None:
             from shared.llama_server import LlamaServer
 
-            self._llama = LlamaServer.for_url(spec.launch, spec.url, alias=spec.model)
+            launch = spec.launch
+            if self.settings.escalation.measure_confidence:  # the confidence probe reads log-probabilities
+                launch = launch.model_copy(update={"logprobs": True})
+            self._llama = LlamaServer.for_url(launch, spec.url, alias=spec.model)
         routing = asyncio.to_thread(self._load_router)
         *_, self.router = await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
                                                *([self._llama.start()] if self._llama else []), routing)

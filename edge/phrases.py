@@ -17,6 +17,7 @@ LOCALIZED: dict[str, dict[str, str]] = {
         "greeting": "你好！有什么可以帮你的吗？",
         "no_answer": "抱歉，我没听清。",
         "thinking": "请稍等。",
+        "hold": "请稍等。",
         "error": "抱歉，出了点问题。",
         "unavailable": "这个我现在查不到。",
         "busy": "我现在有点忙，请稍后再问。",

@@ -48,10 +48,13 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.pipeline.turn import Phrases  # noqa: E402
 from scripts.device_sim import (  # noqa: E402
     UPSTREAM_RATE, DeviceSimulator, SimError, read_wav, write_wav)
 
 ROOT = Path(__file__).resolve().parent.parent
+# Cached phrases that are not the answer: a turn's first_answer_audio is its first sentence not among these.
+NOT_ANSWERS = {Phrases().thinking, Phrases().busy}
 CACHE_DIR = ROOT / ".cache" / "bench_load"
 
 # Questions and commands a household device hears; short and long, local and cloud-worthy.
@@ -288,6 +291,9 @@ class Device:
             return TurnOutcome(False, "closed", connect_ms=connect_ms, late_start_ms=late_ms)
         finally:
             await sim.close()
+        answer_at = report.first_audio_after(NOT_ANSWERS)
+        if answer_at is not None and report.speech_end:
+            report.timings_ms["first_answer_audio"] = round((answer_at - report.speech_end) * 1000, 1)
         if report.tts_stop and "first_audio" in report.timings_ms:
             failure = None
         elif sim.close_code is not None and sim.close_code != 1000:  # (1000: our own close)
@@ -366,13 +372,15 @@ async def run_level(args: argparse.Namespace, devices: int, clips: list[tuple[st
     for r in results:
         if r.failure:
             failures[r.failure] = failures.get(r.failure, 0) + 1
-    timing = {k: [r.timings_ms[k] for r in ok if k in r.timings_ms] for k in ("stt", "first_audio", "tts_stop")}
+    timing = {k: [r.timings_ms[k] for r in ok if k in r.timings_ms]
+              for k in ("stt", "first_audio", "first_answer_audio", "tts_stop")}
     edge_cpu = _delta(after, before, "process_cpu_seconds_total")
     return {
         "devices": devices, "rate_per_device_per_min": args.rate, "duration_s": args.duration,
         "turns": len(results), "turns_ok": len(ok), "failed": failures, "boot_errors": boot_errors,
         "answered_by": {k: sum(1 for r in ok if r.answered_by == k) for k in {r.answered_by for r in ok}},
-        "first_audio_ms": stats(timing["first_audio"]), "stt_ms": stats(timing["stt"]),
+        "first_audio_ms": stats(timing["first_audio"]), "first_answer_audio_ms": stats(timing["first_answer_audio"]),
+        "stt_ms": stats(timing["stt"]),
         "tts_stop_ms": stats(timing["tts_stop"]),
         "connect_ms": stats([r.connect_ms for r in results if r.connect_ms is not None]),
         "late_starts": sum(1 for r in results if r.late_start_ms > 0),
@@ -417,6 +425,7 @@ async def stop_stack(proc: asyncio.subprocess.Process) -> None:
 
 # ---------------------------------------------------------------- sweep output
 COLUMNS = ("devices", "turns", "turns_ok", "failed", "first_audio_p50", "first_audio_p95", "first_audio_max",
+           "first_answer_audio_p50", "first_answer_audio_p95",
            "stt_p95", "tts_stop_p95", "connect_p95", "health_max", "asr_wait_mean", "asr_compute_mean",
            "asr_batch_mean", "edge_cores", "generator_cores", "box_busy")
 
@@ -426,6 +435,8 @@ def row(r: dict[str, Any]) -> dict[str, Any]:
     return {"devices": r["devices"], "turns": r["turns"], "turns_ok": r["turns_ok"],
             "failed": sum(r["failed"].values()), "first_audio_p50": r["first_audio_ms"]["p50"],
             "first_audio_p95": r["first_audio_ms"]["p95"], "first_audio_max": r["first_audio_ms"]["max"],
+            "first_answer_audio_p50": r["first_answer_audio_ms"]["p50"],
+            "first_answer_audio_p95": r["first_answer_audio_ms"]["p95"],
             "stt_p95": r["stt_ms"]["p95"], "tts_stop_p95": r["tts_stop_ms"]["p95"],
             "connect_p95": r["connect_ms"]["p95"], "health_max": r["health_ms"]["max"],
             "asr_wait_mean": e["asr"]["queue_wait"]["mean"], "asr_compute_mean": e["asr"]["compute"]["mean"],

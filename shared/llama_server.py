@@ -85,6 +85,7 @@ class LlamaServer:
             # llama-cpp-python's server otherwise ends a streaming answer as soon as another request waits:
             # with two devices talking at once, one of them got an empty answer. Requests queue instead.
             "--interrupt_requests", "False",
+            "--logits_all", str(self.launch.logprobs),  # see LaunchSpec.logprobs: the server's default is True
             *(["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.launch.prompt_cache_mb << 20)]
               if self.launch.prompt_cache_mb else []),
         ]

@@ -95,6 +95,13 @@ class LaunchSpec(_Model):
     # it (tens of MB each), so RSS outgrows the bound (316 -> 876 MB within 50 prompts at 256 MB;
     # scripts/bench_llama_memory.py). Without it the server still reuses the previous request's prefix.
     prompt_cache_mb: int = Field(0, ge=0)
+    # Keep every position's logits, for token log-probabilities (the edge's confidence probe turns this on).
+    # llama-cpp-python's server does by default: an n_ctx x vocabulary float array (400 MB for SmolLM2 at
+    # 2048) filled as prompts reach new positions, so RSS steps up with the longest prompt seen (+390 MB
+    # after one 1,100-token prompt), and every prompt token pays the vocabulary projection (that prompt:
+    # 6.8 s instead of 4.3 s). Off, only the KV cache's touched part grows (tests/test_memory.py;
+    # scripts/bench_llama_memory.py --logprobs on --logprobs off).
+    logprobs: bool = False
 
 
 class BackendSpec(_Model):
@@ -268,6 +275,9 @@ class SessionSpec(_Model):
     hello_timeout_s: float = Field(10, gt=0)
     idle_timeout_s: float = Field(120, gt=0)
     max_frame_bytes: int = Field(8192, gt=0)
+    # An answer still being written this long after the end of speech is given up: the apology follows what
+    # was said, then tts stop (edge/pipeline/deadline.py); each stage's own timeouts come first.
+    answer_deadline_s: float = Field(30, gt=0)
     # ``listen detect`` with one of these (case, spaces and punctuation aside) is the wake word: the greeting.
     # Any other detect text is a typed request and answered as one (as the reference xiaozhi server does).
     wake_words: list[str] = ["你好小智", "你好小明", "你好小鑫", "小智", "hi esp", "hi lexin", "hi xiaozhi",
@@ -311,6 +321,9 @@ class LlmSpec(_Model):
     # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
     # turn ends with the cached apology.
     stall_timeout_ms: int = Field(20000, gt=0)
+    # No answer text this long after the decision (the model busy with other devices' answers): the cached
+    # "One moment." first, so a queued turn is not silence. 0: never.
+    hold_after_ms: int = Field(700, ge=0)
     launch: LaunchSpec | None = None
 
 

@@ -149,6 +149,9 @@ class FakeLlm:
         if self.engine.stall_turns:
             await asyncio.Event().wait()  # a hung server: no token, ever
         yield ChatDelta(text="First sentence. ")
+        while self.engine.trickle_s:  # an overloaded server: a word now and then, never a stall, never done
+            await asyncio.sleep(self.engine.trickle_s)
+            yield ChatDelta(text="and ")
         if self.engine.break_midway:
             await asyncio.sleep(0.3)  # the first sentence is playing when the model's connection drops
             raise ChatError("stand-in: connection reset mid-answer")
@@ -183,6 +186,7 @@ class FakeEngine:
     fail_turns: bool = False  # the local model refuses connections
     stall_turns: bool = False  # the local model never sends a token
     break_midway: bool = False  # the model fails after its first sentence (audio already playing)
+    trickle_s: float = 0.0  # after its first sentence the model writes a word every trickle_s seconds, forever
     llm_gate: asyncio.Event | None = None  # set: the local model waits for it before answering
     edge: dict = field(default_factory=dict)  # topology overrides for the pipeline (e.g. llm.stall_timeout_ms)
     ready: bool = True

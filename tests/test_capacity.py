@@ -29,6 +29,7 @@ from shared.topology import BackendSpec, parse_topology
 from tests.fixtures_edge import FakeEngine, make_topology, tone
 
 BUSY = Phrases().busy
+HOLD = Phrases().hold
 LOCAL_REPLY = "First sentence. Second sentence."
 ONE_TURN = {"admission": {"max_active_turns": 1}}  # the edge is full while one turn is in flight
 
@@ -77,7 +78,7 @@ async def test_beyond_capacity_the_device_hears_the_busy_phrase_and_is_served_on
         assert sample("xz_edge_shed_turns_total", limit="active_turns") == shed + 1
         assert sample("xz_edge_turns_total", answered_by="cache", outcome="shed") == turns + 1
         engine.llm_gate.set()  # the load drops
-        assert (await held).reply == LOCAL_REPLY
+        assert (await held).reply == f"{HOLD} {LOCAL_REPLY}"  # it waited past hold_after_ms: "One moment." first
         again = await second.run_turn(tone(600))  # the same session, the next turn: answered as usual
         assert again.reply == LOCAL_REPLY and again.answered_by == "edge" and again.tts_stop
     finally:
@@ -85,6 +86,27 @@ async def test_beyond_capacity_the_device_hears_the_busy_phrase_and_is_served_on
         await second.close()
     # a shed turn is not part of the conversation: the next prompt never saw it
     assert [m for m in engine.llm.seen[-1] if m["role"] == "assistant"] == []
+
+
+async def test_a_queued_local_answer_is_preceded_by_the_hold_phrase_not_silence(edge_server):
+    """The local model busy elsewhere: the cached "One moment." plays after hold_after_ms, then the answer, in one
+    tts session; a turn whose model answers at once has no hold phrase."""
+    engine = FakeEngine(edge={"llm": {"hold_after_ms": 300}})
+    edge = await edge_server(engine)
+    sim = await device(edge, "aa:bb:cc:00:03:01")
+    try:
+        quick = await sim.run_turn(tone(600))
+        assert quick.reply == LOCAL_REPLY
+        engine.llm_gate = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.5, engine.llm_gate.set)  # its model is free 1.5 s later
+        queued = await sim.run_turn(tone(600))
+        assert queued.reply == f"{HOLD} {LOCAL_REPLY}" and queued.answered_by == "edge", queued.summary()
+        states = [m.get("state") for m in queued.messages if m.get("type") == "tts"]
+        assert states.count("start") == 1 and states[-1] == "stop" and states.count("stop") == 1
+        hold_audio, answer_audio = queued.first_audio_after(set()), queued.first_audio_after({HOLD})
+        assert hold_audio is not None and answer_audio is not None and answer_audio > hold_audio
+    finally:
+        await sim.close()
 
 
 async def test_the_asr_queue_refusing_an_utterance_is_shed_not_a_closed_session(edge_server, asr_service,

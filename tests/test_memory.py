@@ -63,3 +63,36 @@ def test_only_runs_on_long_inputs_shrink_the_arena(models_topology):
     assert inner.options[0] is None
     assert inner.options[1] is session._shrink
     assert session.session is inner.session  # the rest is the wrapped object's
+
+
+async def test_the_launched_llama_server_does_not_grow_with_the_longest_prompt(tmp_path):
+    """llama-cpp-python's server keeps every position's logits by default (n_ctx x vocabulary floats, filled as
+    prompts reach new positions: +370 MB after one 1,100-token prompt with SmolLM2); launched without log-
+    probabilities, only the KV cache's touched part grows (~30 MB here)."""
+    import aiohttp
+
+    from shared.llama_server import LlamaServer
+    from shared.nats_runtime import free_port
+    from shared.topology import LaunchSpec
+    from tests.fixtures_nats import LLAMA_ALIAS, SMOLLM2
+
+    server = LlamaServer(LaunchSpec(model_path=SMOLLM2, n_threads=2, n_ctx=2048), port=free_port(),
+                         alias=LLAMA_ALIAS, log_path=tmp_path / "llama.log")
+    await server.start()
+    try:
+        proc = psutil.Process(server.proc.pid)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
+            async def ask(words: int) -> dict:
+                text = " ".join(f"w{i}" for i in range(words)) + " summarize"
+                body = {"model": LLAMA_ALIAS, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+                async with http.post(f"{server.base_url}/chat/completions", json=body) as resp:
+                    assert resp.status == 200
+                    return (await resp.json())["usage"]
+
+            await ask(10)
+            short = proc.memory_info().rss
+            assert (await ask(300))["prompt_tokens"] > 1000
+            grown = proc.memory_info().rss - short
+    finally:
+        await server.stop()
+    assert grown < 120 << 20, f"RSS grew {grown >> 20} MB over one long prompt"

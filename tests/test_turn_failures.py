@@ -117,10 +117,8 @@ async def test_health_is_503_while_the_edge_cannot_answer(edge_server, fake_engi
             assert resp.status == 503 and (await resp.json())["components"]["llm"] == "down"
 
 
-async def test_failure_mid_answer_apologizes_in_the_same_tts_session(edge_server, fake_engine, caplog):
+async def _apology_after_the_first_sentence(edge, engine: FakeEngine, caplog) -> None:
     """The firmware goes back to listening at ``tts stop``: the apology must come before it, not after."""
-    fake_engine.break_midway = True
-    edge = await edge_server(fake_engine)
     sim = await _sim(edge)
     try:
         report = await sim.run_turn(tone(600))
@@ -128,8 +126,22 @@ async def test_failure_mid_answer_apologizes_in_the_same_tts_session(edge_server
         assert states.count("start") == 1 and states.count("stop") == 1 and states[-1] == "stop", states
         assert report.reply.startswith("First sentence.") and report.reply.endswith(APOLOGY), report.reply
         assert len(_failed_lines(caplog)) == 1
-        fake_engine.break_midway = False
+        engine.break_midway, engine.trickle_s = False, 0.0
         again = await sim.run_turn(tone(900))
         assert again.reply == "First sentence. Second sentence." and again.tts_stop
     finally:
         await sim.close()
+
+
+async def test_failure_mid_answer_apologizes_in_the_same_tts_session(edge_server, fake_engine, caplog):
+    fake_engine.break_midway = True
+    await _apology_after_the_first_sentence(await edge_server(fake_engine), fake_engine, caplog)
+
+
+async def test_an_answer_trickling_past_the_deadline_is_cut_with_the_apology(edge_server, caplog):
+    """A word every 0.2 s never trips the 5 s stall watchdog; the turn's deadline (1.5 s) still ends it."""
+    engine = FakeEngine(trickle_s=0.2, edge={"llm": {"stall_timeout_ms": 5000}, "session": {"answer_deadline_s": 1.5}})
+    edge = await edge_server(engine)
+    before = failures("deadline")
+    await _apology_after_the_first_sentence(edge, engine, caplog)
+    assert failures("deadline") == before + 1 and engine.results[0].outcome == "error"

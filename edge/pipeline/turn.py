@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
 import numpy as np
 
 from edge.admission import AdmissionControl, Verdict
+from edge.pipeline.deadline import DeadlinedAnswer
 from edge.pipeline.errors import as_stage_error
 from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
@@ -86,6 +87,7 @@ class Phrases:
     greeting: str = "Hello! How can I help you?"
     no_answer: str = "Sorry, I didn't catch that."
     thinking: str = "One moment, let me think."
+    hold: str = "One moment."  # a local answer slow to start (its model busy with other devices' answers)
     error: str = "Sorry, something went wrong."
     declined: str = "Okay, I won't."  # a "no" to a tool confirmation question
     busy: str = "I'm busy, one moment, please ask again."  # admission shed the turn (one clause: one cached clip)
@@ -140,7 +142,7 @@ class TurnPipeline:
     def __init__(self, understanding: UnderstandingStage, deciding: DecidingStage, answering: AnsweringStage,
                  speaking: SpeakingStage, phrases: Phrases, greeting: Callable[[str], AnswerSource],
                  system_prompt: str = "", observers: Callable[[TurnStart], list[Observer]] = lambda start: [],
-                 admission: AdmissionControl | None = None):
+                 admission: AdmissionControl | None = None, answer_deadline_s: float = 30.0):
         self.understanding = understanding
         self.deciding = deciding
         self.answering = answering
@@ -150,6 +152,7 @@ class TurnPipeline:
         self.system_prompt = system_prompt
         self.observers = observers
         self.admission = admission  # None: every turn is admitted
+        self.answer_deadline_s = answer_deadline_s  # edge.session.answer_deadline_s (edge.pipeline.deadline)
         self.active = 0  # turns running now (a policy feature; metrics have their own gauge)
 
     def messages(self, start: TurnStart, heard: Heard) -> list[dict]:
@@ -163,7 +166,8 @@ class TurnPipeline:
         turn_id_var.set(start.turn_id)
         events = TurnEvents(start.turn_id, [])
         events.observers = [MetricsObserver(), LogObserver(events.timings_ms), *self.observers(start)]
-        events.emit(TurnStarted(kind=start.kind, origin_ms=start.speech_end_ms or monotonic_ms()))
+        origin_ms = start.speech_end_ms or monotonic_ms()
+        events.emit(TurnStarted(kind=start.kind, origin_ms=origin_ms))
         result = TurnResult("", "", "none", {}, "ok")
         answer: AnswerSource | None = None
         # Decided before this turn counts as active; a greeting is a cached phrase: always served.
@@ -186,6 +190,7 @@ class TurnPipeline:
                 route = await self.deciding.run(start, heard, self.messages(start, heard), events)
                 result.pending = route.pending
                 answer = self.answering.source(route, start)
+                answer = DeadlinedAnswer(answer, origin_ms / 1000 + self.answer_deadline_s, self.answer_deadline_s)
             result.reason = answer.reason
             result.reply_text = await self.speaking.run(answer, out, events, language)
             return result

@@ -4,7 +4,8 @@
     tools.py      the local tool loop (``LocalToolRounds``)
     cloud.py      the cloud stream, its tool rounds and its local finish (``CloudAnswer``)
     fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``);
-                  "let me think" before a slow local answer while the cloud link is down (``Prefaced``)
+                  a cached phrase before a slow local answer (``Prefaced``): "let me think" while the
+                  cloud link is down, "one moment" when the local model is queued
     phrase.py     a fixed, cached phrase (``PhraseAnswer``): policy phrases, confirmation questions
     checked.py    the local model's first sentence checked before it is spoken (``CheckedAnswer``)
 """
@@ -34,7 +35,7 @@ from shared.wire import EscalationRequest, ToolCall, epoch_ms
 
 class Answering:
     def __init__(self, llm: ChatClient, llm_spec: LlmSpec, spec: EscalationSpec, cloud: CloudLink,
-                 health: LocalHealth | None = None):
+                 health: LocalHealth | None = None, hold: str = "One moment."):
         self.llm = llm
         self.llm_spec = llm_spec
         self.spec = spec
@@ -42,6 +43,8 @@ class Answering:
         self.health = health or LocalHealth()
         self.stall_s = llm_spec.stall_timeout_ms / 1000
         self.lead_in_s = spec.lead_in_ms / 1000
+        self.hold = hold
+        self.hold_s = llm_spec.hold_after_ms / 1000
 
     def probe(self, messages: list[dict]) -> LocalAnswer:
         """A local answer asked for log-probabilities (the deciding stage's confidence probe)."""
@@ -60,9 +63,13 @@ class Answering:
         if route.source != "cloud" or self.cloud.client is None:
             local = self._local(route, start)
             settings = route.settings
+            if isinstance(local, PhraseAnswer):
+                return local
             if self.cloud.client is not None and not self.cloud.up and settings.let_me_think:  # partitioned
                 lead_in = localized("thinking", route.language, settings.let_me_think_phrase)
                 return Prefaced(local, lead_in, self.lead_in_s)  # no long silence before a slow local answer
+            if self.hold_s:
+                return Prefaced(local, localized("hold", route.language, self.hold), self.hold_s)
             return local
         return self._escalated(route, start, lambda: self._local(route))
 
