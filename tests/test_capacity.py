@@ -105,6 +105,8 @@ async def test_a_queued_local_answer_is_preceded_by_the_hold_phrase_not_silence(
         assert states.count("start") == 1 and states[-1] == "stop" and states.count("stop") == 1
         hold_audio, answer_audio = queued.first_audio_after(set()), queued.first_audio_after({HOLD})
         assert hold_audio is not None and answer_audio is not None and answer_audio > hold_audio
+        await sim.run_turn(tone(600))  # the conversation remembers the answer, not the phrase before it
+        assert [m["content"] for m in engine.llm.seen[-1] if m["role"] == "assistant"] == [LOCAL_REPLY] * 2
     finally:
         await sim.close()
 

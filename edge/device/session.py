@@ -313,7 +313,7 @@ class DeviceSession:
         result = await self.engine.run_turn(start, self.output)  # never raises: the pipeline owns failures
         self.conversation.pending = result.pending
         if result.outcome == "ok":
-            self.conversation.add(result.user_text, result.reply_text)
+            self.conversation.add(result.user_text, result.answer_text)
         if self.output.tts_starts == starts and self.mode == "auto" and not self.ws.closed:
             # Nothing was spoken (e.g. silence transcribed to nothing): the device is still
             # listening and will not send another listen start, so listen again here.

@@ -34,6 +34,10 @@ class DeadlinedAnswer:
     def reason(self) -> str:
         return self.answer.reason
 
+    @property
+    def lead_in_said(self) -> str:
+        return getattr(self.answer, "lead_in_said", "")
+
     async def stream(self) -> AsyncIterator[str]:
         texts = aiter(self.answer.stream())
         while True:

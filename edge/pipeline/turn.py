@@ -78,6 +78,14 @@ class TurnResult:
     outcome: Outcome = "ok"
     reason: str = ""
     pending: Any = None  # this turn asked "Set the light to blue?": the call waits for the next turn's yes
+    lead_in: str = ""  # a cached phrase said before the answer ("One moment."): not part of the conversation
+
+    @property
+    def answer_text(self) -> str:
+        """What the conversation remembers as the reply: the spoken text without its lead-in."""
+        if self.lead_in and self.reply_text.startswith(self.lead_in):
+            return self.reply_text[len(self.lead_in):].lstrip()
+        return self.reply_text
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,7 @@ class TurnPipeline:
                 answer = DeadlinedAnswer(answer, origin_ms / 1000 + self.answer_deadline_s, self.answer_deadline_s)
             result.reason = answer.reason
             result.reply_text = await self.speaking.run(answer, out, events, language)
+            result.lead_in = getattr(answer, "lead_in_said", "")
             return result
         except asyncio.CancelledError as stop:
             result.outcome = "cancelled"

@@ -29,6 +29,7 @@ class WithFallback:
         self.local = local
         self.lead_in = lead_in
         self.lead_in_s = lead_in_s
+        self.lead_in_said = ""  # the lead-in, once said (not part of the conversation: TurnResult.answer_text)
         self.reason = reason
         self.answered_by = "cloud"
         self.probe = probe
@@ -41,6 +42,7 @@ class WithFallback:
             await asyncio.wait({starting}, timeout=self.lead_in_s)
             if not starting.done() and self.lead_in:
                 said = True
+                self.lead_in_said = self.lead_in
                 yield self.lead_in + " "
             try:
                 await starting
@@ -50,7 +52,8 @@ class WithFallback:
                 self.reason = f"{self.reason}; cloud failed ({exc.cause}), answered locally"
                 self._source = self.local()
                 if self.lead_in and not said:
-                    yield self.lead_in + " "
+                    self.lead_in_said = self.lead_in
+                yield self.lead_in + " "
             else:
                 self._source = self.cloud
             async for text in self._source.stream():
@@ -72,6 +75,7 @@ class Prefaced:
         self.inner = inner
         self.lead_in = lead_in
         self.lead_in_s = lead_in_s
+        self.lead_in_said = ""  # the lead-in, once said (not part of the conversation: TurnResult.answer_text)
 
     @property
     def answered_by(self) -> str:
@@ -91,6 +95,7 @@ class Prefaced:
         try:
             await asyncio.wait({first}, timeout=self.lead_in_s)
             if not first.done():
+                self.lead_in_said = self.lead_in
                 yield self.lead_in + " "
             try:
                 yield await first
