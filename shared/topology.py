@@ -321,9 +321,10 @@ class LlmSpec(_Model):
     # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
     # turn ends with the cached apology.
     stall_timeout_ms: int = Field(20000, gt=0)
-    # No answer text this long after the decision (the model busy with other devices' answers): the cached
-    # "One moment." first, so a queued turn is not silence. 0: never.
-    hold_after_ms: int = Field(700, ge=0)
+    # No local answer text this long after the end of speech (the model busy with other devices' answers): the
+    # cached "One moment." first, so a queued turn is not silence (waiting at least 250 ms after the decision,
+    # so an idle model that starts at once is not preceded by it). 0: never.
+    hold_after_ms: int = Field(800, ge=0)
     launch: LaunchSpec | None = None
 
 

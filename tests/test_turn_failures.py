@@ -93,7 +93,8 @@ async def test_real_client_on_a_dead_port_is_an_apology(edge_server, fake_engine
     sim = await _sim(edge)
     try:
         report = await sim.run_turn(tone(600))
-        assert report.reply == APOLOGY and report.tts_stop and report.frames > 0, report.summary()
+        # connecting times out after 2 s: "One moment." (the hold phrase) may come first
+        assert report.reply.endswith(APOLOGY) and report.tts_stop and report.frames > 0, report.summary()
         assert failures("local_failed") == before + 1
         assert not fake_engine.pipeline.answering.health.ok  # /health's llm component reads this
         fake_engine.pipeline.answering.llm = fake_engine.llm

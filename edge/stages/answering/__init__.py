@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator, Callable
 
 from edge import metrics
@@ -29,6 +30,8 @@ from edge.stages.deciding import Route
 from edge.tools.site import TurnTools
 from shared.chat import ChatClient
 from shared.tool_calling import tool_examples
+
+HOLD_MIN_WAIT_S = 0.25  # an idle local model starts its answer within this after the decision (quiet box: ~0.15 s)
 from shared.topology import EscalationSpec, LlmSpec
 from shared.wire import EscalationRequest, ToolCall, epoch_ms
 
@@ -69,9 +72,16 @@ class Answering:
                 lead_in = localized("thinking", route.language, settings.let_me_think_phrase)
                 return Prefaced(local, lead_in, self.lead_in_s)  # no long silence before a slow local answer
             if self.hold_s:
-                return Prefaced(local, localized("hold", route.language, self.hold), self.hold_s)
+                return Prefaced(local, localized("hold", route.language, self.hold), self._hold_wait(start))
             return local
         return self._escalated(route, start, lambda: self._local(route))
+
+    def _hold_wait(self, start: TurnStart) -> float:
+        """Seconds to wait for local text before the hold phrase: until ``hold_after_ms`` after the end of speech
+        (a turn whose transcript came late holds sooner), but at least HOLD_MIN_WAIT_S (an idle model answers)."""
+        if not start.speech_end_ms:  # typed text: from now
+            return self.hold_s
+        return max(start.speech_end_ms / 1000 + self.hold_s - time.monotonic(), HOLD_MIN_WAIT_S)
 
     def _escalated(self, route: Route, start: TurnStart, fallback: Callable[[], AnswerSource],
                    reason: str | None = None) -> AnswerSource:
