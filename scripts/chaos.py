@@ -12,7 +12,8 @@ and the component is back.
 
 Columns: ``affected`` turns overlapping the fault that ended in the apology, were lost,
 or were questions answered by the edge's model instead of the cloud; ``longest silence`` the longest end-of-speech -> first-audio gap of any turn in
-the window (a turn without audio counts to its end); ``recover s`` injection -> every
+the window (a turn without audio counts to its end); ``back s`` injection -> the component
+serving again (restarted, ``/health`` up); ``recover s`` injection -> every
 device answered normally again and the component is back (timed faults include their
 duration); ``lost`` turns that left a device hanging (no audio or no ``tts stop``).
 The ``baseline`` row is the warm-up, before any fault. TTS and ASR failures go through
@@ -192,14 +193,17 @@ class Row:
     recover_s: float | None
     lost: int
     note: str = ""
+    back_s: float | None = None  # injection -> the component serving again (restarted, /health up)
 
 
-def summarize(name: str, records: list[TurnRecord], t0: float, t1: float | None, note: str) -> Row:
+def summarize(name: str, records: list[TurnRecord], t0: float, t1: float | None, note: str,
+              back: float | None = None) -> Row:
     """The row of turns that ended after ``t0`` and started before ``t1`` (recovery; None: never)."""
     window = [r for r in records if r.end >= t0 and (t1 is None or r.start <= t1) and not r.dropped]
     bad = [r for r in window if not r.normal or r.fell_back]
     return Row(name, len(bad), round(max((r.silence_s for r in window), default=0.0), 2),
-               None if t1 is None else round(t1 - t0, 1), sum(r.lost for r in window), note)
+               None if t1 is None else round(t1 - t0, 1), sum(r.lost for r in window), note,
+               None if back is None else round(back - t0, 1))
 
 
 class Chaos:
@@ -222,8 +226,8 @@ class Chaos:
             note += f" for {self.fault_s:g}s"
             if fault.name == "leaf-freeze":
                 self.frozen = (t0, time.monotonic())
-        recovered = await self._recovered_after(t0, fault)
-        return summarize(fault.name, self.fleet.records, t0, recovered, note)
+        back, recovered = await self._recovered_after(t0, fault)
+        return summarize(fault.name, self.fleet.records, t0, recovered, note, back)
 
     def frozen_questions(self) -> list[TurnRecord]:
         """The questions whose speech ended while the leaf was frozen."""
@@ -232,8 +236,9 @@ class Chaos:
         t0, t1 = self.frozen
         return [r for r in self.fleet.records if r.question and t0 <= r.speech_end <= t1 and not r.dropped]
 
-    async def _recovered_after(self, t0: float, fault: Fault) -> float | None:
-        """When the component was back and every device finished a normal turn started after the fault."""
+    async def _recovered_after(self, t0: float, fault: Fault) -> tuple[float | None, float | None]:
+        """When the component was back, and when (also) every device finished a normal turn started after the
+        fault (a turn is a whole answer played at speaking pace: the devices' cycle, not the component's)."""
         deadline = time.monotonic() + self.recover_limit_s
         back_at: float | None = None
         while time.monotonic() < deadline:
@@ -244,18 +249,19 @@ class Chaos:
                 if r.start >= t0 and r.normal:
                     firsts[r.device] = min(firsts.get(r.device, r.end), r.end)
             if back_at is not None and len(firsts) == self.fleet.devices:
-                return max(back_at, *firsts.values())
+                return back_at, max(back_at, *firsts.values())
             await asyncio.sleep(0.5)
-        return None
+        return back_at, None
 
 
 def print_table(rows: list[Row]) -> None:
-    head = f"{'fault':<13} {'affected':>8} {'longest silence s':>17} {'recover s':>9} {'lost':>5}  note"
+    head = f"{'fault':<13} {'affected':>8} {'longest silence s':>17} {'back s':>6} {'recover s':>9} {'lost':>5}  note"
     print(head)
     print("-" * len(head))
     for r in rows:
+        back = "never" if r.back_s is None else f"{r.back_s:.1f}"
         rec = "never" if r.recover_s is None else f"{r.recover_s:.1f}"
-        print(f"{r.fault:<13} {r.affected:>8} {r.longest_silence_s:>17.2f} {rec:>9} {r.lost:>5}  {r.note}")
+        print(f"{r.fault:<13} {r.affected:>8} {r.longest_silence_s:>17.2f} {back:>6} {rec:>9} {r.lost:>5}  {r.note}")
 
 
 def leaf_frozen_line(questions: list[TurnRecord]) -> str:
