@@ -69,13 +69,13 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
                    admission: AdmissionControl | None = None) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
-    answering = Answering(llm, settings.llm, settings.escalation, cloud, health, hold=phrases.hold)
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
                         active_turns=lambda: pipeline.active, local_available=local_available,
                         local_languages=settings.llm.languages, router=router, router_spec=settings.router,
                         declined=phrases.declined)
     pipeline = TurnPipeline(
-        Understanding(), deciding, answering, Speaking(tts, phrases.no_answer), phrases,
+        Understanding(), deciding, answering, Speaking(tts, phrases.no_answer, phrases.hold, settings.session.hold_after_ms / 1000), phrases,
         greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
         system_prompt=settings.llm.system_prompt, observers=observers, admission=admission,
         answer_deadline_s=settings.session.answer_deadline_s)

@@ -278,6 +278,9 @@ class SessionSpec(_Model):
     # An answer still being written this long after the end of speech is given up: the apology follows what
     # was said, then tts stop (edge/pipeline/deadline.py); each stage's own timeouts come first.
     answer_deadline_s: float = Field(30, gt=0)
+    # No answer audio this long after the end of speech (the model queued behind other devices' answers, or its
+    # first sentence slow to synthesize): the cached "One moment." plays first (edge/stages/speaking.py). 0: never.
+    hold_after_ms: int = Field(800, ge=0)
     # ``listen detect`` with one of these (case, spaces and punctuation aside) is the wake word: the greeting.
     # Any other detect text is a typed request and answered as one (as the reference xiaozhi server does).
     wake_words: list[str] = ["你好小智", "你好小明", "你好小鑫", "小智", "hi esp", "hi lexin", "hi xiaozhi",
@@ -321,10 +324,6 @@ class LlmSpec(_Model):
     # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
     # turn ends with the cached apology.
     stall_timeout_ms: int = Field(20000, gt=0)
-    # No local answer text this long after the end of speech (the model busy with other devices' answers): the
-    # cached "One moment." first, so a queued turn is not silence (waiting at least 250 ms after the decision,
-    # so an idle model that starts at once is not preceded by it). 0: never.
-    hold_after_ms: int = Field(800, ge=0)
     launch: LaunchSpec | None = None
 
 

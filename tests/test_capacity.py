@@ -91,7 +91,7 @@ async def test_beyond_capacity_the_device_hears_the_busy_phrase_and_is_served_on
 async def test_a_queued_local_answer_is_preceded_by_the_hold_phrase_not_silence(edge_server):
     """The local model busy elsewhere: the cached "One moment." plays after hold_after_ms, then the answer, in one
     tts session; a turn whose model answers at once has no hold phrase."""
-    engine = FakeEngine(edge={"llm": {"hold_after_ms": 300}})
+    engine = FakeEngine(edge={"session": {"hold_after_ms": 300}})
     edge = await edge_server(engine)
     sim = await device(edge, "aa:bb:cc:00:03:01")
     try:

@@ -7,18 +7,25 @@ from ``finally``: exactly once per ``tts start``, also when the turn is cancelle
 (barge-in, abort). When an answer fails after its audio began, the session stays
 open for the apology (one start, one stop: the firmware returns to listening at
 the stop, so a second start would find it listening).
+
+No long silence: when a model's answer has not reached the device ``hold_after_s`` after the end of
+speech (the model queued behind other devices' answers, or its first sentence slow to synthesize
+on a busy CPU), the cached "One moment." plays first (never sooner than ``HOLD_MIN_WAIT_S`` after
+speaking began, so an answer that is about to come is not preceded by it). It is not part of the
+returned text: the conversation remembers the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import AsyncIterator, Protocol
 
 from edge.device.protocol import Llm, Tts
 from edge.emotion import pick_emotion
 from edge.pipeline.errors import TtsFailed
-from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped
+from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped, TurnStarted
 from edge.pipeline.observers import TurnEvents
 from edge.phrases import localized
 from edge.pipeline.ports import AnswerSource, DeviceOutput
@@ -28,6 +35,9 @@ from edge.tts import SpeechClip, normalize_text
 
 _END = object()  # queue sentinel
 SYNTH_AHEAD = 2  # sentences synthesized ahead of playback
+# An idle local model's first sentence is synthesized within this (quiet box: ~0.15 s), and an escalated answer's
+# own lead-in ("One moment, let me think.", edge.escalation.lead_in_ms 300 ms) is playing by then.
+HOLD_MIN_WAIT_S = 0.5
 
 
 class Synthesizer(Protocol):
@@ -35,9 +45,11 @@ class Synthesizer(Protocol):
 
 
 class Speaking:
-    def __init__(self, tts: Synthesizer, no_answer: str):
+    def __init__(self, tts: Synthesizer, no_answer: str, hold: str = "One moment.", hold_after_s: float = 0.0):
         self.tts = tts
         self.no_answer = no_answer
+        self.hold = hold  # said when a model's answer is late (0 s: never)
+        self.hold_after_s = hold_after_s
 
     async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents, language: str = "") -> str:
         """Speak ``answer`` in ``language`` (it picks each sentence's voice); returns the text spoken.
@@ -77,6 +89,10 @@ class _Utterance:
         self.started = False
         self.told_by = ""  # answered_by in the last llm message
         self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
+        self.hold = localized("hold", language, owner.hold) if model and owner.hold_after_s else ""
+        started = events.first(TurnStarted)
+        origin_s = started.origin_ms / 1000 if started else time.monotonic()
+        self.hold_at = max(origin_s + owner.hold_after_s, time.monotonic() + HOLD_MIN_WAIT_S)
 
     async def run(self) -> str:
         failed = False
@@ -125,28 +141,47 @@ class _Utterance:
                 await self.clips.put((sentence, clip, self.answer.answered_by))
         await self.clips.put(_END)
 
+    async def _next_clip(self):
+        """The next clip; before the first one, the hold phrase if the answer is late."""
+        if not self.hold or self.started:
+            return await self.clips.get()
+        try:
+            async with asyncio.timeout(max(self.hold_at - time.monotonic(), 0.0)):
+                return await self.clips.get()
+        except TimeoutError:
+            pass
+        try:
+            clip = await self.tts.speak(self.hold, self.language)  # pre-warmed: from the cache
+        except Exception as exc:
+            raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
+        await self._play_one(self.hold, clip, self.answer.answered_by, remembered=False)
+        return await self.clips.get()
+
     async def _play(self) -> None:
+        while (item := await self._next_clip()) is not _END:
+            await self._play_one(*item)
+        await self.out.drain()
+
+    async def _play_one(self, sentence: str, clip: SpeechClip, answered_by: str, remembered: bool = True) -> None:
         out = self.out
-        while (item := await self.clips.get()) is not _END:
-            sentence, clip, answered_by = item
-            if answered_by != self.told_by:  # the first sentence, or a cloud answer that fell back locally
-                emotion, emoji = pick_emotion(sentence)
-                await out.send(Llm(emotion, emoji, answered_by))
-                self.told_by = answered_by
-            if not self.started:
-                self.started = True
-                if not out.tts_open:  # else: the apology, in the session a failed answer left open
-                    await out.send(Tts("start"))
-                    self.events.emit(SpeechStarted())
-            text = normalize_text(sentence)
-            await out.send(Tts("sentence_start", text))
+        if answered_by != self.told_by:  # the first sentence, or a cloud answer that fell back locally
+            emotion, emoji = pick_emotion(sentence)
+            await out.send(Llm(emotion, emoji, answered_by))
+            self.told_by = answered_by
+        if not self.started:
+            self.started = True
+            if not out.tts_open:  # else: the apology, in the session a failed answer left open
+                await out.send(Tts("start"))
+                self.events.emit(SpeechStarted())
+        text = normalize_text(sentence)
+        await out.send(Tts("sentence_start", text))
+        if remembered:
             self.spoken.append(text)
-            first = bool(clip.frames) and not any(isinstance(e, SentenceSpoken) and e.first_audio
-                                                  for e in self.events.events)
-            self.events.emit(SentenceSpoken(text=text, cached=clip.cached, first_audio=first))
-            if clip.frames:
-                await out.send_audio(clip.frames)
-        await out.drain()
+        first = bool(clip.frames) and not any(isinstance(e, SentenceSpoken) and e.first_audio
+                                              for e in self.events.events)
+        self.events.emit(SentenceSpoken(text=text, cached=clip.cached, first_audio=first))
+        if clip.frames:
+            await out.send_audio(clip.frames)
 
     async def _stop(self) -> None:
         """``tts stop`` for our ``tts start`` (and the schedule dropped), whatever happened."""

@@ -4,15 +4,13 @@
     tools.py      the local tool loop (``LocalToolRounds``)
     cloud.py      the cloud stream, its tool rounds and its local finish (``CloudAnswer``)
     fallback.py   cloud first, "let me think" while waiting, local if the cloud fails (``WithFallback``);
-                  a cached phrase before a slow local answer (``Prefaced``): "let me think" while the
-                  cloud link is down, "one moment" when the local model is queued
+                  "let me think" before a slow local answer while the cloud link is down (``Prefaced``)
     phrase.py     a fixed, cached phrase (``PhraseAnswer``): policy phrases, confirmation questions
     checked.py    the local model's first sentence checked before it is spoken (``CheckedAnswer``)
 """
 
 from __future__ import annotations
 
-import time
 from typing import AsyncIterator, Callable
 
 from edge import metrics
@@ -30,15 +28,13 @@ from edge.stages.deciding import Route
 from edge.tools.site import TurnTools
 from shared.chat import ChatClient
 from shared.tool_calling import tool_examples
-
-HOLD_MIN_WAIT_S = 0.25  # an idle local model starts its answer within this after the decision (quiet box: ~0.15 s)
 from shared.topology import EscalationSpec, LlmSpec
 from shared.wire import EscalationRequest, ToolCall, epoch_ms
 
 
 class Answering:
     def __init__(self, llm: ChatClient, llm_spec: LlmSpec, spec: EscalationSpec, cloud: CloudLink,
-                 health: LocalHealth | None = None, hold: str = "One moment."):
+                 health: LocalHealth | None = None):
         self.llm = llm
         self.llm_spec = llm_spec
         self.spec = spec
@@ -46,8 +42,6 @@ class Answering:
         self.health = health or LocalHealth()
         self.stall_s = llm_spec.stall_timeout_ms / 1000
         self.lead_in_s = spec.lead_in_ms / 1000
-        self.hold = hold
-        self.hold_s = llm_spec.hold_after_ms / 1000
 
     def probe(self, messages: list[dict]) -> LocalAnswer:
         """A local answer asked for log-probabilities (the deciding stage's confidence probe)."""
@@ -71,17 +65,8 @@ class Answering:
             if self.cloud.client is not None and not self.cloud.up and settings.let_me_think:  # partitioned
                 lead_in = localized("thinking", route.language, settings.let_me_think_phrase)
                 return Prefaced(local, lead_in, self.lead_in_s)  # no long silence before a slow local answer
-            if self.hold_s:
-                return Prefaced(local, localized("hold", route.language, self.hold), self._hold_wait(start))
             return local
         return self._escalated(route, start, lambda: self._local(route))
-
-    def _hold_wait(self, start: TurnStart) -> float:
-        """Seconds to wait for local text before the hold phrase: until ``hold_after_ms`` after the end of speech
-        (a turn whose transcript came late holds sooner), but at least HOLD_MIN_WAIT_S (an idle model answers)."""
-        if not start.speech_end_ms:  # typed text: from now
-            return self.hold_s
-        return max(start.speech_end_ms / 1000 + self.hold_s - time.monotonic(), HOLD_MIN_WAIT_S)
 
     def _escalated(self, route: Route, start: TurnStart, fallback: Callable[[], AnswerSource],
                    reason: str | None = None) -> AnswerSource:
