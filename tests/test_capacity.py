@@ -111,6 +111,28 @@ async def test_a_queued_local_answer_is_preceded_by_the_hold_phrase_not_silence(
         await sim.close()
 
 
+async def test_a_slow_decision_is_covered_by_the_hold_phrase_too(edge_server, monkeypatch):
+    """Deciding may wait for a queued model (a tool call's arguments): speaking has already started, so the device
+    hears "One moment." instead of silence, then the answer."""
+    engine = FakeEngine(edge={"session": {"hold_after_ms": 300}})
+    edge = await edge_server(engine)
+    deciding = engine.pipeline.deciding
+    decide = deciding.run
+
+    async def slow_decision(*args, **kwargs):
+        await asyncio.sleep(1.5)
+        return await decide(*args, **kwargs)
+
+    monkeypatch.setattr(deciding, "run", slow_decision)
+    sim = await device(edge, "aa:bb:cc:00:03:02")
+    try:
+        report = await sim.run_turn(tone(600))
+        assert report.reply == f"{HOLD} {LOCAL_REPLY}" and report.tts_stop, report.summary()
+        assert engine.results[-1].outcome == "ok" and engine.results[-1].reply_text == LOCAL_REPLY
+    finally:
+        await sim.close()
+
+
 async def test_the_asr_queue_refusing_an_utterance_is_shed_not_a_closed_session(edge_server, asr_service,
                                                                                  question_pcm, monkeypatch):
     engine = FakeEngine(asr=asr_service)  # the real Whisper queue behind the listening stage

@@ -4,6 +4,9 @@
     (speech/      transcript,      policy,      AnswerSource  sentences,
      wake/text)   stt message      Route        (text stream) TTS, playback
 
+Speaking starts with the decision (:mod:`edge.pipeline.planned`): deciding and answering run as the
+first text of the answer it plays, so its hold phrase covers a slow decision as well.
+
 Before the stages, admission control (:mod:`edge.admission`) may shed a speech or text
 turn while the edge is full: the cached busy phrase and ``tts stop`` instead of an answer
 (outcome ``shed``), or mark it ``over_capacity`` for the policy (which escalates it).
@@ -30,6 +33,7 @@ import numpy as np
 from edge.admission import AdmissionControl, Verdict
 from edge.pipeline.deadline import DeadlinedAnswer
 from edge.pipeline.errors import as_stage_error
+from edge.pipeline.planned import PlannedAnswer
 from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
 from edge.pipeline.ports import AnswerSource, DeviceOutput
@@ -195,10 +199,13 @@ class TurnPipeline:
             if start.kind == "wake":
                 answer = self.greeting(language)
             else:
-                route = await self.deciding.run(start, heard, self.messages(start, heard), events)
-                result.pending = route.pending
-                answer = self.answering.source(route, start)
-                answer = DeadlinedAnswer(answer, origin_ms / 1000 + self.answer_deadline_s, self.answer_deadline_s)
+                async def plan(heard: Heard = heard) -> AnswerSource:
+                    route = await self.deciding.run(start, heard, self.messages(start, heard), events)
+                    result.pending = route.pending
+                    return self.answering.source(route, start)
+
+                answer = DeadlinedAnswer(PlannedAnswer(plan), origin_ms / 1000 + self.answer_deadline_s,
+                                         self.answer_deadline_s)
             result.reason = answer.reason
             result.reply_text = await self.speaking.run(answer, out, events, language)
             result.lead_in = getattr(answer, "lead_in_said", "")
