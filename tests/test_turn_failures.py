@@ -146,3 +146,37 @@ async def test_an_answer_trickling_past_the_deadline_is_cut_with_the_apology(edg
     before = failures("deadline")
     await _apology_after_the_first_sentence(edge, engine, caplog)
     assert failures("deadline") == before + 1 and engine.results[0].outcome == "error"
+
+
+async def test_a_stall_behind_other_streaming_answers_does_not_mark_the_local_model_down():
+    """llama-cpp-python's server answers one request at a time: a request queued 20 s behind others that keep
+    streaming is overload (that turn fails), not a hung model (which sends every turn to the cloud)."""
+    import asyncio
+
+    import pytest
+
+    from edge.pipeline.errors import AnswerFailed
+    from edge.stages.answering.local import LocalHealth, guarded
+
+    async def steady():
+        for i in range(20):
+            await asyncio.sleep(0.05)
+            yield i
+
+    async def never():
+        await asyncio.Event().wait()
+        yield 0
+
+    async def drain(items):
+        return [i async for i in items]
+
+    health = LocalHealth()
+    busy = asyncio.create_task(drain(guarded(steady(), 5.0, "local model", health)))
+    with pytest.raises(AnswerFailed, match="queued behind other answers"):
+        await drain(guarded(never(), 0.3, "local model", health))
+    assert health.ok  # the other answer kept streaming: still up
+    assert len(await busy) == 20
+    await asyncio.sleep(0.35)
+    with pytest.raises(AnswerFailed, match="nothing for 0.3s$"):  # nobody streams: a hung model
+        await drain(guarded(never(), 0.3, "local model", health))
+    assert not health.ok

@@ -18,12 +18,16 @@ class LocalHealth:
     """Whether the last local model call worked (``/health``'s ``llm`` component reads it).
 
     A failure counts for ``hold_s``: after that the model is presumed back (e.g. its server was
-    restarted) until a call says otherwise, so a quiet edge is not reported down forever."""
+    restarted) until a call says otherwise, so a quiet edge is not reported down forever. A stall
+    while other answers keep streaming is a queue (the server answers one request at a time), not
+    a hung model: it fails that turn but does not mark the model down (which would send every
+    turn to the cloud at once)."""
 
     def __init__(self, hold_s: float = 30.0) -> None:
         self.hold_s = hold_s
         self.error = ""
         self._failed_at = 0.0
+        self.last_item_at = 0.0  # monotonic time of the latest streamed item of any local answer
 
     @property
     def ok(self) -> bool:
@@ -32,6 +36,13 @@ class LocalHealth:
     def record(self, error: str = "") -> None:
         self.error = error
         self._failed_at = time.monotonic() if error else 0.0
+
+    def streamed(self) -> None:
+        self.last_item_at = time.monotonic()
+
+    def streaming_within(self, seconds: float) -> bool:
+        """Some local answer streamed an item within the last ``seconds``: the model is alive."""
+        return time.monotonic() - self.last_item_at < seconds
 
 
 async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None
@@ -47,12 +58,18 @@ async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: Lo
             except StopAsyncIteration:
                 break
             except TimeoutError:
+                if health is not None and health.streaming_within(stall_s):  # queued behind other answers
+                    queued = AnswerFailed("stall", f"{what}: nothing for {stall_s:g}s, queued behind other answers")
+                    queued.queued = True
+                    raise queued from None
                 raise AnswerFailed("stall", f"{what}: nothing for {stall_s:g}s") from None
             except ChatError as exc:
                 raise AnswerFailed("local_failed", f"{what}: {exc}") from exc
+            if health is not None:
+                health.streamed()
             yield item
     except AnswerFailed as exc:
-        if health is not None:
+        if health is not None and not getattr(exc, "queued", False):
             health.record(str(exc))
         raise
     else:
