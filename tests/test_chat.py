@@ -26,18 +26,30 @@ async def test_streams_text_then_final_with_usage(llama_server, chat_messages):
     assert all(d.finish_reason is None for d in deltas[:-1])
 
 
-async def test_logprobs_are_streamed_by_llama_cpp(llama_server, chat_messages):
-    """The policy's confidence rule relies on this: llama.cpp's server streams per-token logprobs."""
-    client = ChatClient(llama_server.base_url, llama_server.alias)
-    deltas = [d async for d in client.stream(chat_messages("What is two plus two?"), max_tokens=6,
-                                             temperature=0.0, logprobs=True)]
-    await client.aclose()
-    values = [d.logprob for d in deltas if d.text]
-    assert values and all(v is not None and v <= 0.0 and math.isfinite(v) for v in values)
-    plain = ChatClient(llama_server.base_url, llama_server.alias)
-    no_lp = [d async for d in plain.stream(chat_messages("Hi"), max_tokens=3, temperature=0.0)]
-    await plain.aclose()
-    assert all(d.logprob is None for d in no_lp)
+async def test_logprobs_are_streamed_by_llama_cpp(chat_messages, tmp_path):
+    """The policy's confidence rule relies on this: llama.cpp's server streams per-token logprobs when launched
+    with ``logprobs`` (the edge does so when ``escalation.measure_confidence`` is on; off by default, see
+    tests/test_memory.py)."""
+    from shared.llama_server import LlamaServer
+    from shared.topology import LaunchSpec
+    from tests.fixtures_nats import LLAMA_ALIAS, SMOLLM2
+
+    server = LlamaServer(LaunchSpec(model_path=SMOLLM2, n_threads=2, n_ctx=512, logprobs=True), port=free_port(),
+                         alias=LLAMA_ALIAS, log_path=tmp_path / "llama.log")
+    await server.start()
+    try:
+        client = ChatClient(server.base_url, server.alias)
+        deltas = [d async for d in client.stream(chat_messages("What is two plus two?"), max_tokens=6,
+                                                 temperature=0.0, logprobs=True)]
+        await client.aclose()
+        values = [d.logprob for d in deltas if d.text]
+        assert values and all(v is not None and v <= 0.0 and math.isfinite(v) for v in values)
+        plain = ChatClient(server.base_url, server.alias)
+        no_lp = [d async for d in plain.stream(chat_messages("Hi"), max_tokens=3, temperature=0.0)]
+        await plain.aclose()
+        assert all(d.logprob is None for d in no_lp)
+    finally:
+        await server.stop()
 
 
 async def test_health_and_connection_errors(llama_server, chat_messages):
