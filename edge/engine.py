@@ -75,7 +75,8 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                         local_languages=settings.llm.languages, router=router, router_spec=settings.router,
                         declined=phrases.declined)
     pipeline = TurnPipeline(
-        Understanding(), deciding, answering, Speaking(tts, phrases.no_answer, phrases.hold, settings.session.hold_after_ms / 1000), phrases,
+        Understanding(), deciding, answering,
+        Speaking(tts, phrases.no_answer, phrases.hold, settings.session.hold_after_ms / 1000), phrases,
         greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
         system_prompt=settings.llm.system_prompt, observers=observers, admission=admission,
         answer_deadline_s=settings.session.answer_deadline_s)

@@ -60,8 +60,6 @@ class Answering:
         if route.source != "cloud" or self.cloud.client is None:
             local = self._local(route, start)
             settings = route.settings
-            if isinstance(local, PhraseAnswer):
-                return local
             if self.cloud.client is not None and not self.cloud.up and settings.let_me_think:  # partitioned
                 lead_in = localized("thinking", route.language, settings.let_me_think_phrase)
                 return Prefaced(local, lead_in, self.lead_in_s)  # no long silence before a slow local answer
