@@ -54,7 +54,7 @@ from scripts.device_sim import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Cached phrases that are not the answer: a turn's first_answer_audio is its first sentence not among these.
-NOT_ANSWERS = {Phrases().thinking, Phrases().busy}
+NOT_ANSWERS = {Phrases().thinking, Phrases().hold, Phrases().busy}
 CACHE_DIR = ROOT / ".cache" / "bench_load"
 
 # Questions and commands a household device hears; short and long, local and cloud-worthy.

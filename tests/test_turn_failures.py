@@ -180,3 +180,37 @@ async def test_a_stall_behind_other_streaming_answers_does_not_mark_the_local_mo
     with pytest.raises(AnswerFailed, match="nothing for 0.3s$"):  # nobody streams: a hung model
         await drain(guarded(never(), 0.3, "local model", health))
     assert not health.ok
+
+
+async def test_a_cloud_failing_after_the_lead_in_falls_back_without_saying_it_twice():
+    """The cloud's lead-in plays while it is awaited; a cloud that then fails is finished by the local answer,
+    the lead-in said once (and a turn without lead-in gets none)."""
+    import asyncio
+
+    from edge.escalation import EscalationFailed
+    from edge.stages.answering.fallback import WithFallback
+    from edge.stages.answering.phrase import PhraseAnswer
+
+    class FailingCloud:
+        def __init__(self, after_s: float):
+            self.after_s = after_s
+
+        async def start(self):
+            await asyncio.sleep(self.after_s)
+            raise EscalationFailed("unavailable", "stand-in: no worker")
+
+        async def aclose(self):
+            return None
+
+    async def texts(lead_in, after_s):
+        answer = WithFallback(FailingCloud(after_s), lambda: PhraseAnswer("Local answer."), lead_in, 0.05, "test")
+        said = [t async for t in answer.stream()]
+        return said, answer
+
+    said, answer = await texts("One moment, let me think.", 0.2)  # fails after the lead-in played
+    assert said == ["One moment, let me think. ", "Local answer."] and answer.answered_by == "edge"
+    assert answer.lead_in_said == "One moment, let me think."
+    said, _ = await texts("One moment, let me think.", 0.0)  # fails at once: the lead-in, then the local answer
+    assert said == ["One moment, let me think. ", "Local answer."]
+    said, answer = await texts(None, 0.2)  # no lead-in configured
+    assert said == ["Local answer."] and answer.lead_in_said == ""

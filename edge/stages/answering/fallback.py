@@ -53,7 +53,7 @@ class WithFallback:
                 self._source = self.local()
                 if self.lead_in and not said:
                     self.lead_in_said = self.lead_in
-                yield self.lead_in + " "
+                    yield self.lead_in + " "
             else:
                 self._source = self.cloud
             async for text in self._source.stream():

@@ -45,6 +45,10 @@ class LocalHealth:
         return time.monotonic() - self.last_item_at < seconds
 
 
+class QueuedStall(AnswerFailed):
+    """A stall while other local answers keep streaming: overload (that turn fails), not a hung model."""
+
+
 async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None
                   ) -> AsyncIterator[T]:
     """``items`` with a stall watchdog: no item for ``stall_s`` (or a model error) -> AnswerFailed.
@@ -58,10 +62,9 @@ async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: Lo
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                if health is not None and health.streaming_within(stall_s):  # queued behind other answers
-                    queued = AnswerFailed("stall", f"{what}: nothing for {stall_s:g}s, queued behind other answers")
-                    queued.queued = True
-                    raise queued from None
+                if health is not None and health.streaming_within(stall_s):
+                    raise QueuedStall("stall", f"{what}: nothing for {stall_s:g}s, queued behind other answers") \
+                        from None
                 raise AnswerFailed("stall", f"{what}: nothing for {stall_s:g}s") from None
             except ChatError as exc:
                 raise AnswerFailed("local_failed", f"{what}: {exc}") from exc
@@ -69,7 +72,7 @@ async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: Lo
                 health.streamed()
             yield item
     except AnswerFailed as exc:
-        if health is not None and not getattr(exc, "queued", False):
+        if health is not None and not isinstance(exc, QueuedStall):
             health.record(str(exc))
         raise
     else:
