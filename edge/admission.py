@@ -115,6 +115,10 @@ class CountedChat:
             async for delta in self.inner.stream(messages, **kw):
                 yield delta
 
+    async def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
+        with self.counter.track():
+            return await self.inner.complete_json(messages, schema, max_tokens)
+
     def __getattr__(self, name: str) -> Any:  # base_url, model, health(), aclose() ... as the client has them
         return getattr(self.inner, name)
 

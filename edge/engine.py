@@ -38,7 +38,7 @@ from edge.threads import apply_budget, thread_budget
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.vad import VadService
-from shared.chat import ChatClient, build_chat_client
+from shared.chat import ChatClient, PooledChat, build_chat_client
 from shared.log import log_event
 from shared.intent_router import IntentRouter
 from shared.nats_conn import connect_nats, redact_url
@@ -112,7 +112,7 @@ class EdgeEngine:
         self.router: IntentRouter | None = None
         self.pipeline: TurnPipeline | None = None
         self.nc = None
-        self._llama = None
+        self._llamas: list = []  # the launched llama.cpp servers (edge.threads.llm_servers of them), if any
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
         self._nats_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
@@ -131,11 +131,11 @@ class EdgeEngine:
             launch = spec.launch
             if self.settings.escalation.measure_confidence:  # the confidence probe reads log-probabilities
                 launch = launch.model_copy(update={"logprobs": True})
-            self._llama = LlamaServer.for_url(launch, spec.url, alias=spec.model)
+            self._llamas = LlamaServer.copies(launch, spec.url, spec.model, self.threads.llm_servers)
         routing = asyncio.to_thread(self._load_router)
         *_, self.router = await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
-                                               *([self._llama.start()] if self._llama else []), routing)
-        self.llm = CountedChat(build_chat_client(spec), self.llm_inflight)
+                                               *(server.start() for server in self._llamas), routing)
+        self.llm = CountedChat(self._chat_client(), self.llm_inflight)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)]
                                + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase] + [UNAVAILABLE_EN])
         esc = self.settings.escalation
@@ -155,6 +155,15 @@ class EdgeEngine:
         self.ready = True
         log_event(log, "edge engine ready", site=self.site.name, edge=self.edge_id,
                   admission=asdict(self.admission.limits) if self.admission else "off")
+
+    def _chat_client(self) -> ChatClient | PooledChat:
+        """The local model's client: one per launched server, spread by load (shared.chat.PooledChat)."""
+        spec = self.settings.llm
+        if len(self._llamas) <= 1:
+            return build_chat_client(spec)
+        servers = self._llamas
+        return PooledChat([build_chat_client(spec.model_copy(update={"url": s.base_url})) for s in servers],
+                          usable=lambda i: servers[i].available)
 
     def _observers(self, start: TurnStart) -> list[Observer]:
         return [TraceObserver(self._trace, start.device_id)] if self._trace is not None else []
@@ -201,8 +210,8 @@ class EdgeEngine:
             await asyncio.get_running_loop().run_in_executor(None, self._trace.close)
         if self.llm is not None:
             await self.llm.aclose()
-        if self._llama is not None:
-            await self._llama.stop()
+        for server in self._llamas:
+            await server.stop()
         self.asr.close()
         self.tts.close()
 
@@ -239,10 +248,10 @@ class EdgeEngine:
         return self.cloud.healthy(self.cloud.policy().policy.settings.model_class)
 
     def llm_process_alive(self) -> bool:
-        """The launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
-        if self._llama is None:
+        """A launched llama.cpp server is running (True when the LLM is external: its calls tell)."""
+        if not self._llamas:
             return True
-        return self._llama.available  # the supervisor's view: False while crashed or restarting
+        return any(s.available for s in self._llamas)  # the supervisors' view: False while crashed or restarting
 
     def components(self) -> dict[str, bool]:
         """Per component: can it do its part right now?"""

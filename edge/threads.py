@@ -31,7 +31,8 @@ class ThreadBudget:
     vad: int
     asr: int
     tts: int
-    llm: int
+    llm: int  # per llama.cpp server
+    llm_servers: int = 1
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -57,12 +58,19 @@ def thread_budget(spec: ThreadsSpec = ThreadsSpec(), tier: str | None = None) ->
     else:
         asr = math.ceil(heavy / 2)
     llm = max(1, heavy - asr)
+    servers = 1
+    if tier not in ("gpu", "multilingual"):
+        # The small model's cores go to one single-threaded server each. llama-cpp-python's server answers one
+        # request at a time, and llama.cpp's threads wait for each other at every step (OpenMP spins): with a
+        # core busy elsewhere (ASR, TTS, another turn) one 2-thread server fell from 1.5 to 0.5 answers/s,
+        # two 1-thread servers kept 1.1-1.3 (60-token answers, scripts/bench_llama_servers.py).
+        servers, llm = llm, 1
     if cores <= SMALL_BOX_CORES and tier not in ("gpu", "multilingual"):
         # Within one turn ASR and the LLM run one after the other: split 1+1 on 2 cores, one device's turn
         # waited 1376 ms (p50, end of speech -> first audio) against 818-939 ms with both stages on both cores.
-        asr = llm = heavy
+        asr = servers = heavy
     return ThreadBudget(cores=cores, vad=spec.vad or 1, asr=spec.asr or asr, tts=spec.tts or (2 if cores >= 8 else 1),
-                        llm=spec.llm or llm)
+                        llm=spec.llm or llm, llm_servers=spec.llm_servers or servers)
 
 
 def apply_budget(settings: EdgeSettings, budget: ThreadBudget) -> tuple[EdgeSettings, ThreadBudget]:

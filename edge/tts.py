@@ -31,7 +31,6 @@ import subprocess
 import threading
 import time
 import wave
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +40,7 @@ from edge import metrics
 from edge.emotion import strip_emoji
 from edge.opus import encode_pcm, resample
 from edge.phrases import phrases_in
+from edge.deadline_pool import DeadlinePool
 from edge.threads import ArenaBoundedSession, onnx_session
 from edge.tts_cache import CacheKey, PhraseCache
 from shared import faults
@@ -263,7 +263,7 @@ class TtsService:
         self.edge_tts_proxy: str | None = None  # e.g. http://proxy:3128 for the online backend
         self._chain: list[TtsBackend] = []  # loaded backends, most preferred first
         self.synth_calls = 0  # backend synthesize() calls (cache hits never count)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tts")
+        self._pool = DeadlinePool(max_workers, "tts")  # the sentence needed soonest first (edge/deadline_pool.py)
         self._lock = threading.Lock()
         self._espeak_by_lang: dict[str, EspeakBackend] = {}
         self.voices: dict[str, TtsBackend] = {}  # language -> its own voice (edge.tts.voices), loaded
@@ -272,7 +272,7 @@ class TtsService:
 
     async def load(self) -> None:
         """Load the voices (in the pool) and pre-warm the configured phrases."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load_sync)
+        await self._pool.run(None, self._load_sync)
         await self.prewarm()
 
     def _load_sync(self) -> None:
@@ -353,12 +353,15 @@ class TtsService:
         return made
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # -- speaking
 
-    async def speak(self, text: str, language: str | None = None) -> SpeechClip:
-        """One sentence -> Opus frames at the device rate; empty frames if there is nothing to say."""
+    async def speak(self, text: str, language: str | None = None, needed_at: float | None = None) -> SpeechClip:
+        """One sentence -> Opus frames at the device rate; empty frames if there is nothing to say.
+
+        ``needed_at`` (``time.monotonic()``; None: now) is when its audio must be ready, e.g. when the
+        answer's earlier sentences will have played: sentences needed sooner are synthesized first."""
         norm = normalize_text(text)
         backend = self._route(norm, language)
         if not norm:
@@ -371,7 +374,7 @@ class TtsService:
         metrics.CACHE_LOOKUPS.labels(cache="tts", result="hit" if frames is not None else "miss").inc()
         if frames is not None:
             return self._clip(text, frames, True, backend.voice_id)
-        frames, voice = await loop.run_in_executor(self._pool, self._render, backend, norm, time.perf_counter())
+        frames, voice = await self._pool.run(needed_at, self._render, backend, norm, time.perf_counter())
         return self._clip(text, frames, False, voice)
 
     def _render(self, backend: TtsBackend, text: str, submitted: float) -> tuple[list[bytes], str]:

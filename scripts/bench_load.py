@@ -241,6 +241,39 @@ def box_cpu() -> tuple[float, float] | None:
     return sum(fields) - idle, sum(fields)
 
 
+def process_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the stack's processes on this box, by role: edge, edge-llm (its llama.cpp
+    servers), worker, worker-llm, nats, and this generator (llama.cpp servers are told apart by their
+    parent). Where the cores go per turn, measured rather than guessed."""
+    import psutil
+
+    roles: dict[str, float] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "cpu_times"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        if proc.info["pid"] == me:
+            role = "generator"
+        elif "shared.llama_serve" in cmd:
+            try:
+                parent = " ".join(psutil.Process(proc.info["ppid"]).cmdline())
+            except psutil.Error:
+                parent = ""
+            role = "edge-llm" if "-m edge" in parent else "worker-llm"
+        elif "-m edge" in cmd:
+            role = "edge"
+        elif "-m cloud" in cmd:
+            role = "worker"
+        elif "nats-server" in cmd:
+            role = "nats"
+        else:
+            continue
+        roles[role] = roles.get(role, 0.0) + times.user + times.system
+    return roles
+
+
 # ---------------------------------------------------------------- the devices
 @dataclass
 class TurnOutcome:
@@ -360,10 +393,10 @@ async def run_level(args: argparse.Namespace, devices: int, clips: list[tuple[st
     health: list[float] = []
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_health(base, stop, health))
-    cpu0, box0, t_start = time.process_time(), box_cpu(), time.monotonic()
+    cpu0, box0, roles0, t_start = time.process_time(), box_cpu(), process_cpu(), time.monotonic()
     t0 = time.monotonic() + 0.5
     await asyncio.gather(*(d.run(plan, t0, results) for d, plan in zip(fleet, plans)))
-    wall, gen_cpu, box1 = time.monotonic() - t_start, time.process_time() - cpu0, box_cpu()
+    wall, gen_cpu, box1, roles1 = time.monotonic() - t_start, time.process_time() - cpu0, box_cpu(), process_cpu()
     stop.set()
     await prober
     after = await fetch_metrics(base)
@@ -388,7 +421,10 @@ async def run_level(args: argparse.Namespace, devices: int, clips: list[tuple[st
         "edge": waterfall(after, before),
         "cpu": {"edge_process_cores": round(edge_cpu / wall, 2), "generator_cores": round(gen_cpu / wall, 2),
                 "box_busy_share": round((box1[0] - box0[0]) / (box1[1] - box0[1]), 2) if box0 and box1 else None,
-                "cores": os.cpu_count()},
+                "cores": os.cpu_count(),
+                # core-seconds per turn by process role: what one turn costs this box, and so its ceiling
+                "per_turn_core_s": {role: round((roles1[role] - roles0.get(role, 0.0)) / max(len(results), 1), 3)
+                                    for role in sorted(roles1)}},
         "wall_s": round(wall, 1),
     }
 

@@ -86,7 +86,7 @@ def isolated_topology(scratch: Path, source: Path = ROOT / "topology.yaml", cons
         for edge in site["edges"]:
             edge["port"] = free_port()
     edge = doc["edge"]
-    edge["llm"]["url"] = _with_port(edge["llm"]["url"], free_port())
+    edge["llm"]["url"] = _with_port(edge["llm"]["url"], free_port(run=4))  # a port per copy of the model
     edge.setdefault("trace", {})["path"] = str(scratch / "turns.jsonl")
     cache = edge.get("tts", {}).get("cache")
     if isinstance(cache, dict) and "disk_dir" in cache:

@@ -22,8 +22,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from edge.threads import thread_budget
 from shared.nats_runtime import (OPERATOR, NatsProcess, NatsRuntimeError, NatsSecurity, hub_process,
                                  leaf_process, site_user, worker_user)
+from shared.tiers import pinned_tier
 from shared.supervisor import Supervisor, describe_holder, port_holder, spawn, terminate
 from shared.topology import Topology, TopologyError, load_topology
 
@@ -103,12 +105,23 @@ class EmbeddedStack:
             ports.append((w.port, f"worker {w.name} /health"))
             ports += [(_port_of(b.url), f"worker {w.name} backend {b.name}") for b in w.backends if b.launch]
         ports.append((site.edges[0].port, "edge"))
-        if topo.edge.llm.launch is not None:
-            ports.append((_port_of(topo.edge.llm.url), "edge llama.cpp server"))
+        first = _port_of(topo.edge.llm.url)
+        if topo.edge.llm.launch is not None and first:  # one server per copy, on consecutive ports (edge/threads.py)
+            edge = site.edges[0]
+            tier = pinned_tier(dict(os.environ), edge.tier, site.tier)
+            copies = thread_budget(topo.edge.threads, tier.name if tier else None).llm_servers
+            ports += [(first + i, f"edge llama.cpp server {i + 1}") for i in range(copies)]
         return [(p, what) for p, what in ports if p]
 
     def check_ports(self) -> None:
-        """RuntimeError naming the pid of any leftover process that holds one of our ports."""
+        """RuntimeError naming a port two components would share, or the pid of any leftover process that holds
+        one of our ports."""
+        owners: dict[int, list[str]] = {}
+        for p, what in self.ports():
+            owners.setdefault(p, []).append(what)
+        shared = [f"port {p} is both {' and '.join(whats)}" for p, whats in owners.items() if len(whats) > 1]
+        if shared:
+            raise RuntimeError("; ".join(shared) + " — give each its own port in the topology")
         held = [f"port {p} ({what}) is held by {describe_holder(p)}" for p, what in self.ports() if port_holder(p)]
         if held:
             raise RuntimeError("; ".join(held) + " — stop it (kill PID) or change the port in the topology")

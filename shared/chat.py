@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.topology import BackendSpec, LlmSpec
@@ -140,6 +140,18 @@ class ChatClient:
             usage = {"completion_tokens": steps}
         yield ChatDelta(tool_calls=calls, finish_reason=finish or ("tool_calls" if calls else "stop"), usage=usage)
 
+    async def complete_json(self, messages: list[dict], schema: dict[str, Any], max_tokens: int) -> str:
+        """One schema-constrained completion (not streamed; llama.cpp's ``response_format`` grammar): its text."""
+        import openai
+
+        try:
+            resp = await self._openai().chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=0.0,
+                extra_body={"response_format": {"type": "json_object", "schema": schema}})
+        except openai.OpenAIError as exc:
+            raise ChatError(f"{self.name}: structured completion failed: {str(exc)[:200]}") from None
+        return resp.choices[0].message.content or ""
+
     async def health(self) -> bool:
         """True if the server lists models (cheap: no generation)."""
         try:
@@ -208,6 +220,67 @@ class OllamaChatClient(ChatClient):
 
     async def aclose(self) -> None:
         self._client = None  # ollama.AsyncClient holds a pooled httpx client that closes with the loop
+
+
+class PooledChat:
+    """Several servers of one model behind the one client interface: each request goes to the usable server
+    with the fewest requests in flight (the next one in turn on a tie).
+
+    Why: llama-cpp-python's server answers one request at a time, so one server is one queue however many
+    devices talk; the edge runs one server per core it gives the model (edge/threads.py) and spreads the
+    turns here. ``usable(i)`` says whether server ``i`` serves now (its supervisor's view); when none does,
+    every server is tried, and the request fails as it would have on one."""
+
+    def __init__(self, clients: list[ChatClient], usable: Callable[[int], bool] = lambda i: True):
+        if not clients:
+            raise ValueError("a pool needs at least one client")
+        self.clients = clients
+        self._usable = usable
+        self.inflight = [0] * len(clients)
+        self._next = 0
+
+    @property
+    def model(self) -> str:
+        return self.clients[0].model
+
+    @property
+    def name(self) -> str:
+        return self.clients[0].name
+
+    @property
+    def base_url(self) -> str:
+        return self.clients[0].base_url
+
+    def _pick(self) -> int:
+        n = len(self.clients)
+        candidates = [i for i in range(n) if self._usable(i)] or list(range(n))
+        chosen = min(candidates, key=lambda i: (self.inflight[i], (i - self._next) % n))
+        self._next = (chosen + 1) % n
+        return chosen
+
+    async def stream(self, messages: list[dict], **kw: Any) -> AsyncIterator[ChatDelta]:
+        i = self._pick()
+        self.inflight[i] += 1
+        try:
+            async for delta in self.clients[i].stream(messages, **kw):
+                yield delta
+        finally:
+            self.inflight[i] -= 1
+
+    async def complete_json(self, messages: list[dict], schema: dict[str, Any], max_tokens: int) -> str:
+        i = self._pick()
+        self.inflight[i] += 1
+        try:
+            return await self.clients[i].complete_json(messages, schema, max_tokens)
+        finally:
+            self.inflight[i] -= 1
+
+    async def health(self) -> bool:
+        """True if any server answers."""
+        return any(await asyncio.gather(*(c.health() for c in self.clients)))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.clients))
 
 
 def build_chat_client(spec: LlmSpec | BackendSpec, **kw) -> ChatClient:

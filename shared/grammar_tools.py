@@ -205,30 +205,16 @@ class JsonCompleter:
 
     def __init__(self, llm: ChatClient):
         self.llm = llm
-        self._client = None
 
     async def complete(self, messages: list[dict[str, Any]], schema: dict[str, Any], max_tokens: int) -> Any:
-        import openai
-
-        if self._client is None:
-            self._client = openai.AsyncOpenAI(base_url=self.llm.base_url, api_key=self.llm.api_key,
-                                              max_retries=0, timeout=self.llm.timeout)
-        try:
-            resp = await self._client.chat.completions.create(
-                model=self.llm.model, messages=messages, max_tokens=max_tokens, temperature=0.0,
-                extra_body={"response_format": {"type": "json_object", "schema": schema}})
-        except openai.OpenAIError as exc:
-            raise ChatError(f"{self.llm.name}: structured completion failed: {str(exc)[:200]}") from None
-        text = resp.choices[0].message.content or ""
+        text = await self.llm.complete_json(messages, schema, max_tokens)
         try:
             return json.loads(text)
         except ValueError:
             return None  # cut off by max_tokens: treated as "no tool"
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Nothing of its own to close: the connection is the chat client's."""
 
 
 class GrammarToolCaller:

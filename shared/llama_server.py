@@ -70,6 +70,13 @@ class LlamaServer:
             raise LlamaServerError(f"{url}: a launched llama.cpp server needs an http://host:port/v1 url")
         return cls(launch, parts.hostname, parts.port, alias, **kw)
 
+    @classmethod
+    def copies(cls, launch: LaunchSpec, url: str, alias: str, n: int, name: str = "llm") -> list["LlamaServer"]:
+        """``n`` servers of the same model: the first where ``url`` points, the others on the next ports
+        (each its own process, supervisor and log)."""
+        first = cls.for_url(launch, url, alias, name=name)
+        return [first] + [cls(launch, first.host, first.port + i, alias, name=f"{name}-{i + 1}") for i in range(1, n)]
+
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"

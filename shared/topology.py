@@ -170,7 +170,7 @@ class EdgeHost(_Model):
     port: int = Field(8000, gt=0, lt=65536)
     capacity: int = Field(150, gt=0)  # devices
     tier: str | None = None  # a name from shared/tiers.py, "auto" (edge doctor decides) or unset (site's)
-    llm_port: int | None = Field(None, gt=0, lt=65536)  # this edge's local LLM server (several edges on one host)
+    llm_port: int | None = Field(None, gt=0, lt=65536)  # its local LLM servers: this port and the next, one per copy (edge/threads.py)
 
     _tier = field_validator("tier")(classmethod(lambda cls, v: _check_tier(v)))
 
@@ -359,7 +359,9 @@ class EscalationSpec(_Model):
     enabled: bool = True
     nats_url: str | None = None  # default: the site's leaf node
     deadline_ms: int = Field(15000, gt=0)  # an escalated answer older than this is useless
-    max_tokens: int = Field(160, gt=0)
+    # An escalated answer is spoken: 80 tokens is ~60 words, ~20 s of speech. At 160 a cloud answer could run
+    # 40 s, and every token costs the worker a step and the edge a share of synthesis (the edge's CPU per turn).
+    max_tokens: int = Field(80, gt=0)
     # Ask the local model for token log-probabilities when a policy rule needs its confidence.
     # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
     # server, so the embedded default leaves it off (confidence rules then never fire).
@@ -409,7 +411,8 @@ class ThreadsSpec(_Model):
     vad: int | None = Field(None, gt=0)
     asr: int | None = Field(None, gt=0)  # also edge.asr.threads (that one wins)
     tts: int | None = Field(None, gt=0)  # per synthesis (the TTS pool runs two at once)
-    llm: int | None = Field(None, gt=0)  # the launched llama.cpp server (edge.llm.launch.n_threads wins)
+    llm: int | None = Field(None, gt=0)  # per launched llama.cpp server (edge.llm.launch.n_threads wins)
+    llm_servers: int | None = Field(None, gt=0)  # copies of the local model served at once (ports from edge.llm.url's up)
 
 
 class EdgeSettings(_Model):

@@ -19,7 +19,7 @@ from shared.topology import load_topology
 async def running_edge(workdir: Path, **overrides: str) -> AsyncIterator[tuple[str, EdgeEngine]]:
     """Yields (base http URL, engine). ``overrides``: ``edge__a__b=value`` topology overrides."""
     env = {**os.environ,
-           "XZ_CFG__edge__llm__url": f"http://127.0.0.1:{free_port()}/v1",
+           "XZ_CFG__edge__llm__url": f"http://127.0.0.1:{free_port(run=4)}/v1",  # a port per copy
            "XZ_CFG__edge__tts__cache__disk_dir": str(workdir / "tts-cache"),
            "XZ_CFG__edge__trace__path": str(workdir / "turns.jsonl"),
            "XZ_CFG__edge__escalation__enabled": "false"}

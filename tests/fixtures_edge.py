@@ -165,10 +165,12 @@ class FakeTts:
     def __init__(self, engine: "FakeEngine") -> None:
         self.engine = engine
         self.fail = False
+        self.asked: list[tuple[str, float | None]] = []  # (sentence, needed_at) in the order asked
 
-    async def speak(self, text: str, language: str | None = None):
+    async def speak(self, text: str, language: str | None = None, needed_at: float | None = None):
         from edge.tts import SpeechClip, TtsError
 
+        self.asked.append((text, needed_at))
         if self.fail and not text.startswith("Sorry"):
             raise TtsError("stand-in: the voice is gone")
         audio = self.engine.audio

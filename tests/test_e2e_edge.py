@@ -138,8 +138,8 @@ async def test_killed_local_model_turn_ends_and_the_supervisor_brings_it_back(ed
     """A turn racing the crash ends with audio + tts stop (the apology, or the restarted model's answer);
     the supervisor restarts the server and /health says llm up again; the session keeps serving."""
     url, engine = edge_stack
-    restarts = engine._llama.status()["restarts"]
-    proc = engine._llama.proc
+    restarts = engine._llamas[0].status()["restarts"]
+    proc = engine._llamas[0].proc
     proc.kill()
     await proc.wait()
     sim = await _device(url)
@@ -147,10 +147,10 @@ async def test_killed_local_model_turn_ends_and_the_supervisor_brings_it_back(ed
         report = await sim.run_turn(speak("What is the capital of France?"))
         assert report.frames > 0 and report.tts_stop and report.reply, report.summary()
         for _ in range(120):  # generous: the restart reloads the model
-            if engine._llama.available:
+            if engine._llamas[0].available:
                 break
             await asyncio.sleep(0.5)
-        assert engine._llama.available and engine._llama.status()["restarts"] > restarts
+        assert engine._llamas[0].available and engine._llamas[0].status()["restarts"] > restarts
         async with aiohttp.ClientSession() as http:
             for _ in range(90):  # a failed call is held against the model for a while, then it is presumed back
                 async with http.get(f"{url}/health") as resp:

@@ -61,7 +61,7 @@ def rehearsal_topology(path: Path) -> dict:
     doc["sites"] = [{
         "name": site, "region": "local", "location": {"lat": 0.0, "lon": float(i)}, "tier": "cpu-small",
         "nats_leaf": {"host": "127.0.0.1", "client_port": free_port(), "monitor_port": free_port()},
-        "edges": [{"name": f"edge-{site[-1]}", "host": "127.0.0.1", "port": free_port(), "llm_port": free_port()}],
+        "edges": [{"name": f"edge-{site[-1]}", "host": "127.0.0.1", "port": free_port(), "llm_port": free_port(run=4)}],
     } for i, site in enumerate(SITES)]
     doc["devices"] = {"default_site": {"local": "site-a"}, "overrides": [{"prefix": "02:bb", "site": "site-b"}]}
     tools = doc.get("tools") or {}

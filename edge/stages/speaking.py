@@ -38,10 +38,13 @@ SYNTH_AHEAD = 2  # sentences synthesized ahead of playback
 # An idle local model's first sentence is synthesized within this (quiet box: ~0.15 s), and an escalated answer's
 # own lead-in ("One moment, let me think.", edge.escalation.lead_in_ms 300 ms) is playing by then.
 HOLD_MIN_WAIT_S = 0.5
+# A later sentence is asked of the (shared, earliest-deadline-first) TTS pool for this long before the audio
+# ahead of it runs out: about what one sentence takes to synthesize on a busy CPU.
+SYNTH_MARGIN_S = 1.0
 
 
 class Synthesizer(Protocol):
-    async def speak(self, text: str, language: str | None = None) -> SpeechClip: ...
+    async def speak(self, text: str, language: str | None = None, needed_at: float | None = None) -> SpeechClip: ...
 
 
 class Speaking:
@@ -87,6 +90,8 @@ class _Utterance:
         self.clips: asyncio.Queue = asyncio.Queue(maxsize=SYNTH_AHEAD)
         self.spoken: list[str] = []
         self.started = False
+        self.playing_since: float | None = None  # when the first clip began to play
+        self.ahead_s = 0.0  # seconds of audio synthesized for this answer so far (the hold phrase included)
         self.told_by = ""  # answered_by in the last llm message
         self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
         self.hold = localized("hold", language, owner.hold) if model and owner.hold_after_s else ""
@@ -135,11 +140,20 @@ class _Utterance:
         while (sentence := await self.sentences.get()) is not _END:
             if normalize_text(sentence):
                 try:
-                    clip = await self.tts.speak(sentence, self.language)
+                    clip = await self.tts.speak(sentence, self.language, self._needed_at())
                 except Exception as exc:
                     raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
+                self.ahead_s += clip.duration_ms / 1000
                 await self.clips.put((sentence, clip, self.answer.answered_by))
         await self.clips.put(_END)
+
+    def _needed_at(self) -> float | None:
+        """When the next sentence's audio is needed: now for the first, else once the audio ahead of it has
+        played (less the margin it takes to synthesize). The TTS pool serves the soonest first, so a new
+        turn's first sentence does not wait behind sentences other devices will hear only seconds later."""
+        if not self.ahead_s:
+            return None
+        return (self.playing_since or time.monotonic()) + self.ahead_s - SYNTH_MARGIN_S
 
     async def _next_clip(self):
         """The next clip; before the first one, the hold phrase if the answer is late."""
@@ -154,6 +168,7 @@ class _Utterance:
             clip = await self.tts.speak(self.hold, self.language)  # pre-warmed: from the cache
         except Exception as exc:
             raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
+        self.ahead_s += clip.duration_ms / 1000
         await self._play_one(self.hold, clip, self.answer.answered_by, remembered=False)
         return await self.clips.get()
 
@@ -170,6 +185,7 @@ class _Utterance:
             self.told_by = answered_by
         if not self.started:
             self.started = True
+            self.playing_since = time.monotonic()
             if not out.tts_open:  # else: the apology, in the session a failed answer left open
                 await out.send(Tts("start"))
                 self.events.emit(SpeechStarted())
