@@ -222,7 +222,7 @@ def waterfall(after: dict, before: dict) -> dict[str, Any]:
     out["admission"] = {v: int(_delta(after, before, "xz_edge_admission_total", verdict=v))
                         for v in ("admit", "escalate", "busy", "redirected_device")}
     out["shed_turns"] = {lim: int(_delta(after, before, "xz_edge_shed_turns_total", limit=lim))
-                         for lim in ("asr_queue", "asr_wait", "active_turns", "local_llm")}
+                         for lim in ("asr_queue", "asr_wait", "active_turns", "local_llm", "local_queue")}
     out["escalated_for_load"] = int(_delta(after, before, "xz_edge_load_escalations_total"))
     out["event_loop_lag"] = _hist(after, before, "xz_edge_event_loop_lag_seconds")
     out["turns_by_outcome"] = {dict(k[1]).get("outcome", "?") + "/" + dict(k[1]).get("answered_by", "?"):

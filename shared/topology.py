@@ -324,6 +324,9 @@ class LlmSpec(_Model):
     # No token from the local model for this long: it is hung (not just slow on a busy CPU), and the
     # turn ends with the cached apology.
     stall_timeout_ms: int = Field(20000, gt=0)
+    # No first token this long while other local answers stream: the turn is queued behind them on a full edge;
+    # it is shed with the busy phrase rather than left waiting for the stall watchdog and the apology.
+    queue_timeout_ms: int = Field(8000, gt=0)
     launch: LaunchSpec | None = None
 
 

@@ -205,6 +205,7 @@ class FakeEngine:
         from edge.cloud_link import CloudLink
         from edge.engine import build_pipeline
         from edge.pipeline.turn import Phrases
+        from edge.stages.answering.local import LocalHealth
 
         topology = make_topology(self.edge)
         settings = topology.edge
@@ -214,6 +215,7 @@ class FakeEngine:
         self.cloud = CloudLink()  # empty (every turn local) until a test attaches a cloud
         self.sessions: set = set()
         self.llm_inflight = InflightCounter()
+        self.llm_health = LocalHealth()  # as EdgeEngine's: how the local model's calls ended
         # as EdgeEngine wires it: the edge's capacity and edge.admission, live turns, sessions, local generations
         self.admission = AdmissionControl.for_edge(
             topology.site().edges[0].capacity, settings.admission, self.asr, lambda: self.pipeline.active,
@@ -221,7 +223,7 @@ class FakeEngine:
             lambda: self.cloud.healthy(self.cloud.policy().policy.settings.model_class),
         ) if settings.admission.enabled else None
         self.pipeline = build_pipeline(self.tts, CountedChat(self.llm, self.llm_inflight), settings, Phrases(),
-                                       self.cloud, admission=self.admission)
+                                       self.cloud, admission=self.admission, health=self.llm_health)
 
     async def start(self) -> None:
         self.ready = True

@@ -182,6 +182,52 @@ async def test_a_stall_behind_other_streaming_answers_does_not_mark_the_local_mo
     assert not health.ok
 
 
+async def test_a_slow_first_token_with_nothing_else_streaming_is_waited_for_not_shed():
+    """The queue timeout is for a queue: a model slow to start on its own (a long prompt) gets the stall watchdog's
+    time, and its stream is not restarted in between."""
+    import asyncio
+
+    from edge.stages.answering.local import LocalHealth, guarded
+
+    async def slow_first():
+        await asyncio.sleep(0.5)
+        for i in range(3):
+            yield i
+
+    assert [i async for i in guarded(slow_first(), 5.0, "local model", LocalHealth(), queue_s=0.2)] == [0, 1, 2]
+
+
+async def test_a_turn_queued_too_long_behind_other_answers_is_shed_with_the_busy_phrase(edge_server):
+    """No first token within edge.llm.queue_timeout_ms while other local answers stream: the busy phrase and
+    tts stop (outcome shed, counted as a local_queue shed), not a 20 s wait and the apology; the model is not
+    marked down, and once the queue moves the next turn is answered."""
+    import asyncio
+
+    engine = FakeEngine(llm_gate=asyncio.Event(), edge={"llm": {"queue_timeout_ms": 300}})
+    edge = await edge_server(engine)
+
+    async def others_streaming():  # other devices' answers, streaming from the same local model meanwhile
+        while True:
+            engine.llm_health.streamed()
+            await asyncio.sleep(0.05)
+
+    others = asyncio.create_task(others_streaming())
+    before = count("xz_edge_shed_turns_total", limit="local_queue")
+    sim = await _sim(edge)
+    try:
+        report = await sim.run_turn(tone(600))
+        assert report.reply == "I'm busy, one moment, please ask again." and report.tts_stop, report.summary()
+        assert engine.results[-1].outcome == "shed" and engine.llm_health.ok
+        assert count("xz_edge_shed_turns_total", limit="local_queue") == before + 1
+        others.cancel()
+        engine.llm_gate.set()
+        again = await sim.run_turn(tone(900))
+        assert again.reply == "First sentence. Second sentence." and again.tts_stop
+    finally:
+        others.cancel()
+        await sim.close()
+
+
 async def test_a_cloud_failing_after_the_lead_in_falls_back_without_saying_it_twice():
     """The cloud's lead-in plays while it is awaited; a cloud that then fails is finished by the local answer,
     the lead-in said once (and a turn without lead-in gets none)."""

@@ -32,6 +32,13 @@ class AnswerFailed(StageError):
     stage = "answering"
 
 
+class AnswerShed(AnswerFailed):
+    """The edge had no room for this answer after all (e.g. it waited its share in the local model's queue):
+    the turn is shed with the busy phrase, not apologised for."""
+
+    limit = "local_queue"  # the shed-turns metric's label
+
+
 class TtsFailed(StageError):
     stage = "speaking"
 

@@ -54,9 +54,10 @@ class TurnStarted(TurnEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class TurnShed(TurnEvent):
-    """Admission refused the turn (the edge is full): the busy phrase instead of an answer."""
+    """Admission refused the turn (the edge is full), or its answer found no room after all (AnswerShed):
+    the busy phrase instead of an answer."""
 
-    limit: str  # asr_queue | asr_wait | active_turns | local_llm
+    limit: str  # asr_queue | asr_wait | active_turns | local_llm | local_queue
     reason: str
 
 

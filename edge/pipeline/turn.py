@@ -32,7 +32,7 @@ import numpy as np
 
 from edge.admission import AdmissionControl, Verdict
 from edge.pipeline.deadline import DeadlinedAnswer
-from edge.pipeline.errors import as_stage_error
+from edge.pipeline.errors import AnswerShed, as_stage_error
 from edge.pipeline.planned import PlannedAnswer
 from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
@@ -218,8 +218,13 @@ class TurnPipeline:
             if out.closed:  # the device went away mid-turn: nobody to answer, nothing of ours failed
                 result.outcome, result.reason = "cancelled", "device disconnected"
                 return result
-            result.outcome = "error"
             err = as_stage_error(exc)
+            if isinstance(err, AnswerShed):  # no room after all: the honest busy phrase, not the apology
+                events.emit(TurnShed(limit=err.limit, reason=str(err)))
+                result.outcome, result.reason = "shed", f"edge full: {err}"
+                await self._apologize(out, events, language, "busy")
+                return result
+            result.outcome = "error"
             events.emit(TurnFailed(stage=err.stage, code=err.code, detail=str(err), error=exc))
             await self._apologize(out, events, language)
             return result
@@ -241,13 +246,14 @@ class TurnPipeline:
         result.reply_text = await self.speaking.say(self.phrases.said_in("busy", start.language), out, events,
                                                     language=start.language)
 
-    async def _apologize(self, out: DeviceOutput, events: TurnEvents, language: str) -> None:
-        """The cached apology in the turn's language, bounded in time; speaking sends tts stop even if this fails."""
+    async def _apologize(self, out: DeviceOutput, events: TurnEvents, language: str, phrase: str = "error") -> None:
+        """The cached apology (or ``phrase``) in the turn's language, bounded in time; speaking sends tts stop even
+        if this fails."""
         if out.closed:
             return
         try:
             async with asyncio.timeout(APOLOGY_TIMEOUT_S):
-                await self.speaking.say(self.phrases.said_in("error", language), out, events, language=language)
+                await self.speaking.say(self.phrases.said_in(phrase, language), out, events, language=language)
         except Exception as exc:  # noqa: BLE001 - nothing more to try: the device gets its tts stop below
             log_event(log, "apology failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
         finally:

@@ -41,6 +41,7 @@ class Answering:
         self.cloud = cloud
         self.health = health or LocalHealth()
         self.stall_s = llm_spec.stall_timeout_ms / 1000
+        self.queue_s = llm_spec.queue_timeout_ms / 1000
         self.lead_in_s = spec.lead_in_ms / 1000
 
     def probe(self, messages: list[dict]) -> LocalAnswer:
@@ -51,7 +52,7 @@ class Answering:
               calls: list[ToolCall] | None = None) -> AnswerSource:
         if tools is not None:
             return LocalToolRounds(tools, messages, stall_s=self.stall_s, health=self.health, reason=reason,
-                                   decided=calls)
+                                   decided=calls, queue_s=self.queue_s)
         return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health, reason=reason)
 
     def source(self, route: Route, start: TurnStart) -> AnswerSource:
@@ -115,4 +116,4 @@ class Answering:
             return self._unavailable(route.language).stream()
         if tools is None:
             return LocalAnswer(self.llm, self.llm_spec, messages, stall_s=self.stall_s, health=self.health).stream()
-        return guarded(tools.loop.answer_only(messages), self.stall_s, "local model", self.health)
+        return guarded(tools.loop.answer_only(messages), self.stall_s, "local model", self.health, queue_s=self.queue_s)

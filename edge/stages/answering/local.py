@@ -7,7 +7,7 @@ import contextlib
 import time
 from typing import AsyncIterator, TypeVar
 
-from edge.pipeline.errors import AnswerFailed
+from edge.pipeline.errors import AnswerFailed, AnswerShed
 from shared.chat import ChatClient, ChatDelta, ChatError
 from shared.topology import LlmSpec
 
@@ -49,16 +49,45 @@ class QueuedStall(AnswerFailed):
     """A stall while other local answers keep streaming: overload (that turn fails), not a hung model."""
 
 
-async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None
-                  ) -> AsyncIterator[T]:
-    """``items`` with a stall watchdog: no item for ``stall_s`` (or a model error) -> AnswerFailed.
+class QueueTimeout(QueuedStall, AnswerShed):
+    """No first token within ``edge.llm.queue_timeout_ms`` while other local answers stream: the turn waited
+    its share in the queue and is shed (the busy phrase), instead of waiting out the stall watchdog."""
+
+
+async def _first(items: AsyncIterator[T], stall_s: float, queue_s: float, what: str,
+                 health: LocalHealth | None) -> T:
+    """The first item: given up after ``queue_s`` if other answers stream meanwhile (queued behind them),
+    else awaited up to ``stall_s`` like any other."""
+    pending = asyncio.ensure_future(anext(items))
+    try:
+        done, _ = await asyncio.wait({pending}, timeout=queue_s)
+        if not done and health is not None and health.streaming_within(queue_s):
+            raise QueueTimeout("queued", f"{what}: no first token within {queue_s:g}s, queued behind other answers")
+        async with asyncio.timeout(max(stall_s - queue_s, 0.0)):
+            return await pending
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
+async def guarded(items: AsyncIterator[T], stall_s: float, what: str, health: LocalHealth | None = None,
+                  queue_s: float | None = None) -> AsyncIterator[T]:
+    """``items`` with a stall watchdog: no item for ``stall_s`` (or a model error) -> AnswerFailed; with
+    ``queue_s``, a first item that waits longer than that behind other streaming answers -> QueueTimeout.
 
     The local model's health is recorded from how the stream ended."""
     try:
+        first = queue_s is not None and queue_s < stall_s
         while True:
             try:
-                async with asyncio.timeout(stall_s):
-                    item = await anext(items)
+                if first:
+                    first = False
+                    item = await _first(items, stall_s, queue_s, what, health)
+                else:
+                    async with asyncio.timeout(stall_s):
+                        item = await anext(items)
             except StopAsyncIteration:
                 break
             except TimeoutError:
@@ -92,7 +121,8 @@ class LocalAnswer:
                  health: LocalHealth | None = None, logprobs: bool = False, reason: str = ""):
         self.reason = reason
         raw = llm.stream(messages, max_tokens=spec.max_tokens, temperature=spec.temperature, logprobs=logprobs)
-        self._deltas: AsyncIterator[ChatDelta] = guarded(raw, stall_s, "local model", health)
+        self._deltas: AsyncIterator[ChatDelta] = guarded(raw, stall_s, "local model", health,
+                                                         queue_s=spec.queue_timeout_ms / 1000)
         self._buffer: list[str] = []
         self._done = False
 

@@ -13,11 +13,13 @@ class LocalToolRounds:
     answered_by = "edge"
 
     def __init__(self, tools: TurnTools, messages: list[dict], *, stall_s: float, health: LocalHealth | None = None,
-                 reason: str = "", decided: list[ToolCall] | None = None):
+                 reason: str = "", decided: list[ToolCall] | None = None, queue_s: float | None = None):
         self.reason = reason
         run = tools.loop.start(messages, tools.registry, tools.ctx, decided)
         # a device tool may take its whole timeout between two model outputs
-        self._deltas = guarded(run.deltas(), stall_s + tools.loop.call_timeout_s, "local tool loop", health)
+        wait = tools.loop.call_timeout_s
+        self._deltas = guarded(run.deltas(), stall_s + wait, "local tool loop", health,
+                               queue_s=None if queue_s is None else queue_s + wait)
 
     def stream(self) -> AsyncIterator[str]:
         return self._deltas
