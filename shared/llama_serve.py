@@ -7,15 +7,18 @@ over 2,000 soak turns) with nothing held for good. Everything else is the librar
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 
 from shared.memory_trim import start_trimmer
 
 SERVER_MODULE = "llama_cpp.server"
+NICE_ENV = "XZ_LLAMA_NICE"  # LaunchSpec.nice, set by shared.llama_server (not a llama_cpp.server option)
 
 
 def main() -> None:
+    os.nice(int(os.environ.pop(NICE_ENV, "0") or 0))
     start_trimmer()
     sys.argv[0] = SERVER_MODULE  # its argparse names itself after argv[0]
     runpy.run_module(SERVER_MODULE, run_name="__main__", alter_sys=True)

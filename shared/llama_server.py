@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from shared.llama_serve import NICE_ENV
 from shared.log import log_event
 from shared.supervisor import Backoff, Supervisor, describe_holder, spawn, terminate
 from shared.topology import LaunchSpec, resolve_model_path
@@ -111,8 +112,9 @@ class LlamaServer:
         if await self._answers():
             raise LlamaServerError(f"{self.base_url}: something already listens there "
                                    f"({describe_holder(self.port, self.host)}); stop it or pick a free port")
+        env = {**os.environ, NICE_ENV: str(self.launch.nice)} if self.launch.nice else None
         with open(self.log_path, "ab") as out:
-            proc = await spawn(*cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
+            proc = await spawn(*cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env)
         log_event(log, "llama.cpp server starting", url=self.base_url, model=cmd[4], pid=proc.pid)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout

@@ -102,6 +102,9 @@ class LaunchSpec(_Model):
     # 6.8 s instead of 4.3 s). Off, only the KV cache's touched part grows (tests/test_memory.py;
     # scripts/bench_llama_memory.py --logprobs on --logprobs off).
     logprobs: bool = False
+    # Lower CPU priority for the server (Unix nice, 0-19): under contention the OS gives the cores to what is
+    # on every turn's critical path first (the edge's ASR, TTS and event loop); see edge.llm.launch in topology.yaml.
+    nice: int = Field(0, ge=0, le=19)
 
 
 class BackendSpec(_Model):

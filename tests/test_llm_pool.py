@@ -19,7 +19,7 @@ QUESTION = [{"role": "user", "content": "Tell me a short story about a cat."}]
 
 
 def _two_servers(tmp_path) -> list[LlamaServer]:
-    servers = LlamaServer.copies(LaunchSpec(model_path=SMOLLM2, n_threads=1, n_ctx=512),
+    servers = LlamaServer.copies(LaunchSpec(model_path=SMOLLM2, n_threads=1, n_ctx=512, nice=5),
                                  f"http://127.0.0.1:{free_port(run=2)}/v1", LLAMA_ALIAS, 2)
     for s in servers:
         s.log_path = tmp_path / f"llama-{s.port}.log"
@@ -42,6 +42,7 @@ async def test_answers_are_spread_over_the_servers_and_a_dead_one_is_skipped(tmp
     await asyncio.gather(*(s.start() for s in servers))
     pool = PooledChat([ChatClient(s.base_url, LLAMA_ALIAS) for s in servers], usable=lambda i: servers[i].available)
     try:
+        assert [psutil.Process(s.proc.pid).nice() for s in servers] == [5, 5]  # LaunchSpec.nice
         both = [asyncio.Event(), asyncio.Event()]
         answers = [asyncio.create_task(_answer(pool, both[i])) for i in range(2)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in both)), 120)
