@@ -63,7 +63,7 @@ class Limits:
     max_asr_queue: int
     max_llm_inflight: int
     max_devices: int
-    max_asr_wait_ms: float = 1500.0
+    max_asr_wait_ms: float = 1000.0
 
     @classmethod
     def for_capacity(cls, capacity: int, asr_batch: int = 4, spec: AdmissionSpec = AdmissionSpec()) -> "Limits":
@@ -154,27 +154,35 @@ class AdmissionControl:
     def decide(self, transcript: Any = None) -> Admission:
         """The verdict for one new turn (counted in ``xz_edge_admission_total``).
 
-        ``transcript`` is the turn's ASR job, if any: one the ASR queue already refused is shed."""
+        ``transcript`` is the turn's ASR job, if any: one the ASR queue already refused is shed, and one already
+        transcribed (the speculative run at the pause) owes nothing to the ASR queue."""
         load, lim = self._load(), self.limits
+        transcribed = isinstance(transcript, asyncio.Future) and transcript.done() and not refused_by_asr(transcript)
         if refused_by_asr(transcript):
             out = Admission(Verdict.BUSY, "asr queue full", load, "asr_queue")
+        elif transcribed:
+            out = self._after_asr(load, lim)
         elif load.asr_queue >= lim.max_asr_queue:
             # The cloud cannot help: the audio must be transcribed here first.
             out = Admission(Verdict.BUSY, f"asr queue {load.asr_queue} >= {lim.max_asr_queue}", load, "asr_queue")
         elif load.asr_wait_ms >= lim.max_asr_wait_ms:  # few clips, but a starved CPU: each takes long
             out = Admission(Verdict.BUSY, f"asr wait {load.asr_wait_ms:.0f} ms >= {lim.max_asr_wait_ms:.0f}", load,
                             "asr_wait")
-        elif load.active_turns >= lim.max_active_turns or load.llm_inflight >= lim.max_llm_inflight:
+        else:
+            out = self._after_asr(load, lim)
+        metrics.ADMISSION.labels(verdict=out.verdict.value).inc()
+        return out
+
+    def _after_asr(self, load: Load, lim: Limits) -> Admission:
+        """The verdict from the limits past transcription: turns in flight and local generations."""
+        if load.active_turns >= lim.max_active_turns or load.llm_inflight >= lim.max_llm_inflight:
             if load.active_turns >= lim.max_active_turns:
                 reason, limit = f"active turns {load.active_turns} >= {lim.max_active_turns}", "active_turns"
             else:
                 reason, limit = f"local llm {load.llm_inflight} >= {lim.max_llm_inflight}", "local_llm"
             verdict = Verdict.ESCALATE if self._cloud_healthy() else Verdict.BUSY
-            out = Admission(verdict, reason, load, limit)
-        else:
-            out = Admission(Verdict.ADMIT, "under limits", load)
-        metrics.ADMISSION.labels(verdict=out.verdict.value).inc()
-        return out
+            return Admission(verdict, reason, load, limit)
+        return Admission(Verdict.ADMIT, "under limits", load)
 
     def snapshot(self) -> dict[str, Any]:
         """Load and limits for ``/health`` (no verdict counted)."""

@@ -387,8 +387,9 @@ class AsrService:
         return len(self._queue)
 
     def expected_wait_s(self) -> float:
-        """How long a clip submitted now waits behind the ones ahead of it (admission's time-based ASR limit)."""
-        return max(self.queue_depth - 1, 0) * self.clip_s
+        """How long until the newest clip in the queue has its text: every clip queued (it included) times the
+        recent model time per clip (admission's time-based ASR limit, asked right after a turn's clip is queued)."""
+        return self.queue_depth * self.clip_s
 
     def prefetch(self, pcm16k: np.ndarray) -> bool:
         """Start transcribing now; a later ``transcribe`` of the same samples reuses the result.

@@ -7,6 +7,10 @@ most of all. The budget keeps the two heavy, serial stages (ASR and the LLM) wit
 together, and gives VAD and TTS one thread each (VAD batches every session into one call; the
 TTS pool runs two syntheses at once, which is its parallelism).
 
+The small model gets one single-threaded llama.cpp server per core it is given (llama-cpp-python's
+server answers one request at a time, and two threads of one server wait on each other whenever a
+core is busy elsewhere); ``shared.chat.PooledChat`` spreads the turns over them.
+
 Tier matters: on ``gpu`` ASR runs on the accelerator (one host thread feeds it); on
 ``multilingual`` Whisper base costs 2-3x tiny.en, so ASR gets two thirds of the cores.
 Each stage can be pinned in topology.yaml (``edge.threads``), and an explicit

@@ -406,7 +406,9 @@ class AdmissionSpec(_Model):
     enabled: bool = True
     max_active_turns: int | None = Field(None, gt=0)  # turns in flight at once
     max_asr_queue: int | None = Field(None, gt=0)  # utterances waiting for ASR
-    max_asr_wait_ms: int = Field(1500, gt=0)  # expected ASR wait (clips ahead x recent time per clip): a starved CPU
+    # when a new utterance's text would be ready (the clips queued, it included, x the recent time per clip): past
+    # this the CPU is starved, and with the 480 ms silence window the device would hear nothing for 1.5 s and more
+    max_asr_wait_ms: int = Field(1000, gt=0)
     max_llm_inflight: int | None = Field(None, gt=0)  # local LLM generations running or waiting
 
 

@@ -65,6 +65,18 @@ def test_a_starved_cpu_sheds_on_the_expected_asr_wait_even_with_a_short_queue():
     assert not control(Load(asr_queue=2, asr_wait_ms=LIMITS.max_asr_wait_ms)).has_room_for_device()
 
 
+async def test_a_turn_whose_text_is_already_transcribed_owes_nothing_to_the_asr_queue():
+    """The speculative ASR at the pause finished: a backed-up ASR queue (other devices' clips) is no reason to
+    shed this turn; the limits past transcription still apply."""
+    done = asyncio.get_running_loop().create_future()
+    done.set_result("the text")
+    backed_up = Load(asr_queue=9, asr_wait_ms=5 * LIMITS.max_asr_wait_ms)
+    assert control(backed_up).decide(done).verdict is Verdict.ADMIT
+    assert control(backed_up).decide(asyncio.get_running_loop().create_future()).verdict is Verdict.BUSY  # still queued
+    full = Load(asr_queue=9, llm_inflight=LIMITS.max_llm_inflight)
+    assert control(full, cloud=False).decide(done).verdict is Verdict.BUSY
+
+
 def test_inflight_counter_counts_and_releases_on_error():
     c = InflightCounter()
     with c.track():
@@ -129,5 +141,5 @@ async def test_wired_to_a_real_asr_queue(asr_service, question_pcm, silence_pcm)
     assert not control.has_room_for_device()
     await asyncio.gather(*tasks, return_exceptions=True)  # past the service's own bound: AsrOverloaded
     assert control.load().asr_queue == 0
-    # the time-based signal: the recent model time per clip, times the clips ahead of a new one
+    # the time-based signal: the recent model time per clip, times the clips queued
     assert asr_service.clip_s > 0 and control.load().asr_wait_ms == 0.0
