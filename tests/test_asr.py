@@ -183,6 +183,19 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
     assert max(trimmed_errors) <= 0.4, trimmed
 
 
+def test_a_looping_decode_stops_at_the_clips_length_and_is_redone_in_full(asr_service, speak):
+    """With the short window tiny.en loops on this clip ("Good morning. How are you? Good morning. ..."): the
+    decode stops at what 1.4 s of speech can hold (not at Whisper's 448 tokens), is flagged, and the full
+    window gives the words."""
+    backend = asr_service.backend
+    said = "Good morning, how are you?"
+    pcm = speak(said).astype(np.float32) / 32768.0
+    feats = [backend.model.feature_extractor(pcm)[:, :-1]]
+    text, _, _, suspect = backend._decode(feats, backend.window_frames(feats[0].shape[-1]))[0]
+    assert suspect and len(text.split()) <= backend.TOKENS_PER_S * feats[0].shape[-1] / 100 + 8, text
+    assert wer(said, backend.transcribe_batch([pcm])[0][0]) == 0.0
+
+
 async def test_concurrent_clips_are_decoded_in_batches(models_topology, speak):
     svc = AsrService(models_topology.edge.asr, max_batch=8)
     await svc.load()
