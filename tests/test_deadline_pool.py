@@ -29,6 +29,7 @@ async def test_queued_jobs_run_earliest_deadline_first_and_a_cancelled_one_never
                 for name, offset in (("later", 3.0), ("dropped", 0.5), ("now", 0.0), ("soon", 1.0))}
         await asyncio.sleep(0.05)
         jobs["dropped"].cancel()
+        await asyncio.sleep(0.05)  # the cancellation reaches the pool's future on the loop's next rounds
         gate.set()
         await asyncio.gather(blocker_task, jobs["later"], jobs["now"], jobs["soon"])
         assert ran == ["now", "soon", "later"]
