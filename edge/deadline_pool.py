@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 
 class DeadlinePool:
+    """``workers`` threads taking the queued job with the earliest deadline."""
+
     def __init__(self, workers: int, name: str = "pool"):
         self._heap: list[tuple[float, int, Future, Callable[..., Any], tuple]] = []
         self._cv = threading.Condition()
@@ -30,10 +32,6 @@ class DeadlinePool:
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
-
-    @property
-    def queued(self) -> int:
-        return len(self._heap)
 
     def submit(self, deadline: float | None, fn: Callable[..., T], *args: Any) -> Future:
         """Run ``fn(*args)`` before any queued job with a later ``deadline`` (``time.monotonic()`` seconds;
