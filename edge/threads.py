@@ -66,8 +66,8 @@ def thread_budget(spec: ThreadsSpec = ThreadsSpec(), tier: str | None = None) ->
     if tier not in ("gpu", "multilingual"):
         # The small model's cores go to one single-threaded server each. llama-cpp-python's server answers one
         # request at a time, and llama.cpp's threads wait for each other at every step (OpenMP spins): with a
-        # core busy elsewhere (ASR, TTS, another turn) one 2-thread server fell from 1.5 to 0.5 answers/s,
-        # two 1-thread servers kept 1.1-1.3 (60-token answers, scripts/bench_llama_servers.py).
+        # core busy elsewhere (ASR, TTS, another turn) one 2-thread server fell from 1.5 to 0.5-0.7 answers/s,
+        # two 1-thread servers kept 0.9-1.3 (60-token answers, scripts/bench_llama_servers.py).
         servers, llm = llm, 1
     if cores <= SMALL_BOX_CORES and tier not in ("gpu", "multilingual"):
         # Within one turn ASR and the LLM run one after the other: split 1+1 on 2 cores, one device's turn
