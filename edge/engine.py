@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from edge.stages.deciding import Deciding
 from edge.stages.listening import Listening
 from edge.stages.speaking import Speaking
 from edge.stages.understanding import Understanding
-from edge.threads import apply_budget, thread_budget
+from edge.threads import apply_budget, edge_budget
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.vad import VadService
@@ -43,7 +42,6 @@ from shared.log import log_event
 from shared.intent_router import IntentRouter
 from shared.nats_conn import connect_nats, redact_url
 from shared.policy import DEFAULT_POLICY
-from shared.tiers import pinned_tier
 from shared.topology import Topology
 
 log = logging.getLogger("edge.engine")
@@ -91,9 +89,8 @@ class EdgeEngine:
         self.site = topology.site(site_name)
         self.edge_id = edge_name or self.site.edges[0].name
         host = next((e for e in self.site.edges if e.name == self.edge_id), self.site.edges[0])
-        tier = pinned_tier(dict(os.environ), host.tier, self.site.tier)
-        self.tier = tier.name if tier else None
-        self.settings, self.threads = apply_budget(topology.edge, thread_budget(topology.edge.threads, self.tier))
+        self.tier, budget = edge_budget(topology, self.site, host)
+        self.settings, self.threads = apply_budget(topology.edge, budget)
         self.ready = False
         self.phrases = Phrases()
         self.vad = VadService(self.settings.vad, threads=self.threads.vad)

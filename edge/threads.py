@@ -22,8 +22,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, replace
+from typing import Mapping
 
-from shared.topology import EdgeSettings, ThreadsSpec
+from shared.tiers import pinned_tier
+from shared.topology import EdgeSettings, EdgeHost, SiteSpec, ThreadsSpec, Topology
 
 
 SMALL_BOX_CORES = 2  # up to here ASR and the LLM each get every core (see thread_budget)
@@ -75,6 +77,15 @@ def thread_budget(spec: ThreadsSpec = ThreadsSpec(), tier: str | None = None) ->
         asr = servers = heavy
     return ThreadBudget(cores=cores, vad=spec.vad or 1, asr=spec.asr or asr, tts=spec.tts or (2 if cores >= 8 else 1),
                         llm=spec.llm or llm, llm_servers=spec.llm_servers or servers)
+
+
+def edge_budget(topology: Topology, site: SiteSpec, edge: EdgeHost,
+                environ: Mapping[str, str] | None = None) -> tuple[str | None, ThreadBudget]:
+    """The tier an edge node runs as (``XZ_TIER``, its edge's, its site's; None: auto) and its thread budget:
+    what the engine runs, and what ``make run`` reserves ports for (one per llama.cpp server)."""
+    tier = pinned_tier(dict(os.environ if environ is None else environ), edge.tier, site.tier)
+    name = tier.name if tier else None
+    return name, thread_budget(topology.edge.threads, name)
 
 
 def apply_budget(settings: EdgeSettings, budget: ThreadBudget) -> tuple[EdgeSettings, ThreadBudget]:

@@ -22,10 +22,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from edge.threads import thread_budget
+from edge.threads import edge_budget
 from shared.nats_runtime import (OPERATOR, NatsProcess, NatsRuntimeError, NatsSecurity, hub_process,
                                  leaf_process, site_user, worker_user)
-from shared.tiers import pinned_tier
 from shared.supervisor import Supervisor, describe_holder, port_holder, spawn, terminate
 from shared.topology import Topology, TopologyError, load_topology
 
@@ -107,9 +106,7 @@ class EmbeddedStack:
         ports.append((site.edges[0].port, "edge"))
         first = _port_of(topo.edge.llm.url)
         if topo.edge.llm.launch is not None and first:  # one server per copy, on consecutive ports (edge/threads.py)
-            edge = site.edges[0]
-            tier = pinned_tier(dict(os.environ), edge.tier, site.tier)
-            copies = thread_budget(topo.edge.threads, tier.name if tier else None).llm_servers
+            copies = edge_budget(topo, site, site.edges[0])[1].llm_servers
             ports += [(first + i, f"edge llama.cpp server {i + 1}") for i in range(copies)]
         return [(p, what) for p, what in ports if p]
 

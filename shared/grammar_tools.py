@@ -26,7 +26,7 @@ import re
 from typing import Any, AsyncIterator, Sequence
 
 from shared.argument_hints import argument_hints, clamp_arguments
-from shared.chat import ChatClient, ChatDelta, ChatError
+from shared.chat import ChatClient, ChatDelta
 from shared.log import log_event
 from shared.tool_calling import ToolDef, ToolSet, examples_of, llm_name
 from shared.tool_intent import clear_winner, ranked
@@ -212,9 +212,6 @@ class JsonCompleter:
             return json.loads(text)
         except ValueError:
             return None  # cut off by max_tokens: treated as "no tool"
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the connection is the chat client's."""
 
 
 class GrammarToolCaller:
