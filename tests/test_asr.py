@@ -183,17 +183,41 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
     assert max(trimmed_errors) <= 0.4, trimmed
 
 
-def test_a_looping_decode_stops_at_the_clips_length_and_is_redone_in_full(asr_service, speak):
+def test_a_looping_decode_stops_at_the_clips_length_and_is_retried_on_the_same_encoding(asr_service, speak):
     """With the short window tiny.en loops on this clip ("Good morning. How are you? Good morning. ..."): the
-    decode stops at what 1.4 s of speech can hold (not at Whisper's 448 tokens), is flagged, and the full
-    window gives the words."""
+    decode stops at what 1.4 s of speech can hold (not at Whisper's 448 tokens), is flagged, and a second decode
+    of the same encoder output with repeats penalized gives the words, without encoding the clip again."""
     backend = asr_service.backend
     said = "Good morning, how are you?"
     pcm = speak(said).astype(np.float32) / 32768.0
     feats = [backend.model.feature_extractor(pcm)[:, :-1]]
-    text, _, _, suspect = backend._decode(feats, backend.window_frames(feats[0].shape[-1]))[0]
+    window = backend.window_frames(feats[0].shape[-1])
+    text, _, _, suspect = backend._decode(feats, backend._encode(feats, window))[0]
     assert suspect and len(text.split()) <= backend.TOKENS_PER_S * feats[0].shape[-1] / 100 + 8, text
-    assert wer(said, backend.transcribe_batch([pcm])[0][0]) == 0.0
+    windows: list[int] = []
+    encode = backend._encode
+    backend._encode = lambda f, w: windows.append(w) or encode(f, w)
+    try:
+        assert wer(said, backend.transcribe_batch([pcm])[0][0]) == 0.0
+    finally:
+        del backend._encode
+    assert windows == [window] < [backend.FULL_WINDOW]  # encoded once, with the short window
+
+
+def test_a_clip_that_still_loops_is_decoded_with_the_full_window(asr_service, speak):
+    """When the penalized retry loops as well, the clip is encoded again with Whisper's full 30 s window."""
+    backend = asr_service.backend
+    pcm = speak("Good morning, how are you?").astype(np.float32) / 32768.0
+    windows: list[int] = []
+    encode = backend._encode
+    backend._encode = lambda f, w: windows.append(w) or encode(f, w)
+    saved, backend.RETRY_REPETITION_PENALTY = backend.RETRY_REPETITION_PENALTY, 1.0  # the retry loops the same way
+    try:
+        assert wer("Good morning, how are you?", backend.transcribe_batch([pcm])[0][0]) == 0.0
+    finally:
+        del backend._encode
+        backend.RETRY_REPETITION_PENALTY = saved
+    assert windows[-1] == backend.FULL_WINDOW and len(windows) == 2
 
 
 async def test_concurrent_clips_are_decoded_in_batches(models_topology, speak):
