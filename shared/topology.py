@@ -372,7 +372,8 @@ class EscalationSpec(_Model):
     # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
     # server, so the embedded default leaves it off (confidence rules then never fire).
     measure_confidence: bool = False
-    # No cloud text this long after escalating: speak the cached "let me think" phrase while still waiting.
+    # No cloud text this long after escalating: speak the cached "let me think" phrase while still waiting
+    # (at once while the cloud's recent first texts took longer than this: edge/stages/answering/fallback.py).
     lead_in_ms: int = Field(300, ge=0)
 
 

@@ -260,3 +260,42 @@ async def test_a_cloud_failing_after_the_lead_in_falls_back_without_saying_it_tw
     assert said == ["One moment, let me think. ", "Local answer."]
     said, answer = await texts(None, 0.2)  # no lead-in configured
     assert said == ["Local answer."] and answer.lead_in_said == ""
+
+
+async def test_the_lead_in_is_said_at_once_when_the_cloud_has_been_slower_than_its_window():
+    """Three escalations in a row took longer than the lead-in window: the next one says the phrase before
+    any wait (the silence would only delay it); a cloud that answers within the window again brings the wait back."""
+    import asyncio
+
+    from edge.stages.answering.fallback import CloudPace, WithFallback
+    from edge.stages.answering.phrase import PhraseAnswer
+
+    class Cloud(PhraseAnswer):
+        def __init__(self, after_s: float):
+            super().__init__("Cloud answer.", "test", answered_by="cloud")
+            self.after_s = after_s
+
+        async def start(self):
+            await asyncio.sleep(self.after_s)
+
+    pace = CloudPace()
+
+    async def turn(after_s: float) -> tuple[list[str], float]:
+        answer = WithFallback(Cloud(after_s), lambda: PhraseAnswer("Local answer."), "One moment.", 0.1, "test",
+                              pace=pace)
+        started, first_at, said = asyncio.get_running_loop().time(), None, []
+        async for text in answer.stream():
+            first_at = first_at if first_at is not None else asyncio.get_running_loop().time() - started
+            said.append(text)
+        return said, first_at
+
+    for _ in range(3):  # slow cloud, unknown pace: the window is waited, then the phrase
+        said, first_at = await turn(0.3)
+        assert said == ["One moment. ", "Cloud answer."] and first_at >= 0.1
+    said, first_at = await turn(0.3)  # known slow: the phrase at once
+    assert said == ["One moment. ", "Cloud answer."] and first_at < 0.05
+    for _ in range(5):  # the cloud got fast: most recent answers within the window
+        await turn(0.01)
+    said, _ = await turn(0.01)
+    assert said == ["Cloud answer."]
+    assert CloudPace().lead_in_wait(0.3) == 0.3

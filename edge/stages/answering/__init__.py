@@ -20,7 +20,7 @@ from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.checked import CheckedAnswer
 from edge.stages.answering.cloud import CloudAnswer
-from edge.stages.answering.fallback import Prefaced, WithFallback
+from edge.stages.answering.fallback import CloudPace, Prefaced, WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
 from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.answering.tools import LocalToolRounds
@@ -43,6 +43,7 @@ class Answering:
         self.stall_s = llm_spec.stall_timeout_ms / 1000
         self.queue_s = llm_spec.queue_timeout_ms / 1000
         self.lead_in_s = spec.lead_in_ms / 1000
+        self.cloud_pace = CloudPace()  # the lead-in at once when the cloud is known to take longer
 
     def probe(self, messages: list[dict]) -> LocalAnswer:
         """A local answer asked for log-probabilities (the deciding stage's confidence probe)."""
@@ -83,7 +84,8 @@ class Answering:
         cloud = CloudAnswer(self.cloud.client, request, settings, self.spec.deadline_ms, tools,
                             lambda msgs: self._finish(msgs, tools, route))
         lead_in = localized("thinking", route.language, settings.let_me_think_phrase) if settings.let_me_think else None
-        return WithFallback(cloud, fallback, lead_in, self.lead_in_s, route.reason, probe=route.probe)
+        return WithFallback(cloud, fallback, lead_in, self.lead_in_s, route.reason, probe=route.probe,
+                            pace=self.cloud_pace)
 
     def _local(self, route: Route, start: TurnStart | None = None) -> AnswerSource:
         """The edge's answer: the probe's or a new one, its first sentence checked (a failing one is replaced by
