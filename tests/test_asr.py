@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import subprocess
@@ -183,6 +184,18 @@ def test_short_encoder_window_keeps_the_words(asr_service, speak):
     assert max(trimmed_errors) <= 0.4, trimmed
 
 
+@contextlib.contextmanager
+def encoder_windows(backend):
+    """The window of every encoder call the backend makes inside the block."""
+    windows: list[int] = []
+    encode = backend._encode
+    backend._encode = lambda feats, window: windows.append(window) or encode(feats, window)
+    try:
+        yield windows
+    finally:
+        del backend._encode
+
+
 def test_a_looping_decode_stops_at_the_clips_length_and_is_retried_on_the_same_encoding(asr_service, speak):
     """With the short window tiny.en loops on this clip ("Good morning. How are you? Good morning. ..."): the
     decode stops at what 1.4 s of speech can hold (not at Whisper's 448 tokens), is flagged, and a second decode
@@ -194,13 +207,8 @@ def test_a_looping_decode_stops_at_the_clips_length_and_is_retried_on_the_same_e
     window = backend.window_frames(feats[0].shape[-1])
     text, _, _, suspect = backend._decode(feats, backend._encode(feats, window))[0]
     assert suspect and len(text.split()) <= backend.TOKENS_PER_S * feats[0].shape[-1] / 100 + 8, text
-    windows: list[int] = []
-    encode = backend._encode
-    backend._encode = lambda f, w: windows.append(w) or encode(f, w)
-    try:
+    with encoder_windows(backend) as windows:
         assert wer(said, backend.transcribe_batch([pcm])[0][0]) == 0.0
-    finally:
-        del backend._encode
     assert windows == [window] < [backend.FULL_WINDOW]  # encoded once, with the short window
 
 
@@ -208,15 +216,12 @@ def test_a_clip_that_still_loops_is_decoded_with_the_full_window(asr_service, sp
     """When the penalized retry loops as well, the clip is encoded again with Whisper's full 30 s window."""
     backend = asr_service.backend
     pcm = speak("Good morning, how are you?").astype(np.float32) / 32768.0
-    windows: list[int] = []
-    encode = backend._encode
-    backend._encode = lambda f, w: windows.append(w) or encode(f, w)
-    saved, backend.RETRY_REPETITION_PENALTY = backend.RETRY_REPETITION_PENALTY, 1.0  # the retry loops the same way
+    backend.RETRY_REPETITION_PENALTY = 1.0  # the retry loops the same way
     try:
-        assert wer("Good morning, how are you?", backend.transcribe_batch([pcm])[0][0]) == 0.0
+        with encoder_windows(backend) as windows:
+            assert wer("Good morning, how are you?", backend.transcribe_batch([pcm])[0][0]) == 0.0
     finally:
-        del backend._encode
-        backend.RETRY_REPETITION_PENALTY = saved
+        del backend.RETRY_REPETITION_PENALTY  # the class's value again
     assert windows[-1] == backend.FULL_WINDOW and len(windows) == 2
 
 
