@@ -7,8 +7,8 @@ answers, opening with the same phrase unless it was already said. ``local`` is
 only called on fallback; a local source made before (the deciding stage's
 confidence probe) is handed over by the factory and closed when the cloud answers.
 
-``CloudPace``: when the cloud's recent answers all needed longer than ``lead_in_s`` for their first text, waiting
-that long in silence only delays the phrase that will be said anyway: it is said at once.
+``CloudPace``: when most of the cloud's recent answers (the median of the last 16) needed longer than ``lead_in_s``
+for their first text, waiting that long in silence only delays the phrase that will be said anyway: it is said at once.
 
 ``Prefaced`` (a local answer while the cloud link is down, e.g. a partitioned leaf): the
 same phrase if the local model has said nothing within ``lead_in_s``, so a question that
