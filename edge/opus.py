@@ -52,7 +52,8 @@ class OpusDecoder:
 class OpusEncoder:
     """Encodes int16 PCM into fixed-duration packets, buffering partial frames between calls."""
 
-    def __init__(self, sample_rate: int = 24000, frame_ms: int = 60, channels: int = 1, bitrate: int | None = None):
+    def __init__(self, sample_rate: int = 24000, frame_ms: int = 60, channels: int = 1, bitrate: int | None = None,
+                 complexity: int | None = None):
         if sample_rate not in SUPPORTED_RATES:
             raise ValueError(f"opus: unsupported sample rate {sample_rate}")
         self.sample_rate = sample_rate
@@ -61,6 +62,8 @@ class OpusEncoder:
         self._encoder = opuslib.Encoder(sample_rate, channels, opuslib.APPLICATION_VOIP)
         if bitrate:
             self._encoder.bitrate = bitrate
+        if complexity is not None:  # libopus' default is 10 (its slowest); see AudioSpec.opus_complexity
+            self._encoder.complexity = complexity
         self._pending = np.zeros(0, dtype=np.int16)
 
     def encode(self, pcm: np.ndarray) -> list[bytes]:
@@ -83,9 +86,9 @@ class OpusEncoder:
         return self.encode(np.zeros(0, dtype=np.int16))
 
 
-def encode_pcm(pcm: np.ndarray, sample_rate: int, frame_ms: int = 60) -> list[bytes]:
+def encode_pcm(pcm: np.ndarray, sample_rate: int, frame_ms: int = 60, complexity: int | None = None) -> list[bytes]:
     """A whole clip to packets with a fresh encoder (clips such as one TTS sentence)."""
-    enc = OpusEncoder(sample_rate, frame_ms)
+    enc = OpusEncoder(sample_rate, frame_ms, complexity=complexity)
     return enc.encode(pcm) + enc.flush()
 
 

@@ -257,6 +257,7 @@ class TtsService:
         self.audio = audio
         self.sample_rate = audio.downstream_sample_rate
         self.frame_ms = audio.frame_ms
+        self.opus_complexity = audio.opus_complexity
         self.cache = PhraseCache(spec.cache.memory_items, spec.cache.disk_dir, spec.cache.disk_max_mb)
         self.fixed: set[str] = set()  # the pre-warmed phrases (normalized): the injected "tts" fault spares them
         self.fallback: EspeakBackend | None = None  # voice for other languages and the last resort
@@ -396,7 +397,7 @@ class TtsService:
                 log_event(log, "tts synthesis failed, falling back", level=logging.WARNING, backend=backend.voice_id,
                           error=str(exc), fallback=backup.voice_id, for_good=for_good)
                 backend = backup
-        frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms)
+        frames = encode_pcm(resample(pcm, rate, self.sample_rate), self.sample_rate, self.frame_ms, self.opus_complexity)
         metrics.STAGE_LATENCY.labels(stage="tts").observe(time.perf_counter() - t0)
         metrics.STAGE_COMPUTE.labels(stage="tts").observe(time.perf_counter() - t0)
         self.cache.put(self._key(backend, text), frames)

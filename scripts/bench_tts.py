@@ -12,6 +12,7 @@ import asyncio
 import statistics
 import time
 
+from edge.opus import encode_pcm, resample
 from edge.tts import TtsService
 from shared.topology import TtsCacheSpec, load_topology
 
@@ -57,6 +58,17 @@ async def bench(runs: int, backend: str | None) -> None:
         hits.append((time.perf_counter() - t) * 1000)
         assert clip.cached
     print(f"cache hit ms p50={p50(hits):.3f} max={max(hits):.3f} (n={len(hits)})")
+    pcm, rate = svc._synthesize(svc.primary, LONG)
+    pcm = resample(pcm, rate, svc.sample_rate)
+    seconds = pcm.size / svc.sample_rate
+    for complexity in sorted({10, svc.opus_complexity}, reverse=True):  # the encoder's share of a fresh sentence
+        cpu = []
+        for _ in range(runs):
+            t = time.process_time()
+            encode_pcm(pcm, svc.sample_rate, svc.frame_ms, complexity)
+            cpu.append((time.process_time() - t) * 1000 / seconds)
+        print(f"opus complexity={complexity:2d} encode CPU ms per audio second p50={p50(cpu):.1f}"
+              f"{' (edge.audio.opus_complexity)' if complexity == svc.opus_complexity else ''}")
     svc.close()
 
 

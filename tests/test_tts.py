@@ -213,3 +213,30 @@ async def test_edge_tts_failing_at_first_use_falls_back_for_good(tts24, black_ho
     finally:
         if online in tts24._chain:
             tts24._chain.remove(online)
+
+
+async def test_speech_is_encoded_at_the_configured_opus_complexity(tts24, monkeypatch):
+    """edge.audio.opus_complexity reaches libopus (5 by default: half the CPU of its default 10), and the speech
+    it encodes keeps the loudness contour of the same sentence encoded at 10."""
+    from edge import opus
+
+    assert tts24.opus_complexity == AudioSpec().opus_complexity == 5
+    made: list[opus.OpusEncoder] = []
+    real = opus.OpusEncoder
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(opus, "OpusEncoder", recording)
+    clip = await tts24.speak("Rayleigh scattering makes the sky look blue.")
+    assert made and made[-1]._encoder.complexity == 5
+    assert_speech(clip, 24000, 60)
+    pcm, rate = tts24.primary.synthesize("Rayleigh scattering makes the sky look blue.")  # (VITS: never the same)
+    pcm = opus.resample(pcm, rate, 24000)
+    contours = [window_rms(decode_packets(opus.encode_pcm(pcm, 24000, 60, c), 24000)[:pcm.size], 24000, 20)
+                for c in (10, 5)]
+    original = window_rms(pcm, 24000, 20)
+    for contour in contours:
+        n = min(contour.size, original.size)
+        assert np.corrcoef(contour[:n], original[:n])[0, 1] > 0.95
