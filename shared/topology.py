@@ -272,9 +272,9 @@ class AudioSpec(_Model):
     downstream_sample_rate: Literal[16000, 24000] = 24000
     frame_ms: Literal[20, 40, 60] = 60
     lead_ms: int = Field(240, ge=0)
-    # libopus' encoder effort for synthesized speech (0-10; its default 10). Measured on a 9.5 s answer at 24 kHz:
-    # 18.8 ms of CPU per second of speech at 10, 9.8 at 5 (scripts/bench_tts.py prints it); every fresh sentence
-    # pays it, cached phrases are stored encoded.
+    # libopus' encoder effort for synthesized speech (0-10; its default 10): 17.5 ms of CPU per second of speech
+    # at 10, 10.8 at 5 (`python -m scripts.bench_tts` prints both); every fresh sentence pays it, cached phrases
+    # are stored encoded.
     opus_complexity: int = Field(5, ge=0, le=10)
 
 

@@ -51,8 +51,8 @@ class WithFallback:
         self.cloud = cloud
         self.local = local
         self.lead_in = lead_in
-        self.pace = pace or CloudPace()
-        self.lead_in_s = self.pace.lead_in_wait(lead_in_s)
+        self.pace = pace  # None: always wait lead_in_s, and nothing is learned
+        self.lead_in_s = pace.lead_in_wait(lead_in_s) if pace is not None else lead_in_s
         self.lead_in_said = ""  # the lead-in, once said (not part of the conversation: TurnResult.answer_text)
         self.reason = reason
         self.answered_by = "cloud"
@@ -62,8 +62,8 @@ class WithFallback:
     async def stream(self) -> AsyncIterator[str]:
         started = time.monotonic()
         starting = asyncio.ensure_future(self.cloud.start())
-        starting.add_done_callback(
-            lambda job: job.cancelled() or job.exception() or self.pace.record(time.monotonic() - started))
+        if self.pace is not None:
+            starting.add_done_callback(lambda job: self._paced(job, started))
         said = False
         try:
             await asyncio.wait({starting}, timeout=self.lead_in_s)
@@ -90,6 +90,11 @@ class WithFallback:
                 starting.cancel()
                 await asyncio.wait({starting})  # its own finally sends the worker the cancel
             await self.aclose()
+
+    def _paced(self, job: asyncio.Future, started: float) -> None:
+        """Record how long a successful escalation took to its first text (failures say nothing of its pace)."""
+        if not job.cancelled() and job.exception() is None:
+            self.pace.record(time.monotonic() - started)
 
     async def aclose(self) -> None:
         await self.cloud.aclose()
