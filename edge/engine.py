@@ -65,7 +65,7 @@ async def watch_loop_lag(last: list[float]) -> None:
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
                    tools: SiteTools | None = None, health: LocalHealth | None = None, router: IntentRouter | None = None,
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
-                   admission: AdmissionControl | None = None) -> TurnPipeline:
+                   admission: AdmissionControl | None = None, local_busy=lambda: False) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
     answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
@@ -74,7 +74,10 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                         declined=phrases.declined)
     pipeline = TurnPipeline(
         Understanding(), deciding, answering,
-        Speaking(tts, phrases.no_answer, phrases.hold, settings.session.hold_after_ms / 1000), phrases,
+        Speaking(tts, phrases.no_answer, phrases.hold, settings.session.hold_after_ms / 1000,
+                 max_sentences={"edge": settings.llm.max_sentences, "cloud": settings.escalation.max_sentences},
+                 local_busy=local_busy),
+        phrases,
         greeting=lambda language: PhraseAnswer(phrases.said_in("greeting", language), "wake word"),
         system_prompt=settings.llm.system_prompt, observers=observers, admission=admission,
         answer_deadline_s=settings.session.answer_deadline_s)
@@ -146,7 +149,8 @@ class EdgeEngine:
         self.pipeline = build_pipeline(self.tts, self.llm, self.settings, self.phrases, self.cloud, tools=self.tools,
                                        health=self.llm_health, router=self.router, queue_depth=lambda: self.asr.queue_depth,
                                        local_available=lambda: self.llm_process_alive() and self.llm_health.ok,
-                                       observers=self._observers, admission=self.admission)
+                                       observers=self._observers, admission=self.admission,
+                                       local_busy=self._local_busy)
         if esc.enabled:
             self._nats_task = asyncio.create_task(self._connect_cloud(), name="edge-nats")
         self.ready = True
@@ -243,6 +247,11 @@ class EdgeEngine:
     def _cloud_healthy(self) -> bool:
         """Worth escalating to for load: the link is up and a worker of the policy's class has room."""
         return self.cloud.healthy(self.cloud.policy().policy.settings.model_class)
+
+    def _local_busy(self) -> bool:
+        """Every launched llama.cpp server (one generation each) has a generation in flight: a new one queues or
+        shares the cores with them. An external model's slots are unknown: never."""
+        return bool(self._llamas) and self.llm_inflight.value >= len(self._llamas)
 
     def llm_process_alive(self) -> bool:
         """A launched llama.cpp server is running (True when the LLM is external: its calls tell)."""

@@ -21,6 +21,9 @@ STAGE_LATENCY = Histogram(
 ERRORS = Counter("xz_edge_errors_total", "Errors by kind", ["kind"])
 PROTOCOL_ERRORS = Counter("xz_edge_protocol_errors_total", "Bad device input by kind", ["kind"])
 ESCALATIONS = Counter("xz_edge_escalations_total", "Turns sent to the cloud, by rule that fired", ["reason"])
+ANSWERS_CAPPED = Counter("xz_edge_answers_capped_total",
+                         "Model answers ended at their sentence limit (edge.llm / edge.escalation max_sentences)",
+                         ["answered_by"])
 CLOUD_FALLBACKS = Counter("xz_edge_cloud_fallbacks_total", "Escalated turns answered locally after all", ["cause"])
 CACHE_LOOKUPS = Counter("xz_edge_cache_lookups_total", "Cache lookups", ["cache", "result"])
 MODEL_LOADED = Gauge("xz_edge_model_loaded", "1 once a model is loaded", ["stage", "model"])

@@ -6,7 +6,8 @@ at a comma once it is long enough. A '.' only ends a sentence when whitespace
 follows it, which keeps "3.5", "example.com" and "e.g." whole while tokens still
 stream in; known abbreviations and initials never end one. Fragments shorter than
 ``min_chars`` are merged into the next sentence (one clip instead of two tiny ones),
-and text with no boundary is cut at a space or clause mark once it reaches ``max_chars``.
+and text with no boundary is cut at a space or clause mark once it reaches ``max_chars`` (the first
+piece: ``first_max_chars``, as its synthesis is what the device waits for).
 
 Chinese has no spaces: 。！？ end a sentence, and so do ASCII ``.!?`` right after a
 CJK character (models and Whisper write both); a long clause is cut after ，、；：
@@ -47,6 +48,9 @@ class SplitterConfig:
     first_clause_chars: int = 24  # the first chunk may end at a comma once this long (0: never)
     clause_chars: int = 60  # a piece this long may end at a Chinese clause mark (，、；： or , after CJK)
     max_chars: int = 200  # no boundary by then: cut at the last space or clause mark
+    # the same for the first piece, much sooner (0: max_chars): its synthesis is all the device waits for, and a
+    # 100-character opening sentence takes ~1 s of Piper on a busy core before anything is heard
+    first_max_chars: int = 48
 
 
 class SentenceSplitter:
@@ -75,6 +79,7 @@ class SentenceSplitter:
     def _next(self) -> str | None:
         """Take one complete sentence off the front of the buffer, if there is one."""
         buf, cfg = self._buf, self.config
+        first_cut = cfg.first_max_chars if self._emitted == 0 else 0  # the first piece's own limit (0: none)
         n = len(buf)
         i = 0
         while i < n:
@@ -103,16 +108,24 @@ class SentenceSplitter:
                     if (wide or buf[i + 1].isspace()) and _weight(buf[: i + 1]) >= limit:
                         end = i + 1
             if end is not None and _weight(buf[:end]) >= cfg.min_chars:
+                if first_cut and _weight(buf[:end]) > first_cut:  # a long first sentence that came whole
+                    return self._cut(_forced_cut(buf, cfg.min_chars, first_cut))
                 return self._cut(end)
             i += 1
-        if _weight(buf) >= cfg.max_chars:
-            return self._cut(_forced_cut(buf, cfg))
+        if _weight(buf) >= (first_cut or cfg.max_chars):
+            return self._cut(_forced_cut(buf, cfg.min_chars, first_cut or cfg.max_chars))
         return None
 
     def _cut(self, end: int) -> str:
         piece, self._buf = self._buf[:end].strip(), self._buf[end:].lstrip()
         self._emitted += 1
         return piece
+
+
+def ends_sentence(piece: str) -> bool:
+    """Does this piece (as the splitter hands it out) end a whole sentence, not a clause or a forced cut?"""
+    last = piece.rstrip().rstrip(_CLOSERS)[-1:]
+    return bool(last) and last in _ENDS + _CJK_ENDS
 
 
 def _weight(text: str) -> int:
@@ -126,17 +139,17 @@ def _after_wide(text: str, i: int) -> bool:
     return i > 0 and _WIDE.match(text[i - 1]) is not None
 
 
-def _forced_cut(buf: str, cfg: SplitterConfig) -> int:
+def _forced_cut(buf: str, min_chars: int, max_chars: int) -> int:
     """Where to cut a piece with no boundary that reached ``max_chars``: after the last clause mark or at
     the last space within the limit, else at the limit itself."""
     limit, weight = 0, 0
     for k, ch in enumerate(buf):
         weight += 2 if _WIDE.match(ch) else 1
-        if weight > cfg.max_chars:
+        if weight > max_chars:
             break
         limit = k + 1
-    space = buf.rfind(" ", cfg.min_chars, limit)
-    marks = [m.end() for m in _CLAUSE_MARK.finditer(buf, cfg.min_chars, limit)]
+    space = buf.rfind(" ", min_chars, limit)
+    marks = [m.end() for m in _CLAUSE_MARK.finditer(buf, min_chars, limit)]
     best = max(space, marks[-1] if marks else -1)
     return best if best > 0 else max(limit, 1)
 

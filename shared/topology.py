@@ -320,6 +320,9 @@ class LlmSpec(_Model):
     model: str
     api_key: SecretRef | None = None
     max_tokens: int = Field(60, gt=0)
+    # A spoken answer ends after this many sentences (0: no limit) and the model stops writing: the prompt asks
+    # for one or two, a small model often rambles on, and every sentence costs tokens and synthesis.
+    max_sentences: int = Field(2, ge=0)
     temperature: float = Field(0.3, ge=0)
     system_prompt: str = ""
     # Languages the local model answers in (a declared capability, see shared/tiers.py); the default
@@ -372,6 +375,8 @@ class EscalationSpec(_Model):
     # An escalated answer is spoken: 80 tokens is ~60 words, ~20 s of speech. At 160 a cloud answer could run
     # 40 s, and every token costs the worker a step and the edge a share of synthesis (the edge's CPU per turn).
     max_tokens: int = Field(80, gt=0)
+    # An escalated answer ends after this many sentences (0: no limit, the cloud's model keeps to the prompt).
+    max_sentences: int = Field(0, ge=0)
     # Ask the local model for token log-probabilities when a policy rule needs its confidence.
     # Cheap on llama.cpp's C++ server and vLLM; ~6x slower per token on llama-cpp-python's
     # server, so the embedded default leaves it off (confidence rules then never fire).

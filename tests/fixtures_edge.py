@@ -156,6 +156,12 @@ class FakeLlm:
             await asyncio.sleep(0.3)  # the first sentence is playing when the model's connection drops
             raise ChatError("stand-in: connection reset mid-answer")
         yield ChatDelta(text="Second sentence.")
+        try:
+            for n in range(self.engine.ramble):  # a small model that goes on and on
+                yield ChatDelta(text=f" Sentence {n + 3}.")
+        except GeneratorExit:  # the edge closed the stream: the model stops writing
+            self.engine.llm_closed_early += 1
+            raise
         yield ChatDelta(finish_reason="stop")
 
 
@@ -189,6 +195,8 @@ class FakeEngine:
     stall_turns: bool = False  # the local model never sends a token
     break_midway: bool = False  # the model fails after its first sentence (audio already playing)
     trickle_s: float = 0.0  # after its first sentence the model writes a word every trickle_s seconds, forever
+    ramble: int = 0  # after its two sentences the model writes this many more
+    llm_closed_early: int = 0  # answers whose stream the edge closed while the model still wrote more
     llm_gate: asyncio.Event | None = None  # set: the local model waits for it before answering
     edge: dict = field(default_factory=dict)  # topology overrides for the pipeline (e.g. llm.stall_timeout_ms)
     ready: bool = True
@@ -223,7 +231,8 @@ class FakeEngine:
             lambda: self.cloud.healthy(self.cloud.policy().policy.settings.model_class),
         ) if settings.admission.enabled else None
         self.pipeline = build_pipeline(self.tts, CountedChat(self.llm, self.llm_inflight), settings, Phrases(),
-                                       self.cloud, admission=self.admission, health=self.llm_health)
+                                       self.cloud, admission=self.admission, health=self.llm_health,
+                                       local_busy=lambda: self.llm_inflight.value >= 2)  # two slots
 
     async def start(self) -> None:
         self.ready = True

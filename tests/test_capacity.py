@@ -113,8 +113,9 @@ async def test_a_queued_local_answer_is_preceded_by_the_hold_phrase_not_silence(
 
 async def test_a_slow_decision_is_covered_by_the_hold_phrase_too(edge_server, monkeypatch):
     """Deciding may wait for a queued model (a tool call's arguments): speaking has already started, so the device
-    hears "One moment." instead of silence, then the answer."""
-    engine = FakeEngine(edge={"session": {"hold_after_ms": 300}})
+    hears "One moment." instead of silence, then the answer; a decision still pending PLANNING_HOLD_S after speaking
+    began is waiting for a model, so the phrase does not wait out the hold window."""
+    engine = FakeEngine(edge={"session": {"hold_after_ms": 1500}})
     edge = await edge_server(engine)
     deciding = engine.pipeline.deciding
     decide = deciding.run
@@ -129,6 +130,8 @@ async def test_a_slow_decision_is_covered_by_the_hold_phrase_too(edge_server, mo
         report = await sim.run_turn(tone(600))
         assert report.reply == f"{HOLD} {LOCAL_REPLY}" and report.tts_stop, report.summary()
         assert engine.results[-1].outcome == "ok" and engine.results[-1].reply_text == LOCAL_REPLY
+        timings = report.timings_ms
+        assert timings["first_audio"] - timings["stt"] < 700, timings  # ~300 ms, not the 1500 ms window
     finally:
         await sim.close()
 
@@ -230,3 +233,31 @@ async def test_a_full_edge_sends_a_booting_device_to_the_other_edge(edge_server)
         assert edge.ws_url in await ota_urls()
     finally:
         await sim.close()
+
+
+
+
+async def test_an_answer_queued_behind_the_local_models_others_hears_the_hold_phrase_sooner(edge_server):
+    """Every slot of the local model taken (another device's answer and this one: the stand-in has two): waiting
+    the hold window would only delay the phrase, so it plays PACED_HOLD_S after speaking began; an answer that is
+    merely slow on an otherwise idle model waits the window as before."""
+    engine = FakeEngine(edge={"session": {"hold_after_ms": 700}})
+    edge = await edge_server(engine)
+    first, second = await device(edge, "aa:bb:cc:00:03:03"), await device(edge, "aa:bb:cc:00:03:04")
+
+    def hold_after_speech(report: TurnReport) -> float:
+        assert report.reply == f"{HOLD} {LOCAL_REPLY}" and report.tts_stop, report.summary()
+        return report.first_audio_after(set()) - report.speech_end
+
+    try:
+        engine.llm_gate = asyncio.Event()
+        asyncio.get_running_loop().call_later(2.5, engine.llm_gate.set)  # an idle model, slow to answer
+        idle = hold_after_speech(await second.run_turn(tone(600)))
+        held = await hold_one_turn(engine, first)  # one slot taken by the first device's answer
+        asyncio.get_running_loop().call_later(2.5, engine.llm_gate.set)
+        queued = hold_after_speech(await second.run_turn(tone(600)))
+        await held
+        assert queued < idle - 0.3, (queued, idle)  # 150 ms after speaking began vs the 700 ms window
+    finally:
+        await first.close()
+        await second.close()

@@ -54,7 +54,7 @@ def test_sentence_end_waits_for_the_next_token():
     "It costs $1,299.99 at most stores nowadays.",
 ])
 def test_no_cut_inside_numbers_abbreviations_urls(text):
-    assert pieces(text, config=SplitterConfig(first_clause_chars=0)) == [text]
+    assert pieces(text, config=SplitterConfig(first_clause_chars=0, first_max_chars=0)) == [text]
 
 
 def test_cjk_punctuation_needs_no_space():
@@ -90,10 +90,10 @@ def test_every_edge_phrase_is_a_sentence_of_its_own(phrase):
 
 def test_max_length_is_a_weight_for_cjk_text():
     text = "啊" * 150
-    got = pieces(text, step=7, config=SplitterConfig(max_chars=100))
+    got = pieces(text, step=7, config=SplitterConfig(max_chars=100, first_max_chars=0))
     assert "".join(got) == text and [len(p) for p in got] == [50, 50, 50]  # a CJK character weighs two
     marked = "我们今天去公园散步然后回家吃饭" * 3 + "，" + "晚上看电视" * 4
-    got = pieces(marked, step=3, config=SplitterConfig(max_chars=100))
+    got = pieces(marked, step=3, config=SplitterConfig(max_chars=100, first_max_chars=0))
     assert got[0].endswith("，") and "".join(got) == marked  # cut at the clause mark within the limit
 
 
@@ -117,10 +117,22 @@ def test_first_chunk_may_end_at_a_comma_once_long_enough():
 
 def test_first_clause_cut_is_configurable_and_cjk_aware():
     text = "Well, the capital of France is Paris, which is a lovely city."
-    assert pieces(text, config=SplitterConfig(first_clause_chars=0)) == [text]
+    assert pieces(text, config=SplitterConfig(first_clause_chars=0, first_max_chars=0)) == [text]
     # CJK characters count twice: the first "，" (9 characters) is too early, the second is not
     assert pieces("北京是中国的首都，也是一座历史悠久的城市，有很多名胜古迹。") == [
         "北京是中国的首都，也是一座历史悠久的城市，", "有很多名胜古迹。"]
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_a_long_opening_sentence_is_cut_at_a_space_sooner_than_the_rest(step):
+    """Only the first piece (all the device waits for) is cut early; later sentences stay whole up to max_chars."""
+    text = ("The speed of light is approximately two hundred and ninety nine thousand kilometres per second. "
+            "That is fast enough to circle the whole Earth seven and a half times in a single second.")
+    got = pieces(text, step)
+    assert got[0] == "The speed of light is approximately two hundred"  # the last space within 48 characters
+    assert got[1:] == ["and ninety nine thousand kilometres per second.",
+                       "That is fast enough to circle the whole Earth seven and a half times in a single second."]
+    assert pieces(text, step, SplitterConfig(first_max_chars=0))[0] == text.split(". ")[0] + "."
 
 
 def test_thousands_separator_is_not_a_clause_end():

@@ -12,7 +12,15 @@ No long silence: when a model's answer has not reached the device ``hold_after_s
 speech (the model queued behind other devices' answers, or its first sentence slow to synthesize
 on a busy CPU), the cached "One moment." plays first (never sooner than ``HOLD_MIN_WAIT_S`` after
 speaking began, so an answer that is about to come is not preceded by it). It is not part of the
-returned text: the conversation remembers the answer.
+returned text: the conversation remembers the answer. When the answer is the local model's (or its route is still
+being decided, which may need the model) and every slot of the model is taken (``local_busy``: it is queued, or
+shares the cores with other answers), the wait only delays the phrase: it plays ``PACED_HOLD_S`` after speaking
+began, time enough for a fixed phrase or an escalation's own cached lead-in to come first; a route still being
+decided ``PLANNING_HOLD_S`` after speaking began is waiting for a model too.
+
+A model's answer ends after ``max_sentences[answered_by]`` whole sentences (``edge.llm.max_sentences``,
+``edge.escalation.max_sentences``): the stream is closed there, so the model stops writing what would
+not be said, and the device hears a short answer instead of a small model's ramble.
 """
 
 from __future__ import annotations
@@ -20,17 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator, Protocol
+from typing import Callable, Mapping, Protocol
 
+from edge import metrics
 from edge.device.protocol import Llm, Tts
 from edge.emotion import pick_emotion
 from edge.pipeline.errors import TtsFailed
 from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped, TurnStarted
 from edge.pipeline.observers import TurnEvents
+from edge.pipeline.planned import PlannedAnswer
 from edge.phrases import localized
 from edge.pipeline.ports import AnswerSource, DeviceOutput
-from edge.sentences import SentenceSplitter
+from edge.sentences import SentenceSplitter, ends_sentence
+from edge.stages.answering.local import LocalAnswer
 from edge.stages.answering.phrase import PhraseAnswer
+from edge.stages.answering.tools import LocalToolRounds
 from edge.tts import SpeechClip, normalize_text
 
 _END = object()  # queue sentinel
@@ -38,6 +50,12 @@ SYNTH_AHEAD = 2  # sentences synthesized ahead of playback
 # An idle local model's first sentence is synthesized within this (quiet box: ~0.15 s), and an escalated answer's
 # own lead-in ("One moment, let me think.", edge.escalation.lead_in_ms 300 ms) is playing by then.
 HOLD_MIN_WAIT_S = 0.5
+# The hold phrase's wait for an answer queued behind the local model's other answers (and how often the route of a
+# planned answer is looked at while waiting): it cannot come sooner, so only the phrase is waited for.
+PACED_HOLD_S = 0.15
+# The hold phrase's wait while the route is still being decided: past this the decision needs a model (a tool call's
+# arguments; the policy and the router take tens of milliseconds), and the answer's own words come after it.
+PLANNING_HOLD_S = 0.3
 # A later sentence is asked of the (shared, earliest-deadline-first) TTS pool for this long before the audio
 # ahead of it runs out: about what one sentence takes to synthesize on a busy CPU.
 SYNTH_MARGIN_S = 1.0
@@ -48,11 +66,14 @@ class Synthesizer(Protocol):
 
 
 class Speaking:
-    def __init__(self, tts: Synthesizer, no_answer: str, hold: str = "One moment.", hold_after_s: float = 0.0):
+    def __init__(self, tts: Synthesizer, no_answer: str, hold: str = "One moment.", hold_after_s: float = 0.0,
+                 max_sentences: Mapping[str, int] | None = None, local_busy: Callable[[], bool] = lambda: False):
         self.tts = tts
         self.no_answer = no_answer
         self.hold = hold  # said when a model's answer is late (0 s: never)
         self.hold_after_s = hold_after_s
+        self.max_sentences = dict(max_sentences or {})  # answered_by -> whole sentences said at most (0: all)
+        self.local_busy = local_busy  # every slot of the local model is taken
 
     async def run(self, answer: AnswerSource, out: DeviceOutput, events: TurnEvents, language: str = "") -> str:
         """Speak ``answer`` in ``language`` (it picks each sentence's voice); returns the text spoken.
@@ -94,10 +115,15 @@ class _Utterance:
         self.ahead_s = 0.0  # seconds of audio synthesized for this answer so far (the hold phrase included)
         self.told_by = ""  # answered_by in the last llm message
         self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
+        self.max_sentences = owner.max_sentences  # for a model's text (a fixed phrase is never cut)
+        self.whole_sentences = 0  # queued so far that end a sentence (not a clause)
         self.hold = localized("hold", language, owner.hold) if model and owner.hold_after_s else ""
         started = events.first(TurnStarted)
-        origin_s = started.origin_ms / 1000 if started else time.monotonic()
-        self.hold_at = max(origin_s + owner.hold_after_s, time.monotonic() + HOLD_MIN_WAIT_S)
+        self.began = time.monotonic()
+        origin_s = started.origin_ms / 1000 if started else self.began
+        self.hold_at = max(origin_s + owner.hold_after_s, self.began + HOLD_MIN_WAIT_S)
+        self.local_busy = owner.local_busy
+        self.queued = False  # the local model's answer, queued behind others
 
     async def run(self) -> str:
         failed = False
@@ -119,22 +145,36 @@ class _Utterance:
     async def _split(self) -> None:
         splitter = SentenceSplitter()
         count = 0
-        deltas: AsyncIterator[str] = self.answer.stream()
+        capped = False
         try:
-            async for delta in deltas:
-                if self.model and not count and not self.events.first(FirstToken):
-                    self.events.emit(FirstToken(source=self.answer.answered_by))
-                for s in splitter.feed(delta):
-                    count += 1
-                    await self.sentences.put(s)
+            async with contextlib.aclosing(self.answer.stream()) as deltas:  # closed at the cap too
+                async for delta in deltas:
+                    if self.model and not count and not self.events.first(FirstToken):
+                        self.events.emit(FirstToken(source=self.answer.answered_by))
+                    for s in splitter.feed(delta):
+                        count += 1
+                        await self.sentences.put(s)
+                        if capped := self._enough(s):
+                            break
+                    if capped:
+                        metrics.ANSWERS_CAPPED.labels(answered_by=self.answer.answered_by).inc()
+                        break
         finally:
             await self.answer.aclose()
-        for s in splitter.flush():
+        for s in [] if capped else splitter.flush():
             count += 1
             await self.sentences.put(s)
         if not count:  # the model said nothing: never leave the device waiting in silence
             await self.sentences.put(self.no_answer)
         await self.sentences.put(_END)
+
+    def _enough(self, piece: str) -> bool:
+        """Has the answer, with ``piece``, said as many whole sentences as its source may?"""
+        limit = 0 if isinstance(_unwrapped(self.answer)[-1], PhraseAnswer) else self.max_sentences.get(
+            self.answer.answered_by, 0)
+        if limit and ends_sentence(piece):
+            self.whole_sentences += 1
+        return bool(limit) and self.whole_sentences >= limit
 
     async def _synthesize(self) -> None:
         while (sentence := await self.sentences.get()) is not _END:
@@ -159,11 +199,12 @@ class _Utterance:
         """The next clip; before the first one, the hold phrase if the answer is late."""
         if not self.hold or self.started:
             return await self.clips.get()
-        try:
-            async with asyncio.timeout(max(self.hold_at - time.monotonic(), 0.0)):
-                return await self.clips.get()
-        except TimeoutError:
-            pass
+        while (wait := self._hold_at() - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(min(wait, PACED_HOLD_S)):  # the route may become known meanwhile
+                    return await self.clips.get()
+            except TimeoutError:
+                pass
         try:
             clip = await self.tts.speak(self.hold, self.language)  # pre-warmed: from the cache
         except Exception as exc:
@@ -171,6 +212,17 @@ class _Utterance:
         self.ahead_s += clip.duration_ms / 1000
         await self._play_one(self.hold, clip, self.answer.answered_by, remembered=False)
         return await self.clips.get()
+
+    def _hold_at(self) -> float:
+        """When the hold phrase plays: ``hold_at``; ``PACED_HOLD_S`` after speaking began while the answer is (or
+        may be) the local model's and every slot of the model is taken; ``PLANNING_HOLD_S`` while still deciding."""
+        if not self.queued and _may_be_local_model(self.answer):  # looked at again as the route becomes known
+            self.queued = self.local_busy()
+        if self.queued:
+            return self.began + PACED_HOLD_S
+        if isinstance(_unwrapped(self.answer)[-1], PlannedAnswer):  # still deciding
+            return min(self.hold_at, self.began + PLANNING_HOLD_S)
+        return self.hold_at
 
     async def _play(self) -> None:
         while (item := await self._next_clip()) is not _END:
@@ -208,3 +260,21 @@ class _Utterance:
             with contextlib.suppress(ConnectionError):
                 await self.out.send(Tts("stop"))
         self.events.emit(SpeechStopped())
+
+
+
+def _unwrapped(answer: AnswerSource) -> list[AnswerSource]:
+    """The answer and what it wraps (the turn's deadline and plan, the local answer's check), outermost first;
+    a planned answer ends the list until its route is known."""
+    chain = [answer]
+    while (inner := getattr(chain[-1], "answer", None) or getattr(chain[-1], "inner", None)) is not None:
+        chain.append(inner)
+    return chain
+
+
+def _may_be_local_model(answer: AnswerSource) -> bool:
+    """Is ``answer`` the local model's answer or tool rounds with no lead-in of its own (an escalation, a local
+    answer prefaced while the cloud is down: that phrase covers the wait), or is its route still being decided?"""
+    chain = _unwrapped(answer)
+    return isinstance(chain[-1], (PlannedAnswer, LocalAnswer, LocalToolRounds)) and not any(
+        getattr(a, "lead_in", None) for a in chain)
