@@ -261,3 +261,69 @@ async def test_an_answer_queued_behind_the_local_models_others_hears_the_hold_ph
     finally:
         await first.close()
         await second.close()
+
+
+async def test_on_a_loaded_edge_an_escalation_gets_its_lead_in_window_before_the_hold_phrase():
+    """Every local slot taken: an escalated answer's first sentence is slow to synthesize, so the hold phrase plays
+    right after the answer's own lead-in window (not the whole hold window); a lead-in said in that window comes
+    first and no hold phrase follows it."""
+    import json
+    import time
+
+    from edge.device.output import PacedOutput
+    from edge.pipeline.events import TurnStarted
+    from edge.pipeline.observers import TurnEvents
+    from edge.stages.speaking import PACED_HOLD_S, Speaking
+
+    class Escalated:  # what WithFallback looks like to speaking: a lead-in and its window
+        answered_by, reason, lead_in = "cloud", "", "One moment, let me think."
+
+        def __init__(self, lead_in_s: float, texts: list[tuple[float, str]]):
+            self.lead_in_s, self.texts = lead_in_s, texts
+
+        async def stream(self):
+            for after_s, text in self.texts:
+                await asyncio.sleep(after_s)
+                yield text
+
+        async def aclose(self) -> None:
+            pass
+
+    engine = FakeEngine(reply_ms=120)
+    tts = engine.tts
+    fresh = tts.speak
+
+    async def slow_fresh_sentences(text, language=None, needed_at=None):  # a loaded box: a new sentence takes 0.8 s
+        if text not in (HOLD, Escalated.lead_in):
+            await asyncio.sleep(0.8)
+        return await fresh(text, language, needed_at)
+
+    tts.speak = slow_fresh_sentences
+    speaking = Speaking(tts, "Sorry.", HOLD, hold_after_s=1.5, local_busy=lambda: True)
+
+    async def said(answer) -> list[tuple[float, str]]:
+        starts: list[tuple[float, str]] = []
+
+        class Socket:
+            closed = False
+
+            async def send_str(self, text):
+                msg = json.loads(text)
+                if msg.get("state") == "sentence_start":
+                    starts.append((round(time.monotonic() - began, 2), msg["text"]))
+
+            async def send_bytes(self, _data):
+                pass
+
+        events = TurnEvents("t", [])
+        events.emit(TurnStarted(kind="voice", origin_ms=time.monotonic() * 1000))
+        out = PacedOutput(Socket(), 1, engine.audio.downstream_sample_rate, engine.audio.frame_ms, lead_ms=240)
+        began = time.monotonic()
+        await speaking.run(answer, out, events, "en")
+        return starts
+
+    starts = await said(Escalated(0.3, [(0.05, "The cloud answers.")]))  # its text came, its voice is slow
+    assert [text for _, text in starts] == [HOLD, "The cloud answers."]
+    assert 0.3 + PACED_HOLD_S - 0.05 <= starts[0][0] < 0.9, starts  # after the lead-in window, not at 1.5 s
+    starts = await said(Escalated(0.3, [(0.3, "One moment, let me think. "), (0.5, "The cloud answers.")]))
+    assert [text for _, text in starts] == ["One moment, let me think.", "The cloud answers."], starts

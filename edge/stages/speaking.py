@@ -12,11 +12,11 @@ No long silence: when a model's answer has not reached the device ``hold_after_s
 speech (the model queued behind other devices' answers, or its first sentence slow to synthesize
 on a busy CPU), the cached "One moment." plays first (never sooner than ``HOLD_MIN_WAIT_S`` after
 speaking began, so an answer that is about to come is not preceded by it). It is not part of the
-returned text: the conversation remembers the answer. When the answer is the local model's (or its route is still
-being decided, which may need the model) and every slot of the model is taken (``local_busy``: it is queued, or
-shares the cores with other answers), the wait only delays the phrase: it plays ``PACED_HOLD_S`` after speaking
-began, time enough for a fixed phrase or an escalation's own cached lead-in to come first; a route still being
-decided ``PLANNING_HOLD_S`` after speaking began is waiting for a model too.
+returned text: the conversation remembers the answer. While every slot of the local model is taken
+(``local_busy``: the edge is loaded, a local answer queues and every first sentence synthesizes slowly), the wait
+only delays the phrase: it plays ``PACED_HOLD_S`` after speaking began, or after the answer's own lead-in window
+(an escalation's "let me think", which then comes first); a route still being decided ``PLANNING_HOLD_S`` after
+speaking began is waiting for a model too.
 
 A model's answer ends after ``max_sentences[answered_by]`` whole sentences (``edge.llm.max_sentences``,
 ``edge.escalation.max_sentences``): the stream is closed there, so the model stops writing what would
@@ -40,9 +40,7 @@ from edge.pipeline.planned import PlannedAnswer
 from edge.phrases import localized
 from edge.pipeline.ports import AnswerSource, DeviceOutput
 from edge.sentences import SentenceSplitter, ends_sentence
-from edge.stages.answering.local import LocalAnswer
 from edge.stages.answering.phrase import PhraseAnswer
-from edge.stages.answering.tools import LocalToolRounds
 from edge.tts import SpeechClip, normalize_text
 
 _END = object()  # queue sentinel
@@ -50,8 +48,8 @@ SYNTH_AHEAD = 2  # sentences synthesized ahead of playback
 # An idle local model's first sentence is synthesized within this (quiet box: ~0.15 s), and an escalated answer's
 # own lead-in ("One moment, let me think.", edge.escalation.lead_in_ms 300 ms) is playing by then.
 HOLD_MIN_WAIT_S = 0.5
-# The hold phrase's wait for an answer queued behind the local model's other answers (and how often the route of a
-# planned answer is looked at while waiting): it cannot come sooner, so only the phrase is waited for.
+# The hold phrase's wait on a loaded edge (and how often the route of a planned answer is looked at while waiting):
+# a fixed phrase or a cached lead-in is ready by then, a model's sentence is not.
 PACED_HOLD_S = 0.15
 # The hold phrase's wait while the route is still being decided: past this the decision needs a model (a tool call's
 # arguments; the policy and the router take tens of milliseconds), and the answer's own words come after it.
@@ -123,7 +121,7 @@ class _Utterance:
         origin_s = started.origin_ms / 1000 if started else self.began
         self.hold_at = max(origin_s + owner.hold_after_s, self.began + HOLD_MIN_WAIT_S)
         self.local_busy = owner.local_busy
-        self.queued = False  # the local model's answer, queued behind others
+        self.loaded = False  # every slot of the local model was taken while this answer waited for its first clip
 
     async def run(self) -> str:
         failed = False
@@ -214,13 +212,14 @@ class _Utterance:
         return await self.clips.get()
 
     def _hold_at(self) -> float:
-        """When the hold phrase plays: ``hold_at``; ``PACED_HOLD_S`` after speaking began while the answer is (or
-        may be) the local model's and every slot of the model is taken; ``PLANNING_HOLD_S`` while still deciding."""
-        if not self.queued and _may_be_local_model(self.answer):  # looked at again as the route becomes known
-            self.queued = self.local_busy()
-        if self.queued:
-            return self.began + PACED_HOLD_S
-        if isinstance(_unwrapped(self.answer)[-1], PlannedAnswer):  # still deciding
+        """When the hold phrase plays: ``hold_at``; on a loaded edge ``PACED_HOLD_S`` after speaking began (after
+        the answer's own lead-in window, if it has one); ``PLANNING_HOLD_S`` after it while still deciding."""
+        self.loaded = self.loaded or self.local_busy()
+        chain = _unwrapped(self.answer)  # looked at again as the route becomes known
+        if self.loaded:
+            lead_in_s = max((getattr(a, "lead_in_s", 0.0) for a in chain if getattr(a, "lead_in", None)), default=0.0)
+            return self.began + lead_in_s + PACED_HOLD_S
+        if isinstance(chain[-1], PlannedAnswer):  # still deciding
             return min(self.hold_at, self.began + PLANNING_HOLD_S)
         return self.hold_at
 
@@ -262,7 +261,6 @@ class _Utterance:
         self.events.emit(SpeechStopped())
 
 
-
 def _unwrapped(answer: AnswerSource) -> list[AnswerSource]:
     """The answer and what it wraps (the turn's deadline and plan, the local answer's check), outermost first;
     a planned answer ends the list until its route is known."""
@@ -270,11 +268,3 @@ def _unwrapped(answer: AnswerSource) -> list[AnswerSource]:
     while (inner := getattr(chain[-1], "answer", None) or getattr(chain[-1], "inner", None)) is not None:
         chain.append(inner)
     return chain
-
-
-def _may_be_local_model(answer: AnswerSource) -> bool:
-    """Is ``answer`` the local model's answer or tool rounds with no lead-in of its own (an escalation, a local
-    answer prefaced while the cloud is down: that phrase covers the wait), or is its route still being decided?"""
-    chain = _unwrapped(answer)
-    return isinstance(chain[-1], (PlannedAnswer, LocalAnswer, LocalToolRounds)) and not any(
-        getattr(a, "lead_in", None) for a in chain)
