@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -94,6 +96,39 @@ class EnergyVadStream:
                 events.append(SpeechEnded(self.paused_pcm if self.paused else np.concatenate(self.buf)))
                 self._reset()
         return events
+
+
+class SentSocket:
+    """What PacedOutput writes to, in place of a WebSocket: keeps each sentence_start with its monotonic time."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sentence_starts: list[tuple[float, str]] = []
+
+    async def send_str(self, text: str) -> None:
+        msg = json.loads(text)
+        if msg.get("state") == "sentence_start":
+            self.sentence_starts.append((time.monotonic(), msg["text"]))
+
+    async def send_bytes(self, _data: bytes) -> None:
+        pass
+
+
+async def speak(speaking: Any, answer: Any, audio: Any) -> tuple[str, list[tuple[float, str]]]:
+    """Run the speaking stage on ``answer`` alone: the text it returns, and each sentence it started with the
+    seconds since it began (the turn's end of speech is now)."""
+    from edge.device.output import PacedOutput
+    from edge.pipeline.events import TurnStarted
+    from edge.pipeline.observers import TurnEvents
+
+    events = TurnEvents("t", [])
+    events.emit(TurnStarted(kind="voice", origin_ms=time.monotonic() * 1000))
+    socket = SentSocket()
+    out = PacedOutput(socket, 1, audio.downstream_sample_rate, audio.frame_ms, lead_ms=240)
+    began = time.monotonic()
+    text = await speaking.run(answer, out, events, "en")
+    return text, [(at - began, sentence) for at, sentence in socket.sentence_starts]
 
 
 @functools.lru_cache(maxsize=16)

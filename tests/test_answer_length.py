@@ -8,13 +8,10 @@ import time
 
 from prometheus_client import REGISTRY
 
-from edge.device.output import PacedOutput
-from edge.pipeline.events import TurnStarted
-from edge.pipeline.observers import TurnEvents
 from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.speaking import Speaking
 from scripts.device_sim import DeviceSimulator
-from tests.fixtures_edge import FakeEngine, tone
+from tests.fixtures_edge import FakeEngine, speak, tone
 
 TWO = "First sentence. Second sentence."
 
@@ -70,22 +67,8 @@ class _Answer:
         self.closed = True
 
 
-class _Socket:  # what PacedOutput writes to
-    closed = False
-
-    async def send_str(self, _text):
-        pass
-
-    async def send_bytes(self, _data):
-        pass
-
-
 async def _speak(speaking: Speaking, answer) -> str:
-    engine_audio = FakeEngine().audio
-    events = TurnEvents("t", [])
-    events.emit(TurnStarted(kind="voice", origin_ms=time.monotonic() * 1000))
-    out = PacedOutput(_Socket(), 1, engine_audio.downstream_sample_rate, engine_audio.frame_ms, lead_ms=240)
-    return await speaking.run(answer, out, events, "en")
+    return (await speak(speaking, answer, FakeEngine().audio))[0]
 
 
 async def test_each_source_has_its_own_limit_and_a_clause_is_not_a_sentence():

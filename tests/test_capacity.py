@@ -26,7 +26,7 @@ from scripts.device_sim import DeviceSimulator, TurnReport
 from shared.chat import ChatClient, ChatDelta
 from shared.discovery import StaticDiscovery
 from shared.topology import BackendSpec, parse_topology
-from tests.fixtures_edge import FakeEngine, make_topology, tone
+from tests.fixtures_edge import FakeEngine, make_topology, speak, tone
 
 BUSY = Phrases().busy
 HOLD = Phrases().hold
@@ -267,12 +267,6 @@ async def test_on_a_loaded_edge_an_escalation_gets_its_lead_in_window_before_the
     """Every local slot taken: an escalated answer's first sentence is slow to synthesize, so the hold phrase plays
     right after the answer's own lead-in window (not the whole hold window); a lead-in said in that window comes
     first and no hold phrase follows it."""
-    import json
-    import time
-
-    from edge.device.output import PacedOutput
-    from edge.pipeline.events import TurnStarted
-    from edge.pipeline.observers import TurnEvents
     from edge.stages.speaking import PACED_HOLD_S, Speaking
 
     class Escalated:  # what WithFallback looks like to speaking: a lead-in and its window
@@ -302,25 +296,7 @@ async def test_on_a_loaded_edge_an_escalation_gets_its_lead_in_window_before_the
     speaking = Speaking(tts, "Sorry.", HOLD, hold_after_s=1.5, local_busy=lambda: True)
 
     async def said(answer) -> list[tuple[float, str]]:
-        starts: list[tuple[float, str]] = []
-
-        class Socket:
-            closed = False
-
-            async def send_str(self, text):
-                msg = json.loads(text)
-                if msg.get("state") == "sentence_start":
-                    starts.append((round(time.monotonic() - began, 2), msg["text"]))
-
-            async def send_bytes(self, _data):
-                pass
-
-        events = TurnEvents("t", [])
-        events.emit(TurnStarted(kind="voice", origin_ms=time.monotonic() * 1000))
-        out = PacedOutput(Socket(), 1, engine.audio.downstream_sample_rate, engine.audio.frame_ms, lead_ms=240)
-        began = time.monotonic()
-        await speaking.run(answer, out, events, "en")
-        return starts
+        return (await speak(speaking, answer, engine.audio))[1]
 
     starts = await said(Escalated(0.3, [(0.05, "The cloud answers.")]))  # its text came, its voice is slow
     assert [text for _, text in starts] == [HOLD, "The cloud answers."]

@@ -14,7 +14,7 @@ from edge.device.output import PacedOutput
 from edge.pipeline.events import TurnStarted
 from edge.pipeline.observers import TurnEvents
 from edge.stages.speaking import SYNTH_MARGIN_S, Speaking
-from tests.fixtures_edge import FakeEngine
+from tests.fixtures_edge import FakeEngine, SentSocket
 
 
 async def test_queued_jobs_run_earliest_deadline_first_and_a_cancelled_one_never_runs():
@@ -73,16 +73,7 @@ async def test_an_answers_first_sentence_is_needed_now_and_the_later_ones_once_t
     out_events.emit(TurnStarted(kind="voice", origin_ms=time.monotonic() * 1000))
     speaking = Speaking(engine.tts, "Sorry.")
 
-    class _Socket:  # what PacedOutput writes to
-        closed = False
-
-        async def send_str(self, _text):
-            pass
-
-        async def send_bytes(self, _data):
-            pass
-
-    out = PacedOutput(_Socket(), 1, engine.audio.downstream_sample_rate, engine.audio.frame_ms, lead_ms=240)
+    out = PacedOutput(SentSocket(), 1, engine.audio.downstream_sample_rate, engine.audio.frame_ms, lead_ms=240)
     t0 = time.monotonic()
     await speaking.run(_Sentences("One two three. Four five six. Seven eight nine. Ten eleven twelve."), out,
                        out_events, "en")
