@@ -107,8 +107,8 @@ class SentenceSplitter:
                         return None  # "1," may become "1,000"
                     if (wide or buf[i + 1].isspace()) and _weight(buf[: i + 1]) >= limit:
                         end = i + 1
-            if end is not None and _weight(buf[:end]) >= cfg.min_chars:
-                if first_cut and _weight(buf[:end]) > first_cut:  # a long first sentence that came whole
+            if end is not None and (weight := _weight(buf[:end])) >= cfg.min_chars:
+                if first_cut and weight > first_cut:  # a long first sentence that came whole
                     return self._cut(_forced_cut(buf, cfg.min_chars, first_cut))
                 return self._cut(end)
             i += 1

@@ -267,8 +267,7 @@ async def test_the_lead_in_is_said_at_once_when_the_cloud_has_been_slower_than_i
     any wait (the silence would only delay it); a cloud that answers within the window again brings the wait back."""
     import asyncio
 
-    from edge.pipeline.pace import Pace
-    from edge.stages.answering.fallback import WithFallback
+    from edge.stages.answering.fallback import CloudPace, WithFallback
     from edge.stages.answering.phrase import PhraseAnswer
 
     class Cloud(PhraseAnswer):
@@ -279,7 +278,7 @@ async def test_the_lead_in_is_said_at_once_when_the_cloud_has_been_slower_than_i
         async def start(self):
             await asyncio.sleep(self.after_s)
 
-    pace = Pace()
+    pace = CloudPace()
 
     async def turn(after_s: float) -> tuple[list[str], float]:
         answer = WithFallback(Cloud(after_s), lambda: PhraseAnswer("Local answer."), "One moment.", 0.1, "test",
@@ -299,4 +298,4 @@ async def test_the_lead_in_is_said_at_once_when_the_cloud_has_been_slower_than_i
         await turn(0.01)
     said, _ = await turn(0.01)
     assert said == ["Cloud answer."]
-    assert Pace().wait(0.3) == 0.3
+    assert CloudPace().lead_in_wait(0.3) == 0.3

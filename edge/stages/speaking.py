@@ -112,15 +112,14 @@ class _Utterance:
         self.playing_since: float | None = None  # when the first clip began to play
         self.ahead_s = 0.0  # seconds of audio synthesized for this answer so far (the hold phrase included)
         self.told_by = ""  # answered_by in the last llm message
+        self.owner = owner
         self.model = model  # the text comes from a model (its first delta is the turn's FirstToken)
-        self.max_sentences = owner.max_sentences  # for a model's text (a fixed phrase is never cut)
         self.whole_sentences = 0  # queued so far that end a sentence (not a clause)
         self.hold = localized("hold", language, owner.hold) if model and owner.hold_after_s else ""
         started = events.first(TurnStarted)
         self.began = time.monotonic()
         origin_s = started.origin_ms / 1000 if started else self.began
         self.hold_at = max(origin_s + owner.hold_after_s, self.began + HOLD_MIN_WAIT_S)
-        self.local_busy = owner.local_busy
         self.loaded = False  # every slot of the local model was taken while this answer waited for its first clip
 
     async def run(self) -> str:
@@ -168,8 +167,8 @@ class _Utterance:
 
     def _enough(self, piece: str) -> bool:
         """Has the answer, with ``piece``, said as many whole sentences as its source may?"""
-        limit = 0 if isinstance(_unwrapped(self.answer)[-1], PhraseAnswer) else self.max_sentences.get(
-            self.answer.answered_by, 0)
+        limit = 0 if isinstance(_unwrapped(self.answer)[-1], PhraseAnswer) else self.owner.max_sentences.get(
+            self.answer.answered_by, 0)  # a fixed phrase is never cut
         if limit and ends_sentence(piece):
             self.whole_sentences += 1
         return bool(limit) and self.whole_sentences >= limit
@@ -214,7 +213,7 @@ class _Utterance:
     def _hold_at(self) -> float:
         """When the hold phrase plays: ``hold_at``; on a loaded edge ``PACED_HOLD_S`` after speaking began (after
         the answer's own lead-in window, if it has one); ``PLANNING_HOLD_S`` after it while still deciding."""
-        self.loaded = self.loaded or self.local_busy()
+        self.loaded = self.loaded or self.owner.local_busy()
         chain = _unwrapped(self.answer)  # looked at again as the route becomes known
         if self.loaded:
             lead_in_s = max((getattr(a, "lead_in_s", 0.0) for a in chain if getattr(a, "lead_in", None)), default=0.0)

@@ -16,12 +16,11 @@ from typing import AsyncIterator, Callable
 from edge import metrics
 from edge.cloud_link import CloudLink
 from edge.phrases import UNAVAILABLE_EN, localized
-from edge.pipeline.pace import Pace
 from edge.pipeline.ports import AnswerSource
 from edge.pipeline.turn import TurnStart
 from edge.stages.answering.checked import CheckedAnswer
 from edge.stages.answering.cloud import CloudAnswer
-from edge.stages.answering.fallback import Prefaced, WithFallback
+from edge.stages.answering.fallback import CloudPace, Prefaced, WithFallback
 from edge.stages.answering.local import LocalAnswer, LocalHealth, guarded
 from edge.stages.answering.phrase import PhraseAnswer
 from edge.stages.answering.tools import LocalToolRounds
@@ -44,7 +43,7 @@ class Answering:
         self.stall_s = llm_spec.stall_timeout_ms / 1000
         self.queue_s = llm_spec.queue_timeout_ms / 1000
         self.lead_in_s = spec.lead_in_ms / 1000
-        self.cloud_pace = Pace()  # the lead-in at once when the cloud is known to take longer
+        self.cloud_pace = CloudPace()  # the lead-in at once when the cloud is known to take longer
 
     def probe(self, messages: list[dict]) -> LocalAnswer:
         """A local answer asked for log-probabilities (the deciding stage's confidence probe)."""

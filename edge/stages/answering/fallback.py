@@ -7,7 +7,7 @@ answers, opening with the same phrase unless it was already said. ``local`` is
 only called on fallback; a local source made before (the deciding stage's
 confidence probe) is handed over by the factory and closed when the cloud answers.
 
-With a ``Pace`` (edge/pipeline/pace.py): when most of the cloud's recent answers needed longer than ``lead_in_s``
+``CloudPace``: when most of the cloud's recent answers (the median of the last 16) needed longer than ``lead_in_s``
 for their first text, waiting that long in silence only delays the phrase that will be said anyway: it is said at once.
 
 ``Prefaced`` (a local answer while the cloud link is down, e.g. a partitioned leaf): the
@@ -18,23 +18,41 @@ would have been escalated is not met with seconds of silence on a busy edge.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections import deque
 from typing import AsyncIterator, Callable
 
 from edge.escalation import EscalationFailed
-from edge.pipeline.pace import Pace
 from edge.pipeline.ports import AnswerSource
 from edge.stages.answering.cloud import CloudAnswer, fell_back
 
 
+class CloudPace:
+    """How long the cloud's recent escalations took to their first text: is waiting ``lead_in_s`` worth it?"""
+
+    def __init__(self, recent: int = 16, min_samples: int = 3):
+        self._seconds: deque[float] = deque(maxlen=recent)
+        self.min_samples = min_samples
+
+    def record(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+
+    def lead_in_wait(self, lead_in_s: float) -> float:
+        """``lead_in_s``, or 0 when the median of the recent first-text times is longer (the phrase will come)."""
+        if len(self._seconds) >= self.min_samples and statistics.median(self._seconds) > lead_in_s:
+            return 0.0
+        return lead_in_s
+
+
 class WithFallback:
     def __init__(self, cloud: CloudAnswer, local: Callable[[], AnswerSource], lead_in: str | None, lead_in_s: float,
-                 reason: str = "", probe: AnswerSource | None = None, pace: Pace | None = None):
+                 reason: str = "", probe: AnswerSource | None = None, pace: CloudPace | None = None):
         self.cloud = cloud
         self.local = local
         self.lead_in = lead_in
         self.pace = pace  # None: always wait lead_in_s, and nothing is learned
-        self.lead_in_s = pace.wait(lead_in_s) if pace is not None else lead_in_s
+        self.lead_in_s = pace.lead_in_wait(lead_in_s) if pace is not None else lead_in_s
         self.lead_in_said = ""  # the lead-in, once said (not part of the conversation: TurnResult.answer_text)
         self.reason = reason
         self.answered_by = "cloud"
