@@ -67,7 +67,7 @@ def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: Clou
                    queue_depth=lambda: 0, local_available=lambda: True, observers=lambda start: [],
                    admission: AdmissionControl | None = None, local_busy=lambda: False) -> TurnPipeline:
     """The turn's stages wired together (the engine's, and the session tests' with stand-in models)."""
-    answering = Answering(llm, settings.llm, settings.escalation, cloud, health)
+    answering = Answering(llm, settings.llm, settings.escalation, cloud, health, local_busy=local_busy)
     deciding = Deciding(settings.escalation, cloud, answering.probe, tools, queue_depth,
                         active_turns=lambda: pipeline.active, local_available=local_available,
                         local_languages=settings.llm.languages, router=router, router_spec=settings.router,
@@ -293,7 +293,8 @@ class EdgeEngine:
         }
 
     def listening(self, mode: str) -> Listening:
-        return Listening(self.vad, self.asr, mode)
+        spec = self.settings.vad
+        return Listening(self.vad, self.asr, mode, spec.early_commit_ms, spec.unfinished_silence_ms)
 
     async def run_turn(self, start: TurnStart, out: DeviceOutput) -> TurnResult:
         if self.pipeline is None:

@@ -24,6 +24,9 @@ ESCALATIONS = Counter("xz_edge_escalations_total", "Turns sent to the cloud, by 
 ANSWERS_CAPPED = Counter("xz_edge_answers_capped_total",
                          "Model answers ended at their sentence limit (edge.llm / edge.escalation max_sentences)",
                          ["answered_by"])
+EARLY_END_OF_TURN = Counter("xz_edge_early_end_of_turn_total",
+                            "Pauses judged by their speculative text: turns ended early (complete), "
+                            "silence windows grown (unfinished)", ["verdict"])
 CLOUD_FALLBACKS = Counter("xz_edge_cloud_fallbacks_total", "Escalated turns answered locally after all", ["cause"])
 CACHE_LOOKUPS = Counter("xz_edge_cache_lookups_total", "Cache lookups", ["cache", "result"])
 MODEL_LOADED = Gauge("xz_edge_model_loaded", "1 once a model is loaded", ["stage", "model"])

@@ -67,6 +67,7 @@ class SpeechEnded:
     pcm: np.ndarray = field(repr=False)
     eos_window_ms: float = 0.0  # audio time from the end of speech to this decision
     forced: bool = False  # True when ended by the length cap, not by silence
+    early: bool = False  # True when ended before min_silence_ms by :meth:`VadStream.end_now`
 
 
 VadEvent = Union[SpeechStarted, SpeechPaused, SpeechResumed, SpeechEnded]
@@ -104,6 +105,35 @@ class VadStream:
         self._paused = False
         self._speech_count = 0  # speech frames in the open utterance
         self._silence_at: int | None = None  # utterance offset where the current silence began
+        self._end_frames = self._silence_frames  # this utterance's silence window (see wait_longer)
+
+    @property
+    def paused(self) -> bool:
+        """A :class:`SpeechPaused` was sent and speech has not resumed (its pcm is what would end)."""
+        return self._paused
+
+    @property
+    def silence_ms(self) -> float:
+        """Audio time since the end of speech in the open utterance (0 while speaking)."""
+        if self._silence_at is None:
+            return 0.0
+        return (self._utt_len - self._silence_at) // FRAME * FRAME_MS
+
+    def end_now(self) -> SpeechEnded | None:
+        """End the paused utterance before ``min_silence_ms`` (the listening stage's early end of turn).
+
+        Its pcm is the :class:`SpeechPaused` pcm, as at a normal end; None unless paused."""
+        if not (self._paused and self.speech_active):
+            return None
+        window = self.silence_ms
+        ended = SpeechEnded(self._utterance_pcm(), eos_window_ms=window, early=True)
+        metrics.STAGE_LATENCY.labels(stage="vad_end_of_speech").observe(window / 1000)
+        self._close()
+        return ended
+
+    def wait_longer(self, silence_ms: float) -> None:
+        """Let this utterance's silence run to ``silence_ms`` before it ends (a sentence cut mid-thought)."""
+        self._end_frames = max(self._end_frames, round(silence_ms / FRAME_MS))
 
     async def feed(self, pcm16k: np.ndarray) -> list[VadEvent]:
         """Add audio; returns the events it completed (often none)."""
@@ -143,6 +173,7 @@ class VadStream:
             self._silence_at = None
             if self._paused:
                 self._paused = False
+                self._end_frames = self._silence_frames  # the next pause is judged afresh
                 out.append(SpeechResumed())
             if not self.speech_active and self._speech_count >= self._speech_frames:
                 self.speech_active = True
@@ -155,7 +186,7 @@ class VadStream:
                 if silent >= self._silence_frames:  # too short to count: drop it quietly
                     self._close()
                 return out
-            if silent >= self._silence_frames:
+            if silent >= self._end_frames:
                 out.append(SpeechEnded(self._utterance_pcm(), eos_window_ms=silent * FRAME_MS))
                 metrics.STAGE_LATENCY.labels(stage="vad_end_of_speech").observe(silent * FRAME_MS / 1000)
                 self._close()
@@ -185,6 +216,7 @@ class VadStream:
         self._utt, self._utt_len = [], 0
         self._speech_count = 0
         self._silence_at = None
+        self._end_frames = self._silence_frames
 
 
 def _check_pcm(pcm: np.ndarray) -> np.ndarray:

@@ -5,9 +5,10 @@
 For every utterance of the load benchmark's set (scripts/bench_load.py), each word prefix
 ("What", "What is", "What is the", ...) is spoken on its own by the Piper voice, coloured like
 one device's microphone (gain, noise), and transcribed by the edge's ASR as the speculative
-transcript at a pause would be. A prefix that ``looks_complete`` is a false cut-off (the speaker
-paused mid-sentence and would have been answered); the full utterance that ``looks_complete`` is
-an early commit (the edge answers ``min_silence_ms - speculative_ms`` = ~320 ms sooner).
+transcript at a pause would be. A prefix judged ``complete`` is a possible false cut-off (a speaker
+pausing there for ``edge.vad.early_commit_ms`` would be answered); the full utterance judged
+``complete`` is an early end (the edge answers ``min_silence_ms - early_commit_ms`` sooner, once its
+transcript exists). ``unfinished`` ones wait ``unfinished_silence_ms`` instead of ``min_silence_ms``.
 Speaking a prefix alone is harsher than a real mid-sentence pause (Piper ends it with falling
 intonation, Whisper punctuates it as a sentence), so the false cut-off rate is an upper bound.
 """
@@ -25,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.asr import BACKENDS  # noqa: E402
-from edge.end_of_turn import looks_complete  # noqa: E402
+from edge.end_of_turn import verdict  # noqa: E402
 from scripts.bench_load import UTTERANCES, DeviceVoice, _piper, _piper_voice, device_clip  # noqa: E402
 from shared.topology import load_topology  # noqa: E402
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         chunk = cases[start:start + args.batch]
         for case, (heard, *_) in zip(chunk, backend.transcribe_batch([c["pcm"] for c in chunk])):
             case["heard"] = heard
-            case["complete"] = looks_complete(heard)
+            case["verdict"] = verdict(heard, "en")
+            case["complete"] = case["verdict"] == "complete"
     mid = [c for c in cases if not c["final"]]
     final = [c for c in cases if c["final"]]
     cut = [c for c in mid if c["complete"]]
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "false_cutoff_utterances": round(len({c["utterance"] for c in cut}) / max(1, len(final)), 3),
         "early_commits": sum(c["complete"] for c in final),
         "early_commit_rate": round(sum(c["complete"] for c in final) / max(1, len(final)), 3),
+        # edge.vad.unfinished_silence_ms: a pause after these waits longer than min_silence_ms (fewer cut-offs)
+        "mid_sentence_pauses_waiting_longer": sum(c["verdict"] == "unfinished" for c in mid),
+        "finished_utterances_waiting_longer": sum(c["verdict"] == "unfinished" for c in final),
         "examples_cut": [f"{c['prefix']!r} heard {c['heard']!r}" for c in cut[:12]],
         "examples_missed": [f"{c['heard']!r}" for c in final if not c["complete"]][:12],
     }

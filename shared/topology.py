@@ -299,6 +299,19 @@ class VadSpec(_Model):
     threshold: float = Field(0.5, gt=0, lt=1)
     min_silence_ms: int = Field(480, gt=0)
     min_speech_ms: int = Field(200, ge=0)
+    # Early end of turn (edge/end_of_turn.py): a pause whose speculative transcript reads as a finished English
+    # sentence ends the turn after this much silence instead of min_silence_ms (0: never early); one that ends
+    # mid-thought ("Turn on the") waits up to unfinished_silence_ms.
+    early_commit_ms: int = Field(320, ge=0)
+    unfinished_silence_ms: int = Field(800, gt=0)
+
+    @model_validator(mode="after")
+    def _windows_in_order(self) -> "VadSpec":
+        if self.early_commit_ms >= self.min_silence_ms or self.unfinished_silence_ms < self.min_silence_ms:
+            raise ValueError(f"edge.vad: early_commit_ms ({self.early_commit_ms}) must be below min_silence_ms "
+                             f"({self.min_silence_ms}), unfinished_silence_ms ({self.unfinished_silence_ms}) "
+                             "at least min_silence_ms")
+        return self
 
 
 class AsrSpec(_Model):

@@ -71,11 +71,11 @@ class Planner:
     """The deciding and answering stages of a turn, as the engine wires them."""
 
     def __init__(self, plain: ChatClient, tools: SiteTools | None, client: EscalationClient | None = None,
-                 watcher=None, health=None, spec: EscalationSpec = EscalationSpec()):
+                 watcher=None, health=None, spec: EscalationSpec = EscalationSpec(), local_busy=lambda: False):
         link = CloudLink()
         if client is not None:
             link.attach(client, watcher, health)
-        self.answering = Answering(plain, LLM_SPEC, spec, link)
+        self.answering = Answering(plain, LLM_SPEC, spec, link, local_busy=local_busy)
         self.deciding = Deciding(spec, link, self.answering.probe, tools)
 
 
@@ -311,6 +311,24 @@ async def test_no_lead_in_when_the_cloud_answers_within_it(cloud):
     by, text = await answer(Planner(PlainModel(), None, client, EscalateAll(), spec=EscalationSpec(lead_in_ms=60000)),
                             req, "What is the capital of France?")
     assert (by, text) == ("cloud", "Quick cloud answer.")
+
+
+async def test_on_a_loaded_edge_the_lead_in_comes_sooner(cloud):
+    """Every local slot taken: a cloud answer's first sentence would synthesize slowly on the busy CPU, so the
+    lead-in does not wait the whole lead_in_ms for the cloud's text (a quiet edge does, and says no phrase)."""
+    from edge.stages.answering import LOADED_LEAD_IN_S
+
+    client, _ = await cloud(chat=SlowModel("Paris is the capital.", delay=0.25))
+    _, req = await board_session()
+    spec = EscalationSpec(lead_in_ms=600)  # well above the cloud's 0.25 s (and the NATS hop) on a busy test box
+    by, text = await answer(Planner(PlainModel(), None, client, EscalateAll(), spec=spec), req,
+                            "What is the capital of France?")
+    assert (by, text) == ("cloud", "Paris is the capital.")  # quiet: the answer within the window, no phrase
+    deltas: list[str] = []
+    loaded = Planner(PlainModel(), None, client, EscalateAll(), spec=spec, local_busy=lambda: True)
+    by, text = await answer(loaded, req, "What is the capital of France?", deltas)
+    assert by == "cloud" and deltas[0].strip() == DEFAULT_POLICY.settings.let_me_think_phrase, deltas
+    assert text.endswith("Paris is the capital.") and LOADED_LEAD_IN_S < 0.25
 
 
 async def test_cloud_known_down_is_answered_locally_at_once(nats_hub, nats_connect):

@@ -290,7 +290,7 @@ class DeviceSession:
         if self.mode == "auto":
             self.listening = False  # until the device's next listen start
         await self.start_turn(self._start("speech", pcm16k=utterance.pcm, transcript=utterance.transcript,
-                                          speculative=utterance.speculative))
+                                          speculative=utterance.speculative, silence_ms=utterance.eos_window_ms))
 
     # ------------------------------------------------------------ turns
     async def start_turn(self, start: TurnStart) -> None:

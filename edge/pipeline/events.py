@@ -43,6 +43,7 @@ class UtteranceEnded(TurnEvent):
     transcript: Awaitable[Any] = field(repr=False)
     eos_window_ms: float = 0.0
     speculative: bool = False  # the job was started at the pause, before the end of speech
+    early: bool = False  # ended before the VAD's silence window: the text read as a finished sentence
 
 
 # ---------------------------------------------------------------- the turn
@@ -50,6 +51,7 @@ class UtteranceEnded(TurnEvent):
 class TurnStarted(TurnEvent):
     kind: str
     origin_ms: float  # end of the user's speech (or the wake/text message): latencies count from here
+    silence_ms: float = 0.0  # of a speech turn: the silence waited before origin_ms (the end-of-turn window)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -99,9 +99,12 @@ class LogObserver:
 
     def __init__(self, timings: Callable[[], dict[str, float]]):
         self.timings = timings
+        self.silence_ms = 0.0
 
     def on_event(self, ev: TurnEvent) -> None:
         match ev:
+            case TurnStarted():
+                self.silence_ms = ev.silence_ms
             case Decided():
                 log_event(log, "answer planned", answered_by=ev.source, rule=ev.rule, revision=ev.revision,
                           reason=ev.reason, tools=list(ev.tools) if ev.tools is not None else None)
@@ -112,7 +115,8 @@ class LogObserver:
                           extra={"fields": {"stage": ev.stage, "code": ev.code, "error": ev.detail}})
             case TurnEnded():
                 log_event(log, "turn done", outcome=ev.outcome, answered_by=ev.answered_by, reason=ev.reason,
-                          user_text=ev.user_text, reply=ev.reply_text, timings_ms=self.timings())
+                          user_text=ev.user_text, reply=ev.reply_text, timings_ms=self.timings(),
+                          silence_ms=self.silence_ms)
 
 
 class TraceObserver:

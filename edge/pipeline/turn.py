@@ -60,6 +60,7 @@ class TurnStart:
     pcm16k: np.ndarray | None = None
     transcript: Awaitable[Any] | None = None  # the listening stage's ASR job (speech turns)
     speculative: bool = False  # that job was started at the pause, before the end of speech
+    silence_ms: float = 0.0  # the silence the VAD waited before ending the utterance (shorter when ended early)
     text: str | None = None
     speech_end_ms: float = 0.0
     language: str = ""  # the device's default (topology override, else its OTA Accept-Language); ASR beats it
@@ -179,7 +180,7 @@ class TurnPipeline:
         events = TurnEvents(start.turn_id, [])
         events.observers = [MetricsObserver(), LogObserver(events.timings_ms), *self.observers(start)]
         origin_ms = start.speech_end_ms or monotonic_ms()
-        events.emit(TurnStarted(kind=start.kind, origin_ms=origin_ms))
+        events.emit(TurnStarted(kind=start.kind, origin_ms=origin_ms, silence_ms=start.silence_ms))
         result = TurnResult("", "", "none", {}, "ok")
         answer: AnswerSource | None = None
         # Decided before this turn counts as active; a greeting is a cached phrase: always served.

@@ -47,12 +47,15 @@ class CloudPace:
 
 class WithFallback:
     def __init__(self, cloud: CloudAnswer, local: Callable[[], AnswerSource], lead_in: str | None, lead_in_s: float,
-                 reason: str = "", probe: AnswerSource | None = None, pace: CloudPace | None = None):
+                 reason: str = "", probe: AnswerSource | None = None, pace: CloudPace | None = None,
+                 max_wait_s: float | None = None):
         self.cloud = cloud
         self.local = local
         self.lead_in = lead_in
         self.pace = pace  # None: always wait lead_in_s, and nothing is learned
         self.lead_in_s = pace.lead_in_wait(lead_in_s) if pace is not None else lead_in_s
+        if max_wait_s is not None:  # a loaded edge (see Answering): sooner, whatever the cloud's pace
+            self.lead_in_s = min(self.lead_in_s, max_wait_s)
         self.lead_in_said = ""  # the lead-in, once said (not part of the conversation: TurnResult.answer_text)
         self.reason = reason
         self.answered_by = "cloud"
