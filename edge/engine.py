@@ -22,6 +22,7 @@ from edge import metrics
 from edge.admission import AdmissionControl, CountedChat, InflightCounter
 from edge.asr import AsrService
 from edge.cloud_link import CloudLink
+from edge.loop_watch import LoopWatch
 from edge.phrases import UNAVAILABLE_EN
 from edge.pipeline.observers import Observer, TraceObserver
 from edge.pipeline.ports import DeviceOutput
@@ -47,19 +48,6 @@ from shared.topology import Topology
 log = logging.getLogger("edge.engine")
 
 NATS_RETRY_S = 2.0
-LAG_PROBE_S = 0.25  # the event-loop lag probe's period
-
-
-async def watch_loop_lag(last: list[float]) -> None:
-    """Measure how late the loop wakes a timer (``last[0]``, seconds; the ``/health`` field and a histogram).
-
-    No inference runs on the loop; this is the proof under load (and the alarm if something ever does)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + LAG_PROBE_S
-        await asyncio.sleep(LAG_PROBE_S)
-        last[0] = max(loop.time() - due, 0.0)
-        metrics.LOOP_LAG.observe(last[0])
 
 
 def build_pipeline(tts, llm: ChatClient, settings, phrases: Phrases, cloud: CloudLink, *,
@@ -116,14 +104,14 @@ class EdgeEngine:
         self._cloud: list = []  # escalation pieces to stop: watcher, health monitor, client
         self._nats_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
-        self.loop_lag = [0.0]  # seconds, the last probe's (watch_loop_lag)
+        self.loop_watch = LoopWatch()  # the event loop's lag, and its stack when it is stuck
         self.on_cloud: list = []  # callables given the NATS connection once it is up (device admission watch)
         self._trace = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         log_event(log, "thread budget", tier=self.tier or "auto", **self.threads.as_dict())
-        self._lag_task = asyncio.create_task(watch_loop_lag(self.loop_lag), name="loop-lag")
+        self._lag_task = asyncio.create_task(self.loop_watch.run(), name="loop-watch")
         spec = self.settings.llm
         if spec.launch is not None:
             from shared.llama_server import LlamaServer
@@ -287,7 +275,7 @@ class EdgeEngine:
             "cloud_healthy": bool(snapshot and self.cloud.healthy(snapshot.policy.settings.model_class)),
             "active_turns": self.pipeline.active if self.pipeline else 0,
             **({"load": self.admission.snapshot()} if self.admission else {}),
-            "loop_lag_ms": round(self.loop_lag[0] * 1000, 1),
+            "loop_lag_ms": round(self.loop_watch.last_lag_s * 1000, 1),
             "policy_revision": snapshot.revision if snapshot else None,
             **({"llm_error": self.llm_health.error} if not self.llm_health.ok else {}),
         }

@@ -225,6 +225,9 @@ def waterfall(after: dict, before: dict) -> dict[str, Any]:
                          for lim in ("asr_queue", "asr_wait", "active_turns", "local_llm", "local_queue")}
     out["escalated_for_load"] = int(_delta(after, before, "xz_edge_load_escalations_total"))
     out["event_loop_lag"] = _hist(after, before, "xz_edge_event_loop_lag_seconds")
+    out["event_loop_lag"]["over_100ms"] = int(
+        _delta(after, before, "xz_edge_event_loop_lag_seconds_count")
+        - _delta(after, before, "xz_edge_event_loop_lag_seconds_bucket", le="0.1"))
     out["turns_by_outcome"] = {dict(k[1]).get("outcome", "?") + "/" + dict(k[1]).get("answered_by", "?"):
                                int(_delta(after, before, "xz_edge_turns_total", **dict(k[1])))
                                for k in after if k[0] == "xz_edge_turns_total"}
@@ -366,6 +369,8 @@ def _probe_health(base: str, stop, out) -> None:
             with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
                 resp.read()
             samples.append((time.monotonic() - t) * 1000)
+            if samples[-1] >= 100:  # to be matched with the edge's "event loop stalled" lines
+                print(f"bench_load: /health took {samples[-1]:.0f} ms at {time.time():.3f}", file=sys.stderr)
         except urllib.error.HTTPError:  # an answer all the same (503: cannot answer turns right now)
             samples.append((time.monotonic() - t) * 1000)
         except OSError:

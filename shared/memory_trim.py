@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
 import time
+
+from shared.log import log_event
+
+log = logging.getLogger("shared.memory_trim")
+SLOW_TRIM_S = 0.05  # logged: other threads' allocations wait for the arena a trim holds
 
 _libc = None
 _started = False
@@ -56,7 +62,10 @@ def start_trimmer(interval_s: float = 1.0) -> bool:
     def loop() -> None:  # a daemon: it ends with the process
         while True:
             time.sleep(interval_s)
+            started = time.monotonic()
             release_free_memory()
+            if (took := time.monotonic() - started) >= SLOW_TRIM_S:
+                log_event(log, "malloc_trim slow", logging.WARNING, ms=round(took * 1000))
 
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
     return True
