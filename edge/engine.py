@@ -38,7 +38,7 @@ from edge.threads import apply_budget, edge_budget
 from edge.tools.site import SiteTools
 from edge.tts import TtsService
 from edge.vad import VadService
-from shared.chat import ChatClient, PooledChat, build_chat_client
+from shared.chat import ChatClient, PooledChat, build_chat_client, import_client_library
 from shared.log import log_event
 from shared.intent_router import IntentRouter
 from shared.nats_conn import connect_nats, redact_url
@@ -122,7 +122,8 @@ class EdgeEngine:
             self._llamas = LlamaServer.copies(launch, spec.url, spec.model, self.threads.llm_servers)
         routing = asyncio.to_thread(self._load_router)
         *_, self.router = await asyncio.gather(self.vad.load(), self.asr.load(), self.tts.load(),
-                                               *(server.start() for server in self._llamas), routing)
+                                               *(server.start() for server in self._llamas),
+                                               asyncio.to_thread(import_client_library), routing)
         self.llm = CountedChat(self._chat_client(), self.llm_inflight)
         await self.tts.prewarm([getattr(self.phrases, f.name) for f in fields(self.phrases)]
                                + [r.phrase for r in DEFAULT_POLICY.rules if r.phrase] + [UNAVAILABLE_EN])

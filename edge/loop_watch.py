@@ -24,7 +24,7 @@ log = logging.getLogger("edge.loop_watch")
 PROBE_S = 0.25  # the lag probe's period
 WARN_S = 0.1  # a lag this long is logged
 STUCK_S = 0.2  # a posted callback still waiting this long: the loop thread's stack is logged
-STACK_FRAMES = 12  # innermost frames kept in the log line
+STACK_FRAMES = 16  # innermost frames kept in the log line (the import machinery's own frames left out)
 
 
 class LoopWatch:
@@ -62,7 +62,8 @@ class LoopWatch:
             if ran.wait(self.stuck_s):
                 continue
             frame = sys._current_frames().get(loop_thread)
-            stack = traceback.format_stack(frame)[-STACK_FRAMES:] if frame is not None else []
+            stack = [line for line in traceback.format_stack(frame) if "<frozen " not in line][-STACK_FRAMES:] \
+                if frame is not None else []
             started = time.monotonic()
             while not ran.wait(1.0) and not self._stop.is_set():  # one line per stall, with how long it lasted
                 pass

@@ -283,6 +283,16 @@ class PooledChat:
         await asyncio.gather(*(c.aclose() for c in self.clients))
 
 
+def import_client_library() -> None:
+    """Import the OpenAI client now (call it in a thread at start-up).
+
+    It is imported on first use so that tools and tests that never chat do not pay for it, but that first
+    use is a coroutine: under load at 75 devices the ``import openai`` of the first tool turn held the edge's
+    event loop for 0.5-0.8 s (edge.loop_watch's stack), and every session's audio and ``/health`` waited."""
+    import httpx  # noqa: F401
+    import openai  # noqa: F401
+
+
 def build_chat_client(spec: LlmSpec | BackendSpec, **kw) -> ChatClient:
     """The client a spec asks for: Ollama's native API or the OpenAI-compatible one."""
     native_ollama = getattr(spec, "backend", None) == "ollama"
