@@ -287,7 +287,7 @@ class SessionSpec(_Model):
     answer_deadline_s: float = Field(30, gt=0)
     # No answer audio this long after the end of speech (the model queued behind other devices' answers, or its
     # first sentence slow to synthesize): the cached "One moment." plays first (edge/stages/speaking.py). 0: never.
-    hold_after_ms: int = Field(800, ge=0)
+    hold_after_ms: int = Field(550, ge=0)
     # ``listen detect`` with one of these (case, spaces and punctuation aside) is the wake word: the greeting.
     # Any other detect text is a typed request and answered as one (as the reference xiaozhi server does).
     wake_words: list[str] = ["你好小智", "你好小明", "你好小鑫", "小智", "hi esp", "hi lexin", "hi xiaozhi",
