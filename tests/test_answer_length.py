@@ -92,7 +92,7 @@ async def test_a_phrase_under_the_turns_wrappers_is_not_cut_either():
     engine = FakeEngine(reply_ms=120)
     speaking = Speaking(engine.tts, "Sorry.", max_sentences={"edge": 1})
 
-    async def plan():
+    async def plan(_planned):
         return PhraseAnswer("One. Two. Three.", "test", answered_by="edge")
 
     wrapped = DeadlinedAnswer(PlannedAnswer(plan), time.monotonic() + 10, 10)  # as the turn pipeline hands it over

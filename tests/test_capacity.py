@@ -303,3 +303,39 @@ async def test_on_a_loaded_edge_an_escalation_gets_its_lead_in_window_before_the
     assert 0.3 + PACED_HOLD_S - 0.05 <= starts[0][0] < 0.9, starts  # after the lead-in window, not at 1.5 s
     starts = await said(Escalated(0.3, [(0.3, "One moment, let me think. "), (0.5, "The cloud answers.")]))
     assert [text for _, text in starts] == ["One moment, let me think.", "The cloud answers."], starts
+
+
+async def test_a_slow_transcript_is_covered_by_the_hold_phrase(edge_server):
+    """A saturated CPU: the words take 1.2 s to transcribe. Speaking starts with the turn, so the device hears
+    "One moment." hold_after_ms after the end of speech, then its words (stt) and the answer, in one tts session;
+    a slow transcript with no words gets the phrase and its tts stop, and the next turn works."""
+    engine = FakeEngine(edge={"session": {"hold_after_ms": 400}})
+    edge = await edge_server(engine)
+    sim = await device(edge, "aa:bb:cc:00:03:09")
+    heard = engine.asr.submit
+
+    def slow(text: str | None = None):
+        def submit(pcm16k):
+            job = asyncio.get_running_loop().create_future()
+            done = heard(pcm16k)
+            result = done.result() if text is None else type(done.result())(text, "en", 1.0, 0.0)
+            asyncio.get_running_loop().call_later(1.2, job.set_result, result)
+            return job
+        return submit
+
+    try:
+        engine.asr.submit = slow()
+        report = await sim.run_turn(tone(600))
+        assert report.reply == f"{HOLD} {LOCAL_REPLY}", report.summary()
+        hold_at = report.first_audio_after(set()) - report.speech_end
+        stt_at = report.timings_ms["stt"] / 1000
+        assert hold_at < stt_at and hold_at < 1.1, (hold_at, stt_at)  # not after the 1.2 s transcription
+        states = [m.get("state") for m in report.messages if m.get("type") == "tts"]
+        assert states.count("start") == 1 and states.count("stop") == 1 and states[-1] == "stop"
+        engine.asr.submit = slow(text="")  # noise: no words, slowly
+        empty = await sim.run_turn(tone(600))
+        assert empty.reply == HOLD and empty.tts_stop, empty.summary()
+        engine.asr.submit = heard
+        assert (await sim.run_turn(tone(600))).reply == LOCAL_REPLY  # no hold for a quick turn
+    finally:
+        await sim.close()

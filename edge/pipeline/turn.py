@@ -33,7 +33,7 @@ import numpy as np
 from edge.admission import AdmissionControl, Verdict
 from edge.pipeline.deadline import DeadlinedAnswer
 from edge.pipeline.errors import AnswerShed, as_stage_error
-from edge.pipeline.planned import PlannedAnswer
+from edge.pipeline.planned import NothingToSay, PlannedAnswer
 from edge.pipeline.events import Outcome, TurnEnded, TurnFailed, TurnShed, TurnStarted
 from edge.pipeline.observers import LogObserver, MetricsObserver, Observer, TurnEvents
 from edge.pipeline.ports import AnswerSource, DeviceOutput
@@ -192,15 +192,19 @@ class TurnPipeline:
                 await self._shed(start, out, events, admission.limit, admission.reason, result)
                 return result
             start.over_capacity = admission is not None and admission.verdict is Verdict.ESCALATE
-            heard = await self.understanding.run(start, out, events)
-            result.user_text, language = heard.text, heard.language or language
-            if not heard.text:
-                result.outcome = "empty"
-                return result
             if start.kind == "wake":
+                heard = await self.understanding.run(start, out, events)
+                result.user_text, language = heard.text, heard.language or language
                 answer = self.greeting(language)
             else:
-                async def plan(heard: Heard = heard) -> AnswerSource:
+                async def plan(planned: PlannedAnswer) -> AnswerSource:
+                    nonlocal language
+                    heard = await self.understanding.run(start, out, events)
+                    result.user_text, language = heard.text, heard.language or language
+                    planned.understood(language)
+                    if not heard.text:  # silence or noise: nothing to answer (nothing said unless the hold was)
+                        result.outcome = "empty"
+                        return NothingToSay()
                     route = await self.deciding.run(start, heard, self.messages(start, heard), events)
                     result.pending = route.pending
                     return self.answering.source(route, start)

@@ -9,9 +9,9 @@ open for the apology (one start, one stop: the firmware returns to listening at
 the stop, so a second start would find it listening).
 
 No long silence: when a model's answer has not reached the device ``hold_after_s`` after the end of
-speech (the model queued behind other devices' answers, or its first sentence slow to synthesize
-on a busy CPU), the cached "One moment." plays first (never sooner than ``HOLD_MIN_WAIT_S`` after
-speaking began, so an answer that is about to come is not preceded by it). It is not part of the
+speech (the transcript slow on a saturated CPU, the model queued behind other devices' answers, or
+its first sentence slow to synthesize), the cached "One moment." plays first (once the words are
+known, never sooner than ``HOLD_MIN_WAIT_S`` after that, so an answer about to come is not preceded by it). It is not part of the
 returned text: the conversation remembers the answer. While every slot of the local model is taken
 (``local_busy``: the edge is loaded, a local answer queues and every first sentence synthesizes slowly), the wait
 only delays the phrase: it plays ``PACED_HOLD_S`` after speaking began, or after the answer's own lead-in window
@@ -36,7 +36,7 @@ from edge.emotion import pick_emotion
 from edge.pipeline.errors import TtsFailed
 from edge.pipeline.events import FirstToken, SentenceSpoken, SpeechStarted, SpeechStopped, TurnStarted
 from edge.pipeline.observers import TurnEvents
-from edge.pipeline.planned import PlannedAnswer
+from edge.pipeline.planned import NothingToSay, PlannedAnswer
 from edge.phrases import localized
 from edge.pipeline.ports import AnswerSource, DeviceOutput
 from edge.sentences import SentenceSplitter, ends_sentence
@@ -100,8 +100,7 @@ class _Utterance:
     def __init__(self, owner: Speaking, answer: AnswerSource, out: DeviceOutput, events: TurnEvents,
                  language: str = "", model: bool = True):
         self.tts = owner.tts
-        self.language = language
-        self.no_answer = localized("no_answer", language, owner.no_answer)
+        self.language = language  # the device's until a planned answer's transcript says otherwise
         self.answer = answer
         self.out = out
         self.events = events
@@ -119,7 +118,7 @@ class _Utterance:
         started = events.first(TurnStarted)
         self.began = time.monotonic()
         origin_s = started.origin_ms / 1000 if started else self.began
-        self.hold_at = max(origin_s + owner.hold_after_s, self.began + HOLD_MIN_WAIT_S)
+        self.hold_at = origin_s + owner.hold_after_s
         self.loaded = False  # every slot of the local model was taken while this answer waited for its first clip
 
     async def run(self) -> str:
@@ -161,8 +160,9 @@ class _Utterance:
         for s in [] if capped else splitter.flush():
             count += 1
             await self.sentences.put(s)
-        if not count:  # the model said nothing: never leave the device waiting in silence
-            await self.sentences.put(self.no_answer)
+        if not count and not isinstance(_unwrapped(self.answer)[-1], NothingToSay):
+            # the model said nothing: never leave the device waiting in silence
+            await self.sentences.put(localized("no_answer", self._language(), self.owner.no_answer))
         await self.sentences.put(_END)
 
     def _enough(self, piece: str) -> bool:
@@ -177,7 +177,7 @@ class _Utterance:
         while (sentence := await self.sentences.get()) is not _END:
             if normalize_text(sentence):
                 try:
-                    clip = await self.tts.speak(sentence, self.language, self._needed_at())
+                    clip = await self.tts.speak(sentence, self._language(), self._needed_at())
                 except Exception as exc:
                     raise TtsFailed("tts_failed", f"{type(exc).__name__}: {exc}") from exc
                 self.ahead_s += clip.duration_ms / 1000
@@ -210,17 +210,28 @@ class _Utterance:
         await self._play_one(self.hold, clip, self.answer.answered_by, remembered=False)
         return await self.clips.get()
 
+    def _language(self) -> str:
+        planned = next((a for a in _unwrapped(self.answer) if isinstance(a, PlannedAnswer)), None)
+        return (planned.language if planned is not None else "") or self.language
+
     def _hold_at(self) -> float:
-        """When the hold phrase plays: ``hold_at``; on a loaded edge ``PACED_HOLD_S`` after speaking began (after
-        the answer's own lead-in window, if it has one); ``PLANNING_HOLD_S`` after it while still deciding."""
-        self.loaded = self.loaded or self.owner.local_busy()
+        """When the hold phrase plays: ``hold_at`` while the words are still being transcribed; once they are
+        known, on a loaded edge ``PACED_HOLD_S`` after that (after the answer's own lead-in window, if it has
+        one), ``PLANNING_HOLD_S`` after it while still deciding, else ``hold_at`` (and not sooner than
+        ``HOLD_MIN_WAIT_S`` after the words were known: an answer about to come is not preceded by it)."""
         chain = _unwrapped(self.answer)  # looked at again as the route becomes known
+        planned = next((a for a in chain if isinstance(a, PlannedAnswer)), None)
+        if planned is not None and planned.understood_at is None:
+            return self.hold_at  # transcribing (a saturated CPU): the silence window alone
+        known = planned.understood_at if planned is not None else self.began
+        self.loaded = self.loaded or self.owner.local_busy()
         if self.loaded:
             lead_in_s = max((getattr(a, "lead_in_s", 0.0) for a in chain if getattr(a, "lead_in", None)), default=0.0)
-            return self.began + lead_in_s + PACED_HOLD_S
+            return known + lead_in_s + PACED_HOLD_S
+        hold_at = max(self.hold_at, known + HOLD_MIN_WAIT_S)
         if isinstance(chain[-1], PlannedAnswer):  # still deciding
-            return min(self.hold_at, self.began + PLANNING_HOLD_S)
-        return self.hold_at
+            return min(hold_at, known + PLANNING_HOLD_S)
+        return hold_at
 
     async def _play(self) -> None:
         while (item := await self._next_clip()) is not _END:
