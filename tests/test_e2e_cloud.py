@@ -180,7 +180,9 @@ async def test_leaf_link_cut_keeps_edge_answering_then_escalation_resumes(stack,
     await stack.hub.stop()  # the hub (and with it every worker) is out of reach of the leaf
     try:
         report = await stack.ask(speak(HARD))
-        assert report.answered_by == "edge" and report.frames > 0 and report.tts_stop
+        # answered on the edge: the local model's words, or (when its sampled first sentence fails the answer
+        # check, edge/stages/answering/checked.py) the cached phrase in their place; never silence
+        assert report.answered_by in ("edge", "cache") and report.frames > 0 and report.tts_stop, report.summary()
     finally:
         await stack.hub.start()
     await wait_linked(stack.leaf.url, stack.hub.url, timeout=30)
