@@ -538,23 +538,25 @@ def write_sweep(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 async def run(args: argparse.Namespace) -> int:
     clips = utterance_set(args.utterances)
-    proc = None
-    if args.start:
-        proc, args.ota = await start_stack(args.start)
-        print(f"bench_load: stack up, OTA {args.ota}", file=sys.stderr, flush=True)
-    try:
-        levels = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.devices]
-        rows = []
-        for n in levels:
+    levels = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.devices]
+    rows = []
+    for n in levels:
+        # With --start every level gets a stack of its own: one warmed by the levels before it (the worker's
+        # answer cache, the models' prompt caches) would flatter the higher levels.
+        proc = None
+        if args.start:
+            proc, args.ota = await start_stack(args.start)
+            print(f"bench_load: stack up, OTA {args.ota}", file=sys.stderr, flush=True)
+        try:
             result = await run_level(args, n, clips)
-            print(json.dumps(result), flush=True)
-            rows.append(row(result))
-        if args.sweep:
-            for path in write_sweep(rows, Path(args.out)):
-                print(f"bench_load: wrote {path}", file=sys.stderr)
-    finally:
-        if proc is not None:
-            await stop_stack(proc)
+        finally:
+            if proc is not None:
+                await stop_stack(proc)
+        print(json.dumps(result), flush=True)
+        rows.append(row(result))
+    if args.sweep:
+        for path in write_sweep(rows, Path(args.out)):
+            print(f"bench_load: wrote {path}", file=sys.stderr)
     return 0
 
 

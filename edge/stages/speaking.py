@@ -11,12 +11,13 @@ the stop, so a second start would find it listening).
 No long silence: when a model's answer has not reached the device ``hold_after_s`` after the end of
 speech (the transcript slow on a saturated CPU, the model queued behind other devices' answers, or
 its first sentence slow to synthesize), the cached "One moment." plays first (once the words are
-known, never sooner than ``HOLD_MIN_WAIT_S`` after that, so an answer about to come is not preceded by it). It is not part of the
+known, never sooner than ``HOLD_MIN_WAIT_S`` after that, so an answer about to come is not preceded by
+it). Speaking starts with the turn, so this covers the transcription too. It is not part of the
 returned text: the conversation remembers the answer. While every slot of the local model is taken
 (``local_busy``: the edge is loaded, a local answer queues and every first sentence synthesizes slowly), the wait
-only delays the phrase: it plays ``PACED_HOLD_S`` after speaking began, or after the answer's own lead-in window
+only delays the phrase: it plays ``PACED_HOLD_S`` after the words were known, or after the answer's own lead-in window
 (an escalation's "let me think", which then comes first); a route still being decided ``PLANNING_HOLD_S`` after
-speaking began is waiting for a model too.
+the words were known is waiting for a model too.
 
 A model's answer ends after ``max_sentences[answered_by]`` whole sentences (``edge.llm.max_sentences``,
 ``edge.escalation.max_sentences``): the stream is closed there, so the model stops writing what would
@@ -210,8 +211,12 @@ class _Utterance:
         await self._play_one(self.hold, clip, self.answer.answered_by, remembered=False)
         return await self.clips.get()
 
+    def _planned(self) -> PlannedAnswer | None:
+        return next((a for a in _unwrapped(self.answer) if isinstance(a, PlannedAnswer)), None)
+
     def _language(self) -> str:
-        planned = next((a for a in _unwrapped(self.answer) if isinstance(a, PlannedAnswer)), None)
+        """The transcript's language once known (a planned answer's), else the device's."""
+        planned = self._planned()
         return (planned.language if planned is not None else "") or self.language
 
     def _hold_at(self) -> float:
@@ -220,7 +225,7 @@ class _Utterance:
         one), ``PLANNING_HOLD_S`` after it while still deciding, else ``hold_at`` (and not sooner than
         ``HOLD_MIN_WAIT_S`` after the words were known: an answer about to come is not preceded by it)."""
         chain = _unwrapped(self.answer)  # looked at again as the route becomes known
-        planned = next((a for a in chain if isinstance(a, PlannedAnswer)), None)
+        planned = self._planned()
         if planned is not None and planned.understood_at is None:
             return self.hold_at  # transcribing (a saturated CPU): the silence window alone
         known = planned.understood_at if planned is not None else self.began
