@@ -308,7 +308,7 @@ class VadSpec(_Model):
     @model_validator(mode="after")
     def _windows_in_order(self) -> "VadSpec":
         if self.early_commit_ms >= self.min_silence_ms or self.unfinished_silence_ms < self.min_silence_ms:
-            raise ValueError(f"edge.vad: early_commit_ms ({self.early_commit_ms}) must be below min_silence_ms "
+            raise ValueError(f"early_commit_ms ({self.early_commit_ms}) must be below min_silence_ms "
                              f"({self.min_silence_ms}), unfinished_silence_ms ({self.unfinished_silence_ms}) "
                              "at least min_silence_ms")
         return self
