@@ -115,18 +115,21 @@ class VadStream:
     @property
     def silence_ms(self) -> float:
         """Audio time since the end of speech in the open utterance (0 while speaking)."""
-        if self._silence_at is None:
-            return 0.0
-        return (self._utt_len - self._silence_at) // FRAME * FRAME_MS
+        return self._silent_frames() * FRAME_MS
+
+    def _silent_frames(self) -> int:
+        return 0 if self._silence_at is None else (self._utt_len - self._silence_at) // FRAME
 
     def end_now(self) -> SpeechEnded | None:
         """End the paused utterance before ``min_silence_ms`` (the listening stage's early end of turn).
 
         Its pcm is the :class:`SpeechPaused` pcm, as at a normal end; None unless paused."""
-        if not (self._paused and self.speech_active):
-            return None
+        return self._ended(early=True) if self._paused and self.speech_active else None
+
+    def _ended(self, early: bool = False) -> SpeechEnded:
+        """The open utterance ended by silence (the window, or early): its event, counted; the stream closed."""
         window = self.silence_ms
-        ended = SpeechEnded(self._utterance_pcm(), eos_window_ms=window, early=True)
+        ended = SpeechEnded(self._utterance_pcm(), eos_window_ms=window, early=early)
         metrics.STAGE_LATENCY.labels(stage="vad_end_of_speech").observe(window / 1000)
         self._close()
         return ended
@@ -181,15 +184,13 @@ class VadStream:
         elif p < self.threshold - HYSTERESIS and self._silence_at is None:
             self._silence_at = self._utt_len - FRAME
         if self._silence_at is not None:
-            silent = (self._utt_len - self._silence_at) // FRAME
+            silent = self._silent_frames()
             if not self.speech_active:
                 if silent >= self._silence_frames:  # too short to count: drop it quietly
                     self._close()
                 return out
             if silent >= self._end_frames:
-                out.append(SpeechEnded(self._utterance_pcm(), eos_window_ms=silent * FRAME_MS))
-                metrics.STAGE_LATENCY.labels(stage="vad_end_of_speech").observe(silent * FRAME_MS / 1000)
-                self._close()
+                out.append(self._ended())
             elif silent >= self._pause_frames and not self._paused:
                 self._paused = True
                 out.append(SpeechPaused(self._utterance_pcm()))

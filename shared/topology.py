@@ -285,8 +285,9 @@ class SessionSpec(_Model):
     # An answer still being written this long after the end of speech is given up: the apology follows what
     # was said, then tts stop (edge/pipeline/deadline.py); each stage's own timeouts come first.
     answer_deadline_s: float = Field(30, gt=0)
-    # No answer audio this long after the end of speech (the model queued behind other devices' answers, or its
-    # first sentence slow to synthesize): the cached "One moment." plays first (edge/stages/speaking.py). 0: never.
+    # No answer audio this long after the end of speech (the transcript slow on a saturated CPU, the model queued
+    # behind other devices' answers, or its first sentence slow to synthesize): the cached "One moment." plays first
+    # (edge/stages/speaking.py). 0: never.
     hold_after_ms: int = Field(550, ge=0)
     # ``listen detect`` with one of these (case, spaces and punctuation aside) is the wake word: the greeting.
     # Any other detect text is a typed request and answered as one (as the reference xiaozhi server does).

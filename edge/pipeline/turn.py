@@ -192,15 +192,19 @@ class TurnPipeline:
                 await self._shed(start, out, events, admission.limit, admission.reason, result)
                 return result
             start.over_capacity = admission is not None and admission.verdict is Verdict.ESCALATE
-            if start.kind == "wake":
+
+            async def understand() -> Heard:
+                nonlocal language
                 heard = await self.understanding.run(start, out, events)
                 result.user_text, language = heard.text, heard.language or language
+                return heard
+
+            if start.kind == "wake":
+                await understand()
                 answer = self.greeting(language)
             else:
                 async def plan(planned: PlannedAnswer) -> AnswerSource:
-                    nonlocal language
-                    heard = await self.understanding.run(start, out, events)
-                    result.user_text, language = heard.text, heard.language or language
+                    heard = await understand()
                     planned.understood(language)
                     if not heard.text:  # silence or noise: nothing to answer (nothing said unless the hold was)
                         result.outcome = "empty"

@@ -91,7 +91,7 @@ class Listening:
     def _judge_pause(self) -> SpeechEnded | None:
         """The paused utterance ended early (its text is a finished sentence), or None to keep listening."""
         job = self._pending
-        if not job.done() or not getattr(self._stream, "paused", False):
+        if not job.done() or not self._stream.paused:
             return None
         if not self._verdict:
             failed = job.cancelled() or job.exception() is not None
